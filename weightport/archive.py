@@ -1,0 +1,135 @@
+"""Reader for `.keras` archives: a zip holding `config.json` and `model.weights.h5`.
+
+The archive is treated as untrusted: only the expected members are opened, their sizes
+are checked before reading, nothing is extracted to disk, and the weights member is read
+in place (Keras stores it uncompressed) through a window onto the zip file.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import zipfile
+from pathlib import Path
+from typing import Optional, Union
+
+from .config import ModelConfig, parse_model_config
+from .errors import WeightportError
+from .hdf5 import check_readable, open_h5
+from .keras3 import read_keras3
+from .view import ModelView
+
+__all__ = ["is_archive", "read_archive"]
+
+CONFIG_MEMBER = "config.json"
+WEIGHTS_MEMBER = "model.weights.h5"
+METADATA_MEMBER = "metadata.json"
+MAX_JSON_BYTES = 64 * 1024 * 1024  # configs of the largest Keras models are a few MB
+_HINT = "save the model again with model.save('model.keras')"
+
+
+class _Window(io.RawIOBase):
+    """A read-only, seekable view of `length` bytes of `raw` starting at `start`."""
+
+    def __init__(self, raw: io.BufferedReader, start: int, length: int) -> None:
+        super().__init__()
+        self._raw, self._start, self._length, self._pos = raw, start, length, 0
+
+    def readable(self) -> bool:
+        return True
+
+    def close(self) -> None:
+        self._raw.close()
+        super().close()
+
+    def seekable(self) -> bool:
+        return True
+
+    def tell(self) -> int:
+        return self._pos
+
+    def seek(self, offset: int, whence: int = io.SEEK_SET) -> int:
+        base = {io.SEEK_SET: 0, io.SEEK_CUR: self._pos, io.SEEK_END: self._length}[whence]
+        self._pos = max(0, base + offset)
+        return self._pos
+
+    def readinto(self, buffer) -> int:  # type: ignore[override]
+        count = max(0, min(len(buffer), self._length - self._pos))
+        if count == 0:
+            return 0
+        self._raw.seek(self._start + self._pos)
+        data = self._raw.read(count)
+        buffer[: len(data)] = data
+        self._pos += len(data)
+        return len(data)
+
+
+def is_archive(path: Union[str, Path]) -> bool:
+    return zipfile.is_zipfile(str(path))
+
+
+def read_archive(path: Union[str, Path], config: Optional[ModelConfig] = None) -> ModelView:
+    """Build the view of a `.keras` archive; the archive's own config gives the layer order."""
+    check_readable(path)
+    try:
+        archive = zipfile.ZipFile(str(path))
+    except (zipfile.BadZipFile, OSError) as exc:
+        raise WeightportError(path, f"damaged zip archive ({exc})", _HINT) from None
+    try:
+        names = set(archive.namelist())
+        if WEIGHTS_MEMBER not in names:
+            raise WeightportError(path, f"zip archive without {WEIGHTS_MEMBER} (not a Keras .keras file)", _HINT)
+        if config is None and CONFIG_MEMBER in names:
+            config = parse_model_config(_read_json_bytes(archive, CONFIG_MEMBER, path), source=f"{path} ({CONFIG_MEMBER})")
+        version = _keras_version(archive, path) if METADATA_MEMBER in names else None
+        fileobj = _open_weights(archive, path)
+    except BaseException:
+        archive.close()
+        raise
+    f = open_h5(f"{path} ({WEIGHTS_MEMBER})", fileobj=fileobj)
+    view = read_keras3(f, path, config, layout="keras-archive", keras_version=version)
+    view._resources.callback(archive.close)
+    view._resources.callback(fileobj.close)
+    view._resources.callback(f.close)
+    return view
+
+
+def _read_json_bytes(archive: zipfile.ZipFile, member: str, path: Union[str, Path]) -> bytes:
+    info = archive.getinfo(member)
+    if info.file_size > MAX_JSON_BYTES:
+        raise WeightportError(path, f"{member} declares {info.file_size} bytes, more than a model config can need", _HINT)
+    try:
+        with archive.open(info) as fh:
+            data = fh.read(MAX_JSON_BYTES + 1)
+    except (zipfile.BadZipFile, OSError, EOFError, ValueError) as exc:
+        raise WeightportError(path, f"damaged archive member {member} ({exc})", _HINT) from None
+    if len(data) > MAX_JSON_BYTES:
+        raise WeightportError(path, f"{member} is larger than it declares", _HINT)
+    return data
+
+
+def _keras_version(archive: zipfile.ZipFile, path: Union[str, Path]) -> Optional[str]:
+    try:
+        meta = json.loads(_read_json_bytes(archive, METADATA_MEMBER, path))
+    except ValueError:
+        return None
+    version = meta.get("keras_version") if isinstance(meta, dict) else None
+    return version if isinstance(version, str) else None
+
+
+def _open_weights(archive: zipfile.ZipFile, path: Union[str, Path]) -> io.RawIOBase:
+    """The weights member as a seekable file: in place when stored, else decompressed on read."""
+    info = archive.getinfo(WEIGHTS_MEMBER)
+    if info.compress_type != zipfile.ZIP_STORED:
+        return archive.open(info)  # seekable, slower; Keras itself never compresses this member
+    raw = open(path, "rb")
+    raw.seek(info.header_offset)
+    header = raw.read(30)
+    if len(header) < 30 or header[:4] != b"PK\x03\x04":
+        raw.close()
+        raise WeightportError(path, f"damaged zip entry for {WEIGHTS_MEMBER}", _HINT)
+    start = info.header_offset + 30 + int.from_bytes(header[26:28], "little") + int.from_bytes(header[28:30], "little")
+    if start + info.file_size > Path(path).stat().st_size:
+        raw.close()
+        raise WeightportError(path, f"{WEIGHTS_MEMBER} extends past the end of the archive (truncated file)", _HINT)
+    return _Window(raw, start, info.file_size)

@@ -1,0 +1,153 @@
+"""Reader for the Keras 3 `.weights.h5` layout: `layers/<snake_class>[_n]/vars/<i>`.
+
+The file names groups by layer class, not by layer name, and does not record the order
+across classes. With a config (from a `.keras` archive or `--config`) the view follows the
+config, replaying Keras's own group naming. Without one it assumes the order in which Keras
+wrote the tensors (their data offsets in the file), which is `model.layers` order for files
+written by `save_weights`, and says so.
+"""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+from typing import Dict, List, Optional, Tuple, Union
+
+import h5py
+
+from .config import ModelConfig, to_snake_case
+from .errors import WeightportError
+from .hdf5 import str_attr
+from .roles import roles_for_class
+from .view import Layer, ModelView, Tensor
+
+__all__ = ["is_keras3", "read_keras3", "KNOWN_CLASSES"]
+
+# Layer classes whose snake-case group names are recognised in a file without a config.
+KNOWN_CLASSES = (
+    "Dense Conv1D Conv2D Conv3D Conv1DTranspose Conv2DTranspose Conv3DTranspose DepthwiseConv1D "
+    "DepthwiseConv2D SeparableConv1D SeparableConv2D BatchNormalization LayerNormalization "
+    "GroupNormalization UnitNormalization PReLU Embedding LSTM GRU SimpleRNN Bidirectional "
+    "MultiHeadAttention EinsumDense ConvLSTM1D ConvLSTM2D ConvLSTM3D LocallyConnected1D "
+    "LocallyConnected2D Normalization Sequential Functional"
+).split()
+_CLASS_BY_SNAKE = {to_snake_case(name): name for name in KNOWN_CLASSES}
+_ROOT_SKIP = {"optimizer"}
+_ORDER_NOTE = (
+    "a .weights.h5 file does not record the order across layer classes; assumed the order in "
+    "which Keras wrote the tensors (their offsets in the file), which is model order for files "
+    "written by save_weights; give --config (or a .keras file) to take the order from the model"
+)
+_ORDER_NOTE_NO_OFFSET = (
+    "a .weights.h5 file does not record the order across layer classes and its tensors are not "
+    "stored contiguously; assumed the groups in path order with numbered suffixes sorted "
+    "numerically; give --config (or a .keras file) to take the order from the model"
+)
+
+
+def is_keras3(f: h5py.File) -> bool:
+    """True for a Keras 3 weights file (a `layers` or `vars` group, no legacy attributes)."""
+    return isinstance(f.get("layers"), h5py.Group) or isinstance(f.get("vars"), h5py.Group)
+
+
+def read_keras3(f: h5py.File, path: Union[str, Path], config: Optional[ModelConfig] = None,
+                layout: str = "keras3-weights-h5", keras_version: Optional[str] = None) -> ModelView:
+    """Build the view of a `.weights.h5` file (or the weights member of a `.keras` archive)."""
+    found = dict(_walk(f, path))
+    if config is not None:
+        layers, order, note = _in_config_order(found, config, path), "config", "the model config's layer order"
+    else:
+        layers, order, note = _in_file_order(found, path)
+    weighted = {layer.name for layer in layers}
+    if config is not None:
+        for layer in layers:
+            layer.fed_by = config.chain_back(layer.name, weighted)
+    return ModelView(
+        path=str(path),
+        layout=layout,
+        kind="full-model" if layout == "keras-archive" else "weights-only",
+        layers=layers,
+        order=order,
+        order_note=note,
+        keras_version=keras_version,
+        input_shape=config.input_shape if config else None,
+        model_class=config.class_name if config else None,
+        config=config,
+    )
+
+
+def _walk(group: h5py.Group, path: Union[str, Path]) -> List[Tuple[str, h5py.Group]]:
+    """(group path, vars group) for every group whose `vars` holds datasets."""
+    found: List[Tuple[str, h5py.Group]] = []
+    for key, child in group.items():
+        if (group.name == "/" and key in _ROOT_SKIP) or not isinstance(child, h5py.Group):
+            continue
+        if key == "vars":
+            if any(isinstance(v, h5py.Dataset) for v in child.values()):
+                found.append((group.name.lstrip("/"), child))
+        else:
+            found.extend(_walk(child, path))
+    return found
+
+
+def _tensors(vars_group: h5py.Group, path: Union[str, Path], class_name: Optional[str], config: Optional[dict]) -> List[Tensor]:
+    keys = [k for k, v in vars_group.items() if isinstance(v, h5py.Dataset)]
+    if not all(k.isdigit() for k in keys):
+        raise WeightportError(path, f"'{vars_group.name}' holds datasets not named 0, 1, ... ({', '.join(sorted(keys)[:4])})", "the file is damaged or was not written by Keras")
+    keys.sort(key=int)
+    roles = roles_for_class(class_name, len(keys), config)
+    return [Tensor(key, role, vars_group[key].name, vars_group[key]) for key, role in zip(keys, roles)]
+
+
+def _class_from_path(group_path: str) -> Optional[str]:
+    last = group_path.rsplit("/", 1)[-1]
+    return _CLASS_BY_SNAKE.get(re.sub(r"_\d+$", "", last))
+
+
+def _make_layer(group_path: str, vars_group: h5py.Group, path: Union[str, Path], class_name: Optional[str],
+                name: Optional[str], spec_config: Optional[dict] = None, **extra) -> Layer:
+    return Layer(
+        name=name or str_attr(vars_group, "name", path) or group_path,
+        class_name=class_name,
+        weights=_tensors(vars_group, path, class_name, spec_config),
+        group=vars_group.name,
+        config=spec_config,
+        **extra,
+    )
+
+
+def _in_config_order(found: Dict[str, h5py.Group], config: ModelConfig, path: Union[str, Path]) -> List[Layer]:
+    layers: List[Layer] = []
+    for spec in config.layers:
+        vars_group = found.pop(spec.k3_path, None)
+        if vars_group is not None:
+            layers.append(_make_layer(spec.k3_path, vars_group, path, spec.class_name, spec.name, spec.config,
+                                      container=spec.container, data_format=spec.data_format, inbound=list(spec.inbound)))
+    if found:
+        raise WeightportError(path, f"the config does not describe this file: no config layer for group(s) {', '.join(sorted(found)[:5])}",
+                              "give the config of the model that wrote these weights")
+    return layers
+
+
+def _in_file_order(found: Dict[str, h5py.Group], path: Union[str, Path]) -> Tuple[List[Layer], str, str]:
+    offsets = {p: _first_offset(g) for p, g in found.items()}
+    if all(o is not None for o in offsets.values()):
+        ordered, order, note = sorted(found, key=lambda p: offsets[p]), "data-offset", _ORDER_NOTE
+    else:
+        ordered, order, note = sorted(found, key=_natural_key), "path", _ORDER_NOTE_NO_OFFSET
+    layers = [_make_layer(p, found[p], path, _class_from_path(p), None) for p in ordered]
+    return layers, order, note
+
+
+def _first_offset(vars_group: h5py.Group) -> Optional[int]:
+    offsets = [ds.id.get_offset() for ds in vars_group.values() if isinstance(ds, h5py.Dataset)]
+    return None if None in offsets or not offsets else min(offsets)
+
+
+def _natural_key(group_path: str) -> List[Tuple[str, int]]:
+    """`dense_10` after `dense_2`: each component's numbered suffix compares as a number."""
+    key = []
+    for part in group_path.split("/"):
+        match = re.fullmatch(r"(.*?)_(\d+)", part)
+        key.append((match.group(1), int(match.group(2))) if match else (part, -1))
+    return key

@@ -1,0 +1,119 @@
+"""Reader for the legacy HDF5 layout written by Keras 1, Keras 2 / tf.keras and Keras 3's
+`model.save('x.h5')`: `layer_names` on the weights group, `weight_names` per layer group.
+
+`layer_names` is the order `load_weights` pairs layers by, so the view takes it as is.
+A nested model is one entry of `layer_names` whose group holds all its inner layers'
+datasets; the view splits it into those inner layers (by the config where there is one,
+by the weight-name prefixes where not) so it can be matched against a flat model.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Dict, List, Optional, Tuple, Union
+
+import h5py
+
+from .config import MODEL_CLASSES, ModelConfig, parse_model_config
+from .errors import WeightportError
+from .hdf5 import has_attr, str_attr, str_list_attr
+from .roles import role_from_name
+from .view import Layer, ModelView, Tensor
+
+__all__ = ["is_legacy", "read_legacy"]
+
+_HINT_DAMAGED = "the file is damaged or was not written by Keras"
+
+
+def _weights_group(f: h5py.File) -> Optional[h5py.Group]:
+    if has_attr(f, "layer_names"):
+        return f
+    group = f.get("model_weights")
+    if isinstance(group, h5py.Group) and has_attr(group, "layer_names"):
+        return group
+    return None
+
+
+def is_legacy(f: h5py.File) -> bool:
+    """True for a legacy weights-only file or a full model with a `model_weights` group."""
+    return _weights_group(f) is not None
+
+
+def read_legacy(f: h5py.File, path: Union[str, Path], config: Optional[ModelConfig] = None) -> ModelView:
+    """Build the view of a legacy `.h5` file; `config` overrides the file's own `model_config`."""
+    group = _weights_group(f)
+    if group is None:
+        raise WeightportError(path, "no layer_names attribute (not a legacy Keras weights file)", _HINT_DAMAGED)
+    version = str_attr(group, "keras_version", path) or str_attr(f, "keras_version", path)
+    if config is None:
+        text = str_attr(f, "model_config", path)
+        config = parse_model_config(text, source=f"{path} (model_config)") if text else None
+    layers: List[Layer] = []
+    for name in str_list_attr(group, "layer_names", path):
+        layers.extend(_layers_of(group, name, path, config, version))
+    if config is not None:
+        weighted = {layer.name for layer in layers}
+        for layer in layers:
+            layer.fed_by = config.chain_back(layer.name, weighted)
+    return ModelView(
+        path=str(path),
+        layout="legacy-h5",
+        kind="full-model" if group.name != "/" else "weights-only",
+        layers=layers,
+        order="layer_names",
+        order_note="the file's layer_names attribute, the order load_weights pairs layers by",
+        keras_version=version,
+        backend=str_attr(group, "backend", path) or str_attr(f, "backend", path),
+        input_shape=config.input_shape if config else None,
+        model_class=config.class_name if config else None,
+        config=config,
+    )
+
+
+def _layers_of(group: h5py.Group, name: str, path: Union[str, Path], config: Optional[ModelConfig], version: Optional[str]) -> List[Layer]:
+    """The weighted layer(s) stored under one `layer_names` entry (several for a nested model)."""
+    entry = group.get(name)
+    if not isinstance(entry, h5py.Group):
+        raise WeightportError(path, f"layer '{name}' is listed in layer_names but has no group", _HINT_DAMAGED)
+    weight_names = str_list_attr(entry, "weight_names", path)
+    if not weight_names:
+        return []
+    nested = _is_nested(name, weight_names, config)
+    inner: Dict[str, List[Tuple[str, h5py.Dataset]]] = {}
+    for weight_name in weight_names:
+        dataset = entry.get(weight_name)
+        if not isinstance(dataset, h5py.Dataset):
+            raise WeightportError(path, f"weight '{weight_name}' of layer '{name}' is listed in weight_names but not stored", _HINT_DAMAGED)
+        key = _inner_name(name, weight_name, keras3=(version or "").startswith("3")) if nested else name
+        inner.setdefault(key, []).append((weight_name, dataset))
+    return [_layer(key, items, entry, name if nested else None, config) for key, items in inner.items()]
+
+
+def _is_nested(name: str, weight_names: List[str], config: Optional[ModelConfig]) -> bool:
+    if config is not None:
+        layer = config.get(name)
+        return layer is None and any(l.container == name for l in config.layers)
+    return len({w.split("/")[0] for w in weight_names if "/" in w}) > 1
+
+
+def _inner_name(container: str, weight_name: str, keras3: bool) -> str:
+    """`bb_conv1/kernel:0` (Keras 2) or `backbone/bb_conv1/kernel` (Keras 3) -> `bb_conv1`."""
+    parts = weight_name.split("/")[:-1]
+    if keras3 and len(parts) > 1 and parts[0] == container:
+        parts = parts[1:]
+    return parts[0] if parts else container
+
+
+def _layer(name: str, items: List[Tuple[str, h5py.Dataset]], entry: h5py.Group, container: Optional[str], config: Optional[ModelConfig]) -> Layer:
+    spec = config.get(name) if config else None
+    weights = [Tensor(stored, role_from_name(stored, name), ds.name, ds) for stored, ds in items]
+    return Layer(
+        name=name,
+        class_name=spec.class_name if spec else None,
+        weights=weights,
+        group=entry.name,
+        container=container,
+        data_format=spec.data_format if spec else None,
+        inbound=list(spec.inbound) if spec else [],
+        config=spec.config if spec else None,
+    )

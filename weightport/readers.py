@@ -1,0 +1,65 @@
+"""One entry point that reads any supported weights file into a `ModelView`.
+
+Dispatch is by content, not by suffix (a `.weights.h5` renamed to `.h5` still reads), so a
+file is read the same way whatever it is called.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Optional, Union
+
+from .archive import is_archive, read_archive
+from .config import ModelConfig, load_config_file
+from .errors import WeightportError
+from .hdf5 import check_readable, open_h5
+from .keras3 import is_keras3, read_keras3
+from .legacy import is_legacy, read_legacy
+from .view import ModelView
+
+__all__ = ["read"]
+
+PathLike = Union[str, Path]
+
+
+def read(path: PathLike, config: Optional[Union[PathLike, ModelConfig]] = None) -> ModelView:
+    """Read a Keras weights file into an ordered, lazy view of its weighted layers.
+
+    Args:
+        path: a legacy `.h5`/`.hdf5` (Keras 1, 2 or 3), a Keras 3 `.weights.h5` or a `.keras` archive.
+        config: a sidecar JSON config (`model.to_json()`), as a path or a parsed `ModelConfig`;
+            it overrides a config stored in the file.
+
+    Returns:
+        A `ModelView`; use it as a context manager so the file is closed after use.
+
+    Example:
+        >>> with read("vgg16.weights.h5") as view:  # doctest: +SKIP
+        ...     print([layer.name for layer in view.layers])
+    """
+    if config is not None and not isinstance(config, ModelConfig):
+        config = load_config_file(config)
+    check_readable(path)
+    if is_archive(path):
+        return read_archive(path, config)
+    f = open_h5(path)
+    try:
+        view = _read_h5(f, path, config)
+    except BaseException:
+        f.close()
+        raise
+    view._resources.callback(f.close)
+    return view
+
+
+def _read_h5(f, path: PathLike, config: Optional[ModelConfig]) -> ModelView:
+    if is_legacy(f):
+        view = read_legacy(f, path, config)
+    elif is_keras3(f):
+        view = read_keras3(f, path, config)
+    else:
+        raise WeightportError(path, "HDF5 file, but not a Keras weights file (no layer_names attribute, model_weights or layers group)",
+                              "give a file written by save_weights, model.save or a .keras archive")
+    if not view.layers:
+        raise WeightportError(path, "Keras weights file with no weights in it", "check that the model was built before it was saved")
+    return view

@@ -1,0 +1,58 @@
+"""Rendering a `ModelView` for people (a table) and for programs (the stable JSON)."""
+
+from __future__ import annotations
+
+import json
+from typing import List
+
+from .view import Layer, ModelView, Tensor
+
+__all__ = ["view_table", "view_json"]
+
+
+def view_json(view: ModelView) -> str:
+    """The `inspect --json` document; its keys are documented in the README."""
+    return json.dumps(view.to_dict(), indent=2)
+
+
+def _shape(shape) -> str:
+    return "x".join(str(n) for n in shape) if shape else "scalar"
+
+
+def _tensor_label(tensor: Tensor) -> str:
+    label = tensor.name.rsplit("/", 1)[-1]
+    if tensor.role and tensor.role not in label:
+        label += f" ({tensor.role})"
+    return f"{label} {_shape(tensor.shape)} {tensor.dtype}"
+
+
+def _rows(layer: Layer, index: int) -> List[List[str]]:
+    fed = " > ".join(layer.fed_by)
+    labels = [_tensor_label(t) for t in layer.weights]
+    first = [str(index), layer.name, layer.class_name or "?", fed, labels[0], f"{layer.params:,}"]
+    return [first] + [["", "", "", "", label, ""] for label in labels[1:]]
+
+
+def _facts(view: ModelView) -> List[str]:
+    version = f"Keras {view.keras_version}" if view.keras_version else "Keras version not recorded"
+    backend = f", backend {view.backend}" if view.backend else ""
+    lines = [f"file     {view.path}", f"layout   {view.layout} ({view.kind}), {version}{backend}"]
+    if view.model_class or view.input_shape:
+        shape = f", input {tuple(view.input_shape)}" if view.input_shape else ""
+        lines.append(f"model    {view.model_class or 'unknown class'}{shape}")
+    lines.append(f"order    {view.order}: {view.order_note}")
+    return lines
+
+
+def view_table(view: ModelView) -> str:
+    """A readable table: position, layer, class, what feeds it, tensors, parameters; totals."""
+    header = ["#", "layer", "class", "fed by", "tensors", "params"]
+    rows = [row for i, layer in enumerate(view.layers) for row in _rows(layer, i)]
+    widths = [max(len(r[c]) for r in [header] + rows) for c in range(len(header))]
+
+    def fmt(row: List[str]) -> str:
+        cells = [cell.rjust(w) if c in (0, 5) else cell.ljust(w) for c, (cell, w) in enumerate(zip(row, widths))]
+        return "  ".join(cells).rstrip()
+
+    total = f"{len(view.layers)} weighted layers, {len(view.tensors)} tensors, {view.params:,} parameters"
+    return "\n".join(_facts(view) + ["", fmt(header)] + [fmt(r) for r in rows] + ["", total])

@@ -1,0 +1,61 @@
+"""What each stored tensor is for a layer (`kernel`, `bias`, `gamma` ...).
+
+Legacy files name their datasets (`dense_1/kernel:0`, Keras 1 `dense_1_W`); Keras 3
+`.weights.h5` files only number them (`vars/0`), so the role comes from the layer class and,
+where a layer's variables depend on its settings, from the config. Tables, not if-chains.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Dict, List, Optional
+
+__all__ = ["role_from_name", "roles_for_class"]
+
+# Keras 1 suffixes (`dense_1_W`) and old spellings -> today's variable names.
+_KERAS1_ROLES = {
+    "W": "kernel",
+    "b": "bias",
+    "U": "recurrent_kernel",
+    "alphas": "alpha",
+    "running_mean": "moving_mean",
+    "running_std": "moving_variance",
+}
+
+_KERNEL_BIAS = ["kernel", "bias"]
+# Variable order of layers whose Keras 3 `vars/<i>` numbering is fixed by the class alone,
+# given with and without the optional bias.
+_CLASS_ROLES: Dict[str, List[str]] = {
+    **{cls: _KERNEL_BIAS for cls in (
+        "Dense", "Conv1D", "Conv2D", "Conv3D", "Conv1DTranspose", "Conv2DTranspose",
+        "Conv3DTranspose", "LocallyConnected1D", "LocallyConnected2D")},
+    "DepthwiseConv1D": ["depthwise_kernel", "bias"],
+    "DepthwiseConv2D": ["depthwise_kernel", "bias"],
+    "SeparableConv1D": ["depthwise_kernel", "pointwise_kernel", "bias"],
+    "SeparableConv2D": ["depthwise_kernel", "pointwise_kernel", "bias"],
+    "PReLU": ["alpha"],
+    "Embedding": ["embeddings"],
+}
+_NORMALIZATION = {"BatchNormalization": ["moving_mean", "moving_variance"], "LayerNormalization": []}
+
+
+def role_from_name(stored: str, layer_name: str) -> str:
+    """`dense_1/kernel:0` -> `kernel`; Keras 1 `dense_1_W` -> `kernel`."""
+    last = stored.rsplit("/", 1)[-1].split(":", 1)[0]
+    if "/" not in stored and last.startswith(layer_name + "_"):
+        last = last[len(layer_name) + 1:]
+    return _KERAS1_ROLES.get(last, last)
+
+
+def roles_for_class(class_name: Optional[str], count: int, config: Optional[Dict[str, Any]] = None) -> List[Optional[str]]:
+    """Roles of a Keras 3 layer's numbered variables, or None where they cannot be known."""
+    config = config or {}
+    if class_name in _NORMALIZATION:
+        affine = (["gamma"] if config.get("scale", True) else []) + (["beta"] if config.get("center", True) else [])
+        roles: List[Optional[str]] = list(affine + _NORMALIZATION[class_name])
+    elif class_name in _CLASS_ROLES:
+        roles = list(_CLASS_ROLES[class_name])
+        if count == len(roles) - 1 and roles[-1] == "bias":
+            roles = roles[:-1]
+    else:
+        return [None] * count
+    return roles if len(roles) == count else [None] * count

@@ -1,0 +1,137 @@
+"""The ordered, lazy view of a weights file that every later stage works from.
+
+Readers turn each on-disk layout (Keras 1/2 legacy `.h5`, Keras 3 `.weights.h5`, `.keras`
+archives) into this one shape, so the planner never needs to know which layout it reads.
+Tensors hold an h5py dataset, not an array: building the view reads no tensor data.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from dataclasses import dataclass, field
+from typing import Any, Dict, List, Optional, Tuple
+
+import h5py
+import numpy as np
+
+__all__ = ["Tensor", "Layer", "ModelView"]
+
+
+@dataclass
+class Tensor:
+    """One weight of a layer, read lazily from its HDF5 dataset."""
+
+    name: str  # the name as stored (`dense_1/kernel:0`, `dense_1_W`, `0`)
+    role: Optional[str]  # what it is for the layer (`kernel`, `bias`, `gamma` ...), None if unknown
+    path: str  # absolute HDF5 path of the dataset inside its file
+    dataset: h5py.Dataset = field(repr=False)
+
+    @property
+    def shape(self) -> Tuple[int, ...]:
+        return tuple(int(n) for n in self.dataset.shape)
+
+    @property
+    def dtype(self) -> np.dtype:
+        return self.dataset.dtype
+
+    @property
+    def size(self) -> int:
+        return int(np.prod(self.shape, dtype=np.int64))
+
+    def read(self) -> np.ndarray:
+        """The whole tensor; callers that stream use `dataset` slices instead."""
+        return self.dataset[()]
+
+    def to_dict(self) -> Dict[str, Any]:
+        return {
+            "name": self.name,
+            "role": self.role,
+            "shape": list(self.shape),
+            "dtype": str(self.dtype),
+            "path": self.path,
+        }
+
+
+@dataclass
+class Layer:
+    """A weighted layer in model order, with what the config says about it."""
+
+    name: str
+    class_name: Optional[str]
+    weights: List[Tensor]
+    group: str  # HDF5 group that holds the layer's datasets
+    container: Optional[str] = None  # the nested model it sits in, if any
+    data_format: Optional[str] = None  # channels_last / channels_first, from the config
+    inbound: List[str] = field(default_factory=list)  # names of the layers that feed it
+    fed_by: List[str] = field(default_factory=list)  # weightless classes between it and its producer
+    config: Optional[Dict[str, Any]] = field(default=None, repr=False)
+
+    @property
+    def params(self) -> int:
+        return sum(t.size for t in self.weights)
+
+    def to_dict(self) -> Dict[str, Any]:
+        return {
+            "name": self.name,
+            "class": self.class_name,
+            "weights": [t.to_dict() for t in self.weights],
+            "params": self.params,
+            "group": self.group,
+            "container": self.container,
+            "data_format": self.data_format,
+            "inbound": self.inbound,
+            "fed_by": self.fed_by,
+        }
+
+
+@dataclass
+class ModelView:
+    """Every weighted layer of one file, in model order, plus file-level facts."""
+
+    path: str
+    layout: str  # legacy-h5, keras3-weights-h5 or keras-archive
+    kind: str  # full-model or weights-only
+    layers: List[Layer]
+    order: str  # where the layer order comes from
+    order_note: str  # why that order is trusted (or what it assumes)
+    keras_version: Optional[str] = None
+    backend: Optional[str] = None
+    input_shape: Optional[List[Optional[int]]] = None
+    model_class: Optional[str] = None
+    config: Optional[Dict[str, Any]] = field(default=None, repr=False)
+    _resources: contextlib.ExitStack = field(default_factory=contextlib.ExitStack, repr=False)
+
+    @property
+    def params(self) -> int:
+        return sum(layer.params for layer in self.layers)
+
+    @property
+    def tensors(self) -> List[Tensor]:
+        return [t for layer in self.layers for t in layer.weights]
+
+    def close(self) -> None:
+        """Close the files the lazy tensors read from."""
+        self._resources.close()
+
+    def __enter__(self) -> "ModelView":
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def to_dict(self) -> Dict[str, Any]:
+        """The documented, stable JSON form (see README, `inspect --json`)."""
+        return {
+            "file": self.path,
+            "layout": self.layout,
+            "kind": self.kind,
+            "keras_version": self.keras_version,
+            "backend": self.backend,
+            "model_class": self.model_class,
+            "input_shape": self.input_shape,
+            "order": {"source": self.order, "note": self.order_note},
+            "layers": [layer.to_dict() for layer in self.layers],
+            "total_layers": len(self.layers),
+            "total_tensors": len(self.tensors),
+            "total_params": self.params,
+        }
