@@ -50,7 +50,7 @@ def read_legacy(f: h5py.File, path: Union[str, Path], config: Optional[ModelConf
         config = parse_model_config(text, source=f"{path} (model_config)") if text else None
     layers: List[Layer] = []
     for name in str_list_attr(group, "layer_names", path):
-        layers.extend(_layers_of(group, name, path, config, version))
+        layers.extend(_layers_of(group, name, path, config))
     if config is not None:
         weighted = {layer.name for layer in layers}
         for layer in layers:
@@ -70,7 +70,7 @@ def read_legacy(f: h5py.File, path: Union[str, Path], config: Optional[ModelConf
     )
 
 
-def _layers_of(group: h5py.Group, name: str, path: Union[str, Path], config: Optional[ModelConfig], version: Optional[str]) -> List[Layer]:
+def _layers_of(group: h5py.Group, name: str, path: Union[str, Path], config: Optional[ModelConfig]) -> List[Layer]:
     """The weighted layer(s) stored under one `layer_names` entry (several for a nested model)."""
     entry = group.get(name)
     if not isinstance(entry, h5py.Group):
@@ -84,7 +84,7 @@ def _layers_of(group: h5py.Group, name: str, path: Union[str, Path], config: Opt
         dataset = entry.get(weight_name)
         if not isinstance(dataset, h5py.Dataset):
             raise WeightportError(path, f"weight '{weight_name}' of layer '{name}' is listed in weight_names but not stored", _HINT_DAMAGED)
-        key = _inner_name(name, weight_name, keras3=(version or "").startswith("3")) if nested else name
+        key = _inner_name(name, weight_name, config) if nested else name
         inner.setdefault(key, []).append((weight_name, dataset))
     return [_layer(key, items, entry, name if nested else None, config) for key, items in inner.items()]
 
@@ -96,11 +96,15 @@ def _is_nested(name: str, weight_names: List[str], config: Optional[ModelConfig]
     return len({w.split("/")[0] for w in weight_names if "/" in w}) > 1
 
 
-def _inner_name(container: str, weight_name: str, keras3: bool) -> str:
-    """`bb_conv1/kernel:0` (Keras 2) or `backbone/bb_conv1/kernel` (Keras 3) -> `bb_conv1`."""
+def _inner_name(container: str, weight_name: str, config: Optional[ModelConfig]) -> str:
+    """The inner layer a nested model's weight belongs to: `bb_conv1/kernel:0` (Keras 2),
+    `backbone/bb_conv1/kernel` (Keras 3) -> `bb_conv1`; the config says which part is a layer."""
     parts = weight_name.split("/")[:-1]
-    if keras3 and len(parts) > 1 and parts[0] == container:
-        parts = parts[1:]
+    if config is not None:
+        for part in reversed(parts):
+            layer = config.get(part)
+            if layer is not None and layer.container is not None:
+                return part
     return parts[0] if parts else container
 
 

@@ -26,10 +26,15 @@ def _tensor_label(tensor: Tensor) -> str:
     return f"{label} {_shape(tensor.shape)} {tensor.dtype}"
 
 
+def _clip(text: str, width: int = 48) -> str:
+    """Keep the table readable when Keras names run to thousands of characters."""
+    return text if len(text) <= width else f"{text[: width // 2 - 2]}...{text[-(width // 2 - 1):]}"
+
+
 def _rows(layer: Layer, index: int) -> List[List[str]]:
     fed = " > ".join(layer.fed_by)
     labels = [_tensor_label(t) for t in layer.weights]
-    first = [str(index), layer.name, layer.class_name or "?", fed, labels[0], f"{layer.params:,}"]
+    first = [str(index), _clip(layer.name), layer.class_name or "?", fed, labels[0], f"{layer.params:,}"]
     return [first] + [["", "", "", "", label, ""] for label in labels[1:]]
 
 

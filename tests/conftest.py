@@ -1,0 +1,44 @@
+"""Shared test helpers: where the data lives, and running the CLI for real."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+from typing import List
+
+import pytest
+
+ROOT = Path(__file__).resolve().parent.parent
+FIXTURES = ROOT / "fixtures"
+SHARED_FILES = ROOT.parent / "shared" / "keras-files"
+
+
+def run_cli(*args: str, cwd: Path = ROOT) -> subprocess.CompletedProcess:
+    """Run `python -m weightport ARGS` in a fresh interpreter, as a user would."""
+    env = dict(os.environ, PYTHONPATH=str(ROOT))
+    return subprocess.run([sys.executable, "-m", "weightport", *args], capture_output=True, text=True, cwd=cwd, env=env, timeout=300)
+
+
+def shared_files() -> List[Path]:
+    if not SHARED_FILES.is_dir():
+        return []
+    return sorted(p for p in SHARED_FILES.iterdir() if p.suffix in (".h5", ".hdf5"))
+
+
+def sidecar_config(path: Path) -> Path | None:
+    """Keras 1 weights-only files ship their architecture as `<stem>_config.json`."""
+    candidate = path.with_name(path.name.replace("_weights.h5", "_config.json"))
+    return candidate if candidate != path and candidate.exists() else None
+
+
+def keras_required() -> bool:
+    """CI sets WEIGHTPORT_REQUIRE_KERAS=1 so a missing Keras fails instead of skipping."""
+    return os.environ.get("WEIGHTPORT_REQUIRE_KERAS") == "1"
+
+
+def import_or_skip(module: str):
+    if keras_required():
+        return __import__(module)
+    return pytest.importorskip(module, reason=f"{module} is not installed (pip install -e '.[test]')")

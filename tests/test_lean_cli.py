@@ -1,0 +1,42 @@
+"""`--version`, `--help` and `inspect` must never import TensorFlow or Keras (5-7 s, 0.5 GB)."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+
+import pytest
+
+from conftest import FIXTURES, ROOT
+
+PROBE = """
+import sys
+from weightport.cli import main
+try:
+    code = main(sys.argv[1:])
+except SystemExit as exc:
+    code = exc.code
+heavy = sorted(m for m in ("tensorflow", "keras", "tf_keras", "jax", "torch") if m in sys.modules)
+print("HEAVY:" + ",".join(heavy), file=sys.stderr)
+sys.exit(code)
+"""
+
+
+def _probe(*args: str) -> subprocess.CompletedProcess:
+    env = dict(os.environ, PYTHONPATH=str(ROOT))
+    return subprocess.run([sys.executable, "-c", PROBE, *args], capture_output=True, text=True, env=env, timeout=120)
+
+
+@pytest.mark.parametrize("args", [["--version"], ["--help"], ["inspect", "--help"], ["inspect", str(FIXTURES / "seq__k3.keras")], ["inspect", str(FIXTURES / "seq__tfk.h5"), "--json"]], ids=" ".join)
+def test_no_heavy_imports(args) -> None:
+    result = _probe(*args)
+    assert result.returncode == 0, result.stderr
+    assert "HEAVY:\n" in result.stderr, result.stderr
+
+
+def test_version_names_the_package() -> None:
+    from weightport import __version__
+
+    result = _probe("--version")
+    assert result.stdout.strip() == f"weightport {__version__}"
