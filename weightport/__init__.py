@@ -1,6 +1,7 @@
 """weightport: move trained Keras weights into another architecture straight from the HDF5 file.
 
-The public API mirrors the pipeline read -> plan -> write -> verify; this release reads.
+The public API mirrors the pipeline: `read` a file into an ordered view, `plan` a
+conversion, `convert` (plan and write), `convert_into_model` (into a live Keras model).
 
 Example:
     >>> import weightport
@@ -9,9 +10,10 @@ Example:
 """
 
 from ._version import __version__
+from .api import convert, convert_into_model, plan
 from .config import ModelConfig, load_config_file
 from .errors import WeightportError
 from .readers import read
 from .view import Layer, ModelView, Tensor
 
-__all__ = ["__version__", "read", "load_config_file", "ModelConfig", "ModelView", "Layer", "Tensor", "WeightportError"]
+__all__ = ["__version__", "read", "plan", "convert", "convert_into_model", "load_config_file", "ModelConfig", "ModelView", "Layer", "Tensor", "WeightportError"]

@@ -33,7 +33,7 @@ class _Window(io.RawIOBase):
 
     def __init__(self, raw: io.BufferedReader, start: int, length: int) -> None:
         super().__init__()
-        self._raw, self._start, self._length, self._pos = raw, start, length, 0
+        self._raw, self.start, self._length, self._pos = raw, start, length, 0
 
     def readable(self) -> bool:
         return True
@@ -57,7 +57,7 @@ class _Window(io.RawIOBase):
         count = max(0, min(len(buffer), self._length - self._pos))
         if count == 0:
             return 0
-        self._raw.seek(self._start + self._pos)
+        self._raw.seek(self.start + self._pos)
         data = self._raw.read(count)
         buffer[: len(data)] = data
         self._pos += len(data)
@@ -88,6 +88,7 @@ def read_archive(path: Union[str, Path], config: Optional[ModelConfig] = None) -
         raise
     f = open_h5(f"{path} ({WEIGHTS_MEMBER})", fileobj=fileobj)
     view = read_keras3(f, path, config, layout="keras-archive", keras_version=version)
+    view.data_file, view.data_base = str(path), getattr(fileobj, "start", None)
     view._resources.callback(archive.close)
     view._resources.callback(fileobj.close)
     view._resources.callback(f.close)

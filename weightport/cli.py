@@ -10,7 +10,7 @@ from __future__ import annotations
 import argparse
 import sys
 import traceback
-from typing import List, Optional
+from typing import List, Optional, Tuple
 
 from ._version import __version__
 from .errors import WeightportError
@@ -25,6 +25,63 @@ def _cmd_inspect(args: argparse.Namespace) -> int:
     with read(args.file, config=args.config) as view:
         print(view_json(view) if args.json else view_table(view))
     return 0
+
+
+def _window(text: str) -> List[int]:
+    try:
+        dims = [int(part) for part in text.split(",")]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"'{text}' is not a list of sizes like 7,7,512") from None
+    if not 2 <= len(dims) <= 4 or min(dims) <= 0:
+        raise argparse.ArgumentTypeError(f"'{text}' must be L,C or H,W,C or D,H,W,C with positive sizes")
+    return dims
+
+
+def _pair(text: str) -> Tuple[str, str]:
+    src, sep, dst = text.partition("=")
+    if not sep or not src or not dst:
+        raise argparse.ArgumentTypeError(f"'{text}' is not SRC_LAYER=DST_LAYER")
+    return src, dst
+
+
+def _plan_options(args: argparse.Namespace) -> dict:
+    return dict(config=args.config, flatten=args.flatten, source_order=args.source_order, flip_kernels=args.flip_kernels,
+                maps=dict(args.map or []), skips=list(args.skip or []))
+
+
+def _cmd_plan(args: argparse.Namespace) -> int:
+    from .api import plan
+    from .report import plan_json, plan_table
+
+    built = plan(args.source, args.target, **_plan_options(args))
+    print(plan_json(built) if args.json else plan_table(built))
+    return 0
+
+
+def _cmd_convert(args: argparse.Namespace) -> int:
+    from pathlib import Path
+
+    from .api import convert
+    from .report import plan_table
+    from .writers import output_layout
+
+    layout = output_layout(Path(args.out))
+    built = convert(args.source, args.out, args.target, force=args.force, **_plan_options(args))
+    print(plan_table(built, layout))
+    print(f"wrote {args.out} ({layout} layout)")
+    return 0
+
+
+def _add_target_options(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("source", metavar="SRC", help="the trained weights: .h5 / .hdf5, .weights.h5 or .keras")
+    parser.add_argument("--target", metavar="FILE", help="a file describing the target architecture (e.g. the untrained FCN's save_weights); "
+                        "default: derive the fully-convolutional twin from SRC's config")
+    parser.add_argument("--config", metavar="JSON", help="sidecar model config (model.to_json()) for a weights-only SRC")
+    parser.add_argument("--flatten", metavar="H,W,C", type=_window, help="the window that fed the first Dense (L,C / H,W,C / D,H,W,C) when SRC has no config")
+    parser.add_argument("--source-order", choices=("hwc", "chw"), help="order in which SRC's Flatten saw its input (default: from the config; hwc)")
+    parser.add_argument("--flip-kernels", action="store_true", help="SRC's conv kernels were trained by Theano (true convolution): flip them spatially")
+    parser.add_argument("--map", metavar="SRC_LAYER=DST_LAYER", type=_pair, action="append", help="pair these two layers (repeatable)")
+    parser.add_argument("--skip", metavar="DST_LAYER", action="append", help="leave this target layer out of the pairing (repeatable)")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -43,6 +100,17 @@ def build_parser() -> argparse.ArgumentParser:
     inspect.add_argument("--config", metavar="JSON", help="sidecar model config (model.to_json()) for a weights-only file")
     inspect.add_argument("--json", action="store_true", help="print one JSON document (contract in the README)")
     inspect.set_defaults(run=_cmd_inspect)
+
+    plan = commands.add_parser("plan", help="show, without writing, how every target tensor is made")
+    _add_target_options(plan)
+    plan.add_argument("--json", action="store_true", help="print one JSON document (contract in the README)")
+    plan.set_defaults(run=_cmd_plan)
+
+    convert = commands.add_parser("convert", help="plan and write the converted weights")
+    _add_target_options(convert)
+    convert.add_argument("-o", "--out", metavar="OUT", required=True, help="*.weights.h5 (Keras 3 layout) or *.h5 / *.hdf5 (legacy layout)")
+    convert.add_argument("--force", action="store_true", help="replace OUT if it exists")
+    convert.set_defaults(run=_cmd_convert)
     return parser
 
 
@@ -54,6 +122,8 @@ def main(argv: Optional[List[str]] = None) -> int:
         return args.run(args)
     except WeightportError as exc:
         print(f"weightport: error: {exc.line()}", file=sys.stderr)
+        if exc.detail:
+            print(exc.detail, file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print("weightport: interrupted", file=sys.stderr)

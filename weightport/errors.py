@@ -15,10 +15,11 @@ __all__ = ["WeightportError"]
 class WeightportError(Exception):
     """A problem with the user's input: which file, what is wrong, and what to do about it."""
 
-    def __init__(self, file: Optional[Union[str, Path]], problem: str, hint: str = "") -> None:
+    def __init__(self, file: Optional[Union[str, Path]], problem: str, hint: str = "", detail: str = "") -> None:
         self.file = str(file) if file is not None else None
         self.problem = problem
         self.hint = hint
+        self.detail = detail  # optional lines shown after the one-line message (a side-by-side table)
         super().__init__(self.line())
 
     def line(self) -> str:

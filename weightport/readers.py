@@ -49,6 +49,7 @@ def read(path: PathLike, config: Optional[Union[PathLike, ModelConfig]] = None) 
         f.close()
         raise
     view._resources.callback(f.close)
+    view.data_file = str(path)
     return view
 
 

@@ -1,13 +1,14 @@
-"""Rendering a `ModelView` for people (a table) and for programs (the stable JSON)."""
+"""Rendering views and plans for people (tables) and for programs (the stable JSON)."""
 
 from __future__ import annotations
 
 import json
-from typing import List
+from typing import List, Optional
 
+from .plan import Plan, Step
 from .view import Layer, ModelView, Tensor
 
-__all__ = ["view_table", "view_json"]
+__all__ = ["view_table", "view_json", "plan_table", "plan_json"]
 
 
 def view_json(view: ModelView) -> str:
@@ -61,3 +62,28 @@ def view_table(view: ModelView) -> str:
 
     total = f"{len(view.layers)} weighted layers, {len(view.tensors)} tensors, {view.params:,} parameters"
     return "\n".join(_facts(view) + ["", fmt(header)] + [fmt(r) for r in rows] + ["", total])
+
+
+def plan_json(plan: Plan) -> str:
+    """The `plan --json` document; its keys are documented in the README."""
+    return json.dumps(plan.to_dict(), indent=2)
+
+
+def _rule_label(step: Step) -> str:
+    extra = step.params.get("order") if step.rule == "dense-to-conv" else "flip" if step.params.get("flip") else ""
+    return f"{step.rule} {extra}".strip()
+
+
+def plan_table(plan: Plan, layout: Optional[str] = None) -> str:
+    """One row per tensor: source path, target path (in `layout`), shapes, rule, dtype."""
+    header = ["#", "source", "shape", "rule", "target", "shape", "dtype"]
+    rows = []
+    for i, step in enumerate(plan.steps):
+        target = step.target_name if layout == "legacy" or not step.target_keras3 else step.target_keras3
+        dtype = step.target_dtype if step.source_dtype == step.target_dtype else f"{step.source_dtype}->{step.target_dtype}"
+        rows.append([str(i), _clip(step.source_path.lstrip("/"), 56), _shape(step.source_shape), _rule_label(step),
+                     _clip(target, 56), _shape(step.target_shape), dtype])
+    widths = [max(len(r[c]) for r in [header] + rows) for c in range(len(header))]
+    lines = [f"source   {plan.source}", f"target   {plan.target.label}"] + [f"note     {n}" for n in plan.notes] + [""]
+    lines += ["  ".join(cell.ljust(w) for cell, w in zip(row, widths)).rstrip() for row in [header] + rows]
+    return "\n".join(lines + ["", f"{len(plan.steps)} tensors, {plan.to_dict()['total_values']:,} values"])

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from typing import Any, Dict, List, Optional
 
-__all__ = ["role_from_name", "roles_for_class"]
+__all__ = ["role_from_name", "roles_for_class", "guess_class"]
 
 # Keras 1 suffixes (`dense_1_W`) and old spellings -> today's variable names.
 _KERAS1_ROLES = {
@@ -59,3 +59,23 @@ def roles_for_class(class_name: Optional[str], count: int, config: Optional[Dict
     else:
         return [None] * count
     return roles if len(roles) == count else [None] * count
+
+
+# Role sets that identify a layer class when no config says what a layer is.
+_CLASS_BY_ROLES = {
+    frozenset({"gamma", "beta", "moving_mean", "moving_variance"}): "BatchNormalization",
+    frozenset({"alpha"}): "PReLU",
+    frozenset({"embeddings"}): "Embedding",
+}
+_CLASS_BY_KERNEL_RANK = {2: "Dense", 3: "Conv1D", 4: "Conv2D", 5: "Conv3D"}
+
+
+def guess_class(roles: List[Optional[str]], shapes: List[tuple]) -> Optional[str]:
+    """A layer's likely class from its tensors (kernel rank, BatchNormalization's four
+    vectors ...), for legacy weights-only files that carry no config; None when unclear."""
+    known = frozenset(r for r in roles if r)
+    if known in _CLASS_BY_ROLES:
+        return _CLASS_BY_ROLES[known]
+    if known <= {"kernel", "bias"} and roles and roles[0] == "kernel":
+        return _CLASS_BY_KERNEL_RANK.get(len(shapes[0]))
+    return None

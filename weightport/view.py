@@ -9,10 +9,13 @@ from __future__ import annotations
 
 import contextlib
 from dataclasses import dataclass, field
-from typing import Any, Dict, List, Optional, Tuple
+from typing import TYPE_CHECKING, Any, Dict, List, Optional, Tuple
 
 import h5py
 import numpy as np
+
+if TYPE_CHECKING:
+    from .config import ModelConfig
 
 __all__ = ["Tensor", "Layer", "ModelView"]
 
@@ -98,7 +101,9 @@ class ModelView:
     backend: Optional[str] = None
     input_shape: Optional[List[Optional[int]]] = None
     model_class: Optional[str] = None
-    config: Optional[Dict[str, Any]] = field(default=None, repr=False)
+    config: Optional["ModelConfig"] = field(default=None, repr=False)
+    data_file: Optional[str] = None  # the file on disk whose bytes the datasets live in
+    data_base: Optional[int] = 0  # where the HDF5 image starts in it (a .keras member); None: not in place
     _resources: contextlib.ExitStack = field(default_factory=contextlib.ExitStack, repr=False)
 
     @property

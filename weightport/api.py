@@ -1,0 +1,113 @@
+"""The Python API for pipelines: plan and convert from paths, or straight into a live model.
+
+Each call opens the files it needs, closes them when done, and raises `WeightportError` for
+bad input, exactly as the CLI reports it. Nothing here imports TensorFlow.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import tempfile
+from pathlib import Path
+from typing import Any, Dict, Iterator, List, Optional, Sequence, Tuple, Union
+
+from .errors import WeightportError
+from .head import analyze_head
+from .plan import Plan, PlanOptions, make_plan
+from .readers import read
+from .target import target_from_view
+from .twin import derive_twin
+from .view import ModelView
+from .writers import write
+
+__all__ = ["plan", "convert", "convert_into_model"]
+
+PathLike = Union[str, Path]
+
+
+@contextlib.contextmanager
+def planned(source: PathLike, target: Optional[PathLike] = None, config: Optional[PathLike] = None,
+            flatten: Optional[Sequence[int]] = None, options: Optional[PlanOptions] = None) -> Iterator[Tuple[Plan, Dict[str, ModelView]]]:
+    """The plan and the open views its steps read from (closed on exit)."""
+    options = options or PlanOptions()
+    with contextlib.ExitStack() as stack:
+        src = stack.enter_context(read(source, config=config))
+        views = {src.path: src}
+        if target is not None:
+            tgt = stack.enter_context(read(target))
+            views[tgt.path] = tgt
+            head = analyze_head(src, flatten, options.source_order) if (src.config is not None or flatten) else {}
+            built = make_plan(src, target_from_view(tgt), head, options, target_view=tgt)
+        else:
+            if options.maps:
+                raise WeightportError(src.path, "--map pairs source layers with a --target's layers", "give --target, or drop --map")
+            head = analyze_head(src, flatten, options.source_order)
+            twin = derive_twin(src, head, options.skips)
+            built = make_plan(src, twin, head, PlanOptions(options.source_order, options.flip_kernels))
+        yield built, views
+
+
+def _options(source_order: Optional[str], flip_kernels: bool, maps: Optional[Dict[str, str]], skips: Optional[List[str]]) -> PlanOptions:
+    return PlanOptions(source_order, flip_kernels, dict(maps or {}), list(skips or []))
+
+
+def plan(source: PathLike, target: Optional[PathLike] = None, *, config: Optional[PathLike] = None,
+         flatten: Optional[Sequence[int]] = None, source_order: Optional[str] = None, flip_kernels: bool = False,
+         maps: Optional[Dict[str, str]] = None, skips: Optional[List[str]] = None) -> Plan:
+    """Plan a conversion without writing anything.
+
+    Args:
+        source: the trained weights (any file `weightport.read` takes).
+        target: a file describing the target architecture (e.g. the untrained FCN saved with
+            `save_weights`); None derives the fully-convolutional twin from the source's config.
+        config: sidecar JSON config for a weights-only source.
+        flatten: the window (H, W, C) that fed the first Dense when the source has no config.
+        source_order: "hwc" or "chw", the order the source's Flatten saw its input (default: from the config).
+        flip_kernels: the source's conv kernels were trained by Theano (flip them spatially).
+        maps: {source layer: target layer} pairs to force; skips: target layers to leave out.
+
+    Returns:
+        A `Plan`; `plan.to_dict()` is the `plan --json` document.
+
+    Example:
+        >>> p = weightport.plan("vgg16.keras")  # doctest: +SKIP
+        >>> [(s.target_layer, s.rule) for s in p.steps][-6:]  # doctest: +SKIP
+    """
+    with planned(source, target, config, flatten, _options(source_order, flip_kernels, maps, skips)) as (built, _):
+        return built
+
+
+def convert(source: PathLike, out: PathLike, target: Optional[PathLike] = None, *, force: bool = False,
+            config: Optional[PathLike] = None, flatten: Optional[Sequence[int]] = None, source_order: Optional[str] = None,
+            flip_kernels: bool = False, maps: Optional[Dict[str, str]] = None, skips: Optional[List[str]] = None) -> Plan:
+    """Plan and write the conversion to `out` (`.weights.h5`: Keras 3 layout; `.h5`: legacy).
+
+    Arguments as for `plan`; `force` replaces an existing `out`. The output is written
+    atomically: `out` is either left as it was or replaced by a complete file.
+
+    Example:
+        >>> weightport.convert("vgg16.keras", "fcn.weights.h5")  # doctest: +SKIP
+    """
+    with planned(source, target, config, flatten, _options(source_order, flip_kernels, maps, skips)) as (built, views):
+        write(built, Path(out), views, force=force)
+        return built
+
+
+def convert_into_model(source: PathLike, model: Any, **options: Any) -> Plan:
+    """Transplant `source` into a live Keras model (Keras 3 or tf_keras) and load it.
+
+    The model's own weights file, saved to a temporary folder, is the target, so the model
+    gets exactly its own layout; then `model.load_weights` reads the converted file.
+
+    Example:
+        >>> fcn = build_my_fcn()  # doctest: +SKIP
+        >>> weightport.convert_into_model("vgg16.keras", fcn)  # doctest: +SKIP
+    """
+    legacy = type(model).__module__.startswith("tf_keras")
+    suffix = ".h5" if legacy else ".weights.h5"
+    with tempfile.TemporaryDirectory(prefix="weightport-") as folder:
+        template, out = Path(folder) / f"target{suffix}", Path(folder) / f"converted{suffix}"
+        model.save_weights(str(template))
+        built = convert(source, out, template, **options)
+        model.load_weights(str(out))
+        return built

@@ -1,0 +1,202 @@
+"""How each layer of a classifier head maps onto the fully-convolutional twin.
+
+A Dense fed by a Flatten becomes a Conv whose kernel covers the window that fed the Flatten
+(rows reordered from the flatten order the config implies: channels_last, raw channels-first,
+Permute ...); a Dense fed by global pooling or by another such Dense becomes a 1x1 Conv;
+per-unit layers after them (BatchNormalization, PReLU) act per channel in the twin. Without
+a config the user gives the window (`--flatten`) and the head is read from the layer order.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+from typing import Dict, List, Optional, Sequence, Tuple
+
+import numpy as np
+
+from .config import ConfigLayer, ModelConfig
+from .errors import WeightportError
+from .roles import guess_class
+from .rules import SPATIAL, canonical_order, check_order
+from .shapes import infer_shapes
+from .view import Layer, ModelView
+
+__all__ = ["HeadRole", "analyze_head", "layer_class", "parse_source_order"]
+
+PASS_THROUGH = {
+    "Dropout", "SpatialDropout1D", "SpatialDropout2D", "SpatialDropout3D", "GaussianNoise",
+    "GaussianDropout", "AlphaDropout", "Activation", "ReLU", "LeakyReLU", "ELU", "Softmax",
+    "ThresholdedReLU", "ActivityRegularization", "Masking",
+}
+PER_UNIT = {"BatchNormalization", "PReLU", "LayerNormalization"}
+_GLOBAL_POOLING = re.compile(r"Global(Average|Max)Pooling([123])D")
+
+
+@dataclass(frozen=True)
+class HeadRole:
+    """What a source layer becomes in the twin."""
+
+    kind: str  # "window": Dense after Flatten; "1x1": Dense after pooling/Dense; "per-unit"
+    rank: int  # spatial rank of the twin's Conv (1, 2 or 3)
+    reason: str  # for people: "after Flatten of 7x7x512 (order hwc)"
+    window: Tuple[int, ...] = ()
+    channels: int = 0
+    order: str = ""
+    data_format: str = "channels_last"
+
+
+def layer_class(layer: Layer) -> Optional[str]:
+    """The layer's class from the file or config, else a guess from its tensors."""
+    return layer.class_name or guess_class([t.role for t in layer.weights], [t.shape for t in layer.weights])
+
+
+def parse_source_order(order: Optional[str], rank: int) -> Optional[str]:
+    """`--source-order hwc|chw` in the window's rank: 'chw' is 'cw' in 1-D, 'cdhw' in 3-D."""
+    if order is None:
+        return None
+    mapped = {"hwc": canonical_order(rank), "chw": "c" + SPATIAL[rank]}.get(order, order)
+    check_order(mapped, rank)
+    return mapped
+
+
+def analyze_head(view: ModelView, flatten: Optional[Sequence[int]] = None, source_order: Optional[str] = None) -> Dict[str, HeadRole]:
+    """Roles of the source layers that change in the twin (others are copied as they are)."""
+    if view.config is not None:
+        roles = _from_config(view, view.config, flatten, source_order)
+    elif flatten:
+        roles = _from_order(view, tuple(flatten), source_order)
+    else:
+        raise WeightportError(view.path, "weights-only file with no model config: the window that fed the first Dense is unknown",
+                              "give --flatten H,W,C (the shape before the Flatten), or --config model.json")
+    if not any(role.kind in ("window", "1x1") for role in roles.values()):
+        raise WeightportError(view.path, "nothing to convert: no Dense layer after a Flatten or a global pooling",
+                              "weightport turns classifier heads into convolutions; this model has none")
+    return roles
+
+
+# --- with a config: follow the graph --------------------------------------------------------
+
+def _from_config(view: ModelView, config: ModelConfig, flatten: Optional[Sequence[int]], source_order: Optional[str]) -> Dict[str, HeadRole]:
+    shapes = infer_shapes(config, view.path)
+    vectors: Dict[str, Optional[HeadRole]] = {}  # layer -> what its 1-D output is, memoised
+
+    def vector(name: str) -> Optional[HeadRole]:
+        """What the rank-1 output of `name` is: flattened window, pooled or Dense units."""
+        if name not in vectors:
+            vectors[name] = _vector(config.get(name), shapes, config, vector, view.path, flatten, source_order)
+        return vectors[name]
+
+    roles: Dict[str, HeadRole] = {}
+    for layer in view.layers:
+        spec = config.get(layer.name)
+        if spec is None or not spec.inbound:
+            continue
+        feed = vector(spec.inbound[0])
+        if feed is None:
+            continue
+        if spec.class_name == "Dense":
+            roles[layer.name] = feed if feed.kind == "window" else HeadRole("1x1", feed.rank, feed.reason)
+            _check_window(view.path, layer, roles[layer.name])
+        elif spec.class_name in PER_UNIT:
+            if feed.kind == "window":
+                raise WeightportError(view.path, f"{spec.class_name} '{layer.name}' acts on each flattened feature; no convolutional twin computes that",
+                                      "move it after the first Dense, or --skip it")
+            roles[layer.name] = HeadRole("per-unit", feed.rank, feed.reason)
+    return roles
+
+
+def _vector(spec: Optional[ConfigLayer], shapes, config: ModelConfig, vector, source: str,
+            flatten: Optional[Sequence[int]], source_order: Optional[str]) -> Optional[HeadRole]:
+    if spec is None:
+        return None
+    pooled = _GLOBAL_POOLING.fullmatch(spec.class_name)
+    if pooled and not spec.config.get("keepdims", False):
+        return HeadRole("1x1", int(pooled.group(2)), f"after {spec.class_name} '{spec.name}'")
+    if spec.class_name == "Flatten" or (spec.class_name == "Reshape" and len(spec.config.get("target_shape") or ()) == 1):
+        return _window(spec, shapes, config, source, flatten, source_order)
+    feed = vector(spec.inbound[0]) if spec.inbound else None
+    if spec.class_name == "Dense" and feed is not None:
+        return HeadRole("1x1", feed.rank, f"after Dense '{spec.name}'")
+    if spec.class_name in PASS_THROUGH or spec.class_name in PER_UNIT:
+        return feed
+    return None
+
+
+def _window(flat: ConfigLayer, shapes, config: ModelConfig, source: str, flatten: Optional[Sequence[int]], source_order: Optional[str]) -> Optional[HeadRole]:
+    """The window a Flatten (or a Reshape to 1-D) sees, and the order it lists it in."""
+    chain: List[ConfigLayer] = []
+    anchor = config.get(flat.inbound[0]) if flat.inbound else None
+    while anchor is not None and (anchor.class_name in PASS_THROUGH or anchor.class_name in ("Permute", "Reshape")):
+        chain.append(anchor)
+        anchor = config.get(anchor.inbound[0]) if anchor.inbound else None
+    if anchor is None:
+        return None
+    info = shapes.output(anchor.name)
+    rank = len(info.shape) - 1
+    if rank not in SPATIAL:
+        return None
+    first = info.layout == "channels_first"
+    spatial, channels = (info.shape[1:], info.shape[0]) if first else (info.shape[:-1], info.shape[-1])
+    order = ("c" + SPATIAL[rank]) if first else canonical_order(rank)
+    for layer in reversed(chain):
+        order = _apply(layer, order, source)
+    if flat.class_name == "Flatten" and flat.config.get("data_format") == "channels_first":
+        order = order[1:] + order[0]
+    if flatten:
+        spatial, channels = tuple(flatten[:-1]), flatten[-1]
+    assumed = f"; shapes assumed through {', '.join(info.assumed)}" if info.assumed else ""
+    order = parse_source_order(source_order, rank) or order
+    return HeadRole("window", rank, f"after {flat.class_name} '{flat.name}' of {'x'.join(map(str, spatial))}x{channels} (order {order}){assumed}",
+                    tuple(int(n) for n in spatial), int(channels), order, "channels_first" if first else "channels_last")
+
+
+def _apply(layer: ConfigLayer, order: str, source: str) -> str:
+    """The physical axis order after a Permute; Reshape and pass-through layers keep it."""
+    if layer.class_name != "Permute":
+        if layer.class_name == "Reshape":
+            raise WeightportError(source, f"Reshape '{layer.name}' before the Flatten changes which axes are spatial",
+                                  "give --flatten H,W,C and --source-order for the window the Dense sees")
+        return order
+    dims = layer.config.get("dims")
+    return "".join(order[d - 1] for d in dims)
+
+
+def _check_window(source: str, layer: Layer, role: HeadRole) -> None:
+    if role.kind != "window" or not layer.weights:
+        return
+    rows = layer.weights[0].shape[0]
+    expected = int(np.prod(role.window, dtype=np.int64)) * role.channels
+    if rows != expected:
+        raise WeightportError(source, f"Dense '{layer.name}' has {rows} inputs but the window {'x'.join(map(str, role.window))}x{role.channels} holds {expected}",
+                              "give --flatten H,W,C with the shape that fed the Flatten")
+
+
+# --- without a config: read the head from the layer order ------------------------------------
+
+def _from_order(view: ModelView, flatten: Tuple[int, ...], source_order: Optional[str]) -> Dict[str, HeadRole]:
+    rank = len(flatten) - 1
+    if rank not in SPATIAL or any(n <= 0 for n in flatten):
+        raise WeightportError(view.path, f"--flatten {','.join(map(str, flatten))} is not a window", "give L,C or H,W,C or D,H,W,C")
+    order = parse_source_order(source_order, rank) or canonical_order(rank)
+    window = HeadRole("window", rank, f"after the Flatten of {'x'.join(map(str, flatten))} given by --flatten (order {order})",
+                      flatten[:-1], flatten[-1], order)
+    size = int(np.prod(flatten, dtype=np.int64))
+    roles: Dict[str, HeadRole] = {}
+    units: Optional[int] = None
+    for layer in view.layers:
+        cls, first = layer_class(layer), layer.weights[0].shape
+        if cls == "Dense" and len(first) == 2:
+            if units is not None and first[0] == units:
+                roles[layer.name] = HeadRole("1x1", rank, "after the previous Dense")
+            elif first[0] == size:
+                roles[layer.name] = window
+            elif units is not None or roles:
+                raise WeightportError(view.path, f"Dense '{layer.name}' has {first[0]} inputs: neither the window ({size}) nor the previous Dense's {units} units",
+                                      "give --config so weightport can follow the graph")
+            else:
+                _check_window(view.path, layer, window)
+            units = first[1]
+        elif cls in PER_UNIT and units is not None and layer.weights[0].size == units:
+            roles[layer.name] = HeadRole("per-unit", rank, "after the previous Dense")
+    return roles

@@ -1,0 +1,208 @@
+"""Writing a plan to disk in the layout the output's name asks for, atomically.
+
+`.weights.h5` gets the Keras 3 layout (`layers/<class>_N/vars/<i>`), `.h5`/`.hdf5` the legacy
+layout (`layer_names`, `weight_names`) that tf_keras and Keras 3 both load by position. The
+file is built in a temporary file beside the destination: first its structure with h5py
+(contiguous datasets allocated up front), then the tensor bytes streamed into place, then the
+provenance attributes; it is flushed, fsynced and renamed over the destination only when whole.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import json
+import os
+import secrets
+from pathlib import Path
+from typing import Dict, Iterator, List, Optional, Tuple
+
+import h5py
+import numpy as np
+
+from ._version import __version__
+from .errors import WeightportError
+from .plan import Plan, Step
+from .transfer import raw_location, transfer
+from .view import ModelView
+
+__all__ = ["output_layout", "write", "LAYOUTS"]
+
+LAYOUTS = {".weights.h5": "keras3", ".h5": "legacy", ".hdf5": "legacy"}
+HEADER_LIMIT = 64512  # Keras's HDF5_OBJECT_HEADER_LIMIT for one attribute
+TMP_MARK = ".weightport-"
+
+
+def output_layout(out: Path) -> str:
+    """The layout an output's name asks for; refuses names Keras would not dispatch."""
+    name = out.name.lower()
+    for suffix, layout in LAYOUTS.items():
+        if name.endswith(suffix):
+            return layout
+    raise WeightportError(out, "unknown output type", "name the output *.weights.h5 (Keras 3 layout) or *.h5 / *.hdf5 (legacy layout)")
+
+
+def write(plan: Plan, out: Path, views: Dict[str, ModelView], force: bool = False) -> None:
+    """Write `plan` to `out`; `views` maps each file named by the steps to its open view."""
+    layout = output_layout(out)
+    _check_destination(out, views, force)
+    tmp = out.parent / f".{out.name}{TMP_MARK}{os.getpid()}-{secrets.token_hex(4)}.tmp"
+    try:
+        offsets = _structure(plan, layout, tmp)
+        _fill(plan, offsets, tmp, views)
+        _provenance(plan, tmp, views)
+        with open(tmp, "rb+") as fh:
+            os.fsync(fh.fileno())
+        os.replace(tmp, out)
+        _fsync_dir(out.parent)
+    except BaseException:
+        with contextlib.suppress(OSError):
+            tmp.unlink()
+        raise
+
+
+def _check_destination(out: Path, views: Dict[str, ModelView], force: bool) -> None:
+    if out.is_dir():
+        raise WeightportError(out, "is a directory", "give the output file's name")
+    if not out.parent.is_dir():
+        raise WeightportError(out, "its folder does not exist", "create the folder first")
+    for path in views:
+        if out.exists() and Path(path).exists() and os.path.samefile(out, path):
+            raise WeightportError(out, "is an input of this conversion", "write to another file; inputs are never changed")
+    if out.exists() and not force:
+        raise WeightportError(out, "already exists", "pass --force to replace it")
+
+
+def _fsync_dir(folder: Path) -> None:
+    with contextlib.suppress(OSError):
+        fd = os.open(folder, os.O_RDONLY)
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+
+
+# --- structure ----------------------------------------------------------------------------
+
+def _structure(plan: Plan, layout: str, tmp: Path) -> List[Optional[int]]:
+    """Create every group, attribute and (allocated, empty) dataset; return data offsets."""
+    with h5py.File(tmp, "w") as f:
+        places = _legacy(plan, f) if layout == "legacy" else _keras3(plan, f)
+        datasets = [_dataset(f, place, step) for place, step in zip(places, plan.steps, strict=True)]
+        return [ds.id.get_offset() for ds in datasets]
+
+
+def _legacy(plan: Plan, f: h5py.File) -> List[str]:
+    containers = {layer.name: layer.entry for layer in plan.target.layers}
+    entries: Dict[str, List[str]] = {}
+    places = []
+    for step in plan.steps:
+        entry = containers[step.target_layer]
+        entries.setdefault(entry, []).append(step.target_name)
+        places.append(f"{entry}/{step.target_name}")
+    version = plan.target.keras_version or ""
+    f.attrs["keras_version"] = version if version[:1] in ("2", "3") else "2"
+    f.attrs["backend"] = plan.target.backend or "tensorflow"
+    _save_names(f, "layer_names", list(entries))
+    for entry, names in entries.items():
+        _save_names(f.require_group(entry), "weight_names", names)
+    return places
+
+
+def _keras3(plan: Plan, f: h5py.File) -> List[str]:
+    places = []
+    for step in plan.steps:
+        if step.target_keras3 is None:
+            raise WeightportError(plan.target.label, f"the Keras 3 group of layer '{step.target_layer}' is unknown (no class, or a nested model without a config)",
+                                  "write a legacy .h5 output, or give --config")
+        places.append(step.target_keras3)
+    for layer in plan.target.layers:
+        if layer.k3_path:
+            f.require_group(f"{layer.k3_path}/vars").attrs["name"] = layer.name
+    f.require_group("vars")
+    return places
+
+
+def _save_names(group: h5py.Group, name: str, values: List[str]) -> None:
+    """A list-of-names attribute as Keras writes it: one attribute, or `name0`, `name1`, ...
+    of fixed-length strings when it would exceed the HDF5 object-header limit."""
+    encoded = [v.encode("utf-8") for v in values]
+    if sum(len(v) for v in encoded) + 16 * len(encoded) < HEADER_LIMIT:
+        group.attrs[name] = encoded
+        return
+    array = np.asarray(encoded)
+    chunks = 1
+    while any(c.nbytes > HEADER_LIMIT for c in np.array_split(array, chunks)):
+        chunks += 1
+        if chunks > len(array):
+            raise WeightportError(None, f"a single name in '{name}' is longer than {HEADER_LIMIT} bytes", "shorten the layer names")
+    for i, chunk in enumerate(np.array_split(array, chunks)):
+        group.attrs[f"{name}{i}"] = chunk
+
+
+def _dataset(f: h5py.File, place: str, step: Step) -> h5py.Dataset:
+    """A contiguous dataset with its space allocated now and no fill, for raw writes later."""
+    parent, _, name = place.rpartition("/")
+    group = f.require_group(parent) if parent else f
+    dtype = np.dtype(step.target_dtype).newbyteorder("<")
+    space = h5py.h5s.create_simple(tuple(step.target_shape)) if step.target_shape else h5py.h5s.create(h5py.h5s.SCALAR)
+    dcpl = h5py.h5p.create(h5py.h5p.DATASET_CREATE)
+    dcpl.set_alloc_time(h5py.h5d.ALLOC_TIME_EARLY)
+    dcpl.set_fill_time(h5py.h5d.FILL_TIME_NEVER)
+    if name in group:
+        raise WeightportError(None, f"two target tensors share the path {place}", "the target has duplicate weight names")
+    return h5py.Dataset(h5py.h5d.create(group.id, name.encode("utf-8"), h5py.h5t.py_create(dtype, logical=True), space, dcpl=dcpl))
+
+
+# --- data ---------------------------------------------------------------------------------
+
+def _fill(plan: Plan, offsets: List[Optional[int]], tmp: Path, views: Dict[str, ModelView]) -> None:
+    datasets = {(file, t.path): t.dataset for file, view in views.items() for t in view.tensors}
+    with _open_fds(views) as fds, open(tmp, "rb+") as out:
+        for step, offset in zip(plan.steps, offsets, strict=True):
+            view = views[step.source_file]
+            dataset = datasets[(step.source_file, step.source_path)]
+            location = raw_location(view, dataset)
+            source = (fds[location[0]], location[1]) if location else None
+            dtype = np.dtype(step.target_dtype).newbyteorder("<")
+            if offset is None:
+                if int(np.prod(step.target_shape, dtype=np.int64)):
+                    raise RuntimeError(f"dataset for {step.target_name} was not allocated")
+                continue
+            transfer(step.rule, step.params, dataset, source, out.fileno(), offset, dtype)
+
+
+@contextlib.contextmanager
+def _open_fds(views: Dict[str, ModelView]) -> Iterator[Dict[str, int]]:
+    fds: Dict[str, int] = {}
+    try:
+        for view in views.values():
+            if view.data_file and view.data_file not in fds:
+                fds[view.data_file] = os.open(view.data_file, os.O_RDONLY)
+        yield fds
+    finally:
+        for fd in fds.values():
+            os.close(fd)
+
+
+# --- provenance ---------------------------------------------------------------------------
+
+def sha256_of(path: str) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as fh:
+        for block in iter(lambda: fh.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def _provenance(plan: Plan, tmp: Path, views: Dict[str, ModelView]) -> None:
+    """Record who wrote the file, from what, and by which rule each tensor was made."""
+    source = views[plan.source]
+    rules = [{"target": step.target_keras3 or step.target_name, "source": step.source_path, "source_file": Path(step.source_file).name,
+              "rule": step.rule, "params": step.params} for step in plan.steps]
+    with h5py.File(tmp, "r+") as f:
+        f.attrs["weightport_version"] = __version__
+        f.attrs["weightport_source"] = Path(plan.source).name
+        f.attrs["weightport_source_sha256"] = sha256_of(source.data_file or plan.source)
+        f.attrs["weightport_target"] = Path(plan.target.label).name
+        f.attrs["weightport_rules"] = json.dumps(rules)
