@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import importlib.util
 import os
 import subprocess
 import sys
@@ -42,3 +43,12 @@ def import_or_skip(module: str):
     if keras_required():
         return __import__(module)
     return pytest.importorskip(module, reason=f"{module} is not installed (pip install -e '.[test]')")
+
+
+def load_maker():
+    """fixtures/make_fixtures.py as a module (its builders, fill_weights, save ...)."""
+    spec = importlib.util.spec_from_file_location("make_fixtures", FIXTURES / "make_fixtures.py")
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module  # dataclasses look their module up while it loads
+    spec.loader.exec_module(module)
+    return module

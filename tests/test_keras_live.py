@@ -3,8 +3,6 @@ and check the view returns the model's own weights in order, with the model's ow
 
 from __future__ import annotations
 
-import importlib.util
-import sys
 import zlib
 from pathlib import Path
 
@@ -12,21 +10,13 @@ import numpy as np
 import pytest
 
 import weightport
-from conftest import FIXTURES, import_or_skip
+from conftest import import_or_skip, load_maker
 
 import_or_skip("keras")
 import_or_skip("tf_keras")
 
 
-def _load_maker():
-    spec = importlib.util.spec_from_file_location("make_fixtures", FIXTURES / "make_fixtures.py")
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module  # dataclasses look their module up while it loads
-    spec.loader.exec_module(module)
-    return module
-
-
-maker = _load_maker()
+maker = load_maker()
 CASES = [(f.name, writer) for f in maker.FIXTURES for writer in maker.LAYOUTS if f.name != "longnames"]
 
 
