@@ -316,6 +316,15 @@ def build_nested(K: ModuleType) -> Any:
     return K.Model(i, L.Dense(3)(L.Flatten()(x)))
 
 
+def build_nested_two_inputs(K: ModuleType) -> Any:
+    """A two-input Functional inside a Functional: each inner input is fed its own tensor."""
+    L = K.layers
+    a, b = K.Input((4, 4, 2)), K.Input((6, 6, 3))
+    inner = K.Model([a, b], L.Concatenate()([L.Flatten()(a), L.Flatten()(b)]), name="two_in")
+    x, y = K.Input((6, 6, 2)), K.Input((8, 8, 3))
+    return K.Model([x, y], L.Dense(2)(inner([L.Conv2D(2, 3)(x), L.Conv2D(3, 3)(y)])))
+
+
 def build_embedding(K: ModuleType) -> Any:
     L = K.layers
     i = K.Input((20,), dtype="int32")
@@ -357,7 +366,7 @@ def build_tf_keras_sequential(K: ModuleType) -> Any:
 BOTH = ("keras", "tf_keras")
 BUILDERS: List[Tuple[Callable[[ModuleType], Any], Tuple[str, ...]]] = [
     (build_conv2d, BOTH), (build_same_shape, BOTH), (build_conv1d, BOTH), (build_conv3d, BOTH),
-    (build_channels_first, BOTH), (build_merges, BOTH), (build_nested, BOTH), (build_embedding, BOTH),
+    (build_channels_first, BOTH), (build_merges, BOTH), (build_nested, BOTH), (build_nested_two_inputs, BOTH), (build_embedding, BOTH),
     (build_lambda, BOTH), (build_vgg_like, BOTH), (build_tf_keras_only, ("tf_keras",)), (build_tf_keras_sequential, ("tf_keras",)),
 ]
 CASES = [pytest.param(module, build, id=f"{module}-{build.__name__[6:]}") for build, modules in BUILDERS for module in modules]
@@ -479,12 +488,15 @@ def heads(config: ModelConfig) -> Iterator[Tuple[str, str]]:
                 yield producer.name, layer.name
 
 
+def _with_config() -> List[Path]:
+    """The shared files that carry a model config (in the file or beside it)."""
+    return [p for p in shared_files() if file_config(p) is not None]
+
+
 @needs_shared
-@pytest.mark.parametrize("path", shared_files(), ids=lambda p: p.name)
+@pytest.mark.parametrize("path", _with_config(), ids=lambda p: p.name)
 def test_head_input_fits_the_dense_kernel(path: Path) -> None:
     config = file_config(path)
-    if config is None:
-        pytest.skip(f"{path.name} has no model config")
     shapes = infer_shapes(config, str(path))
     pairs = list(heads(config))
     for head, dense in pairs:

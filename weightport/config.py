@@ -170,7 +170,7 @@ def _parse_container(model: Dict[str, Any], container: Optional[str], prefix: st
             inner, inputs, outputs = _parse_container(entry, container=name, prefix=k3_path + "/")
             for layer in inner:
                 if layer.name in inputs and not layer.inbound:
-                    layer.inbound = list(inbound)
+                    layer.inbound = _feed(inputs, inbound, layer.name)
             layers.extend(inner)
             aliases[name] = outputs
         else:
@@ -184,6 +184,14 @@ def _parse_container(model: Dict[str, Any], container: Optional[str], prefix: st
         return layers, first, _resolve(previous, aliases)
     body = model["config"]
     return layers, _io_names(body.get("input_layers")), _resolve(_io_names(body.get("output_layers")), aliases)
+
+
+def _feed(inputs: List[str], inbound: List[str], name: str) -> List[str]:
+    """What feeds a nested model's input `name`: the outer tensor in its position when the model
+    is called with one tensor per input, else every producer of the nested model."""
+    if len(inputs) == len(inbound):
+        return [inbound[inputs.index(name)]]
+    return list(inbound)
 
 
 def _numbered(snake: str, counters: Dict[str, int]) -> str:
@@ -200,11 +208,13 @@ def _resolve(names: Sequence[str], aliases: Dict[str, List[str]]) -> List[str]:
 
 
 def _inbound_names(nodes: Any) -> List[str]:
-    """Producer names from Keras 1/2 (`[[name, node, tensor, {...}]]`) or Keras 3 node lists."""
-    names: List[str] = []
-    for item in _walk(nodes):
-        if item not in names:
-            names.append(item)
+    """Producer names from Keras 1/2 (`[[name, node, tensor, {...}]]`) or Keras 3 node lists:
+    the first call's inputs in order (`Concatenate()([x, x])` lists x twice), then any other
+    producer of the layer's later calls (a shared layer)."""
+    nodes = nodes if isinstance(nodes, list) else [nodes]
+    names: List[str] = list(_walk(nodes[0])) if nodes else []
+    for node in nodes[1:]:
+        names.extend(name for name in _walk(node) if name not in names)
     return names
 
 

@@ -44,6 +44,8 @@ class HeadRole:
     channels: int = 0
     order: str = ""
     data_format: str = "channels_last"
+    folded: Tuple[str, ...] = ()  # Flatten/Permute/Reshape layers whose effect the kernel now holds
+    pooling: Optional[str] = None  # the global pooling a 1x1 head follows
 
 
 def layer_class(layer: Layer) -> Optional[str]:
@@ -96,13 +98,13 @@ def _from_config(view: ModelView, config: ModelConfig, flatten: Optional[Sequenc
         if feed is None:
             continue
         if spec.class_name == "Dense":
-            roles[layer.name] = feed if feed.kind == "window" else HeadRole("1x1", feed.rank, feed.reason)
+            roles[layer.name] = feed if feed.kind == "window" else HeadRole("1x1", feed.rank, feed.reason, data_format=feed.data_format, pooling=feed.pooling)
             _check_window(view.path, layer, roles[layer.name])
         elif spec.class_name in PER_UNIT:
             if feed.kind == "window":
                 raise WeightportError(view.path, f"{spec.class_name} '{layer.name}' acts on each flattened feature; no convolutional twin computes that",
                                       "move it after the first Dense, or --skip it")
-            roles[layer.name] = HeadRole("per-unit", feed.rank, feed.reason)
+            roles[layer.name] = HeadRole("per-unit", feed.rank, feed.reason, data_format=feed.data_format)
     return roles
 
 
@@ -112,12 +114,13 @@ def _vector(spec: Optional[ConfigLayer], shapes, config: ModelConfig, vector, so
         return None
     pooled = _GLOBAL_POOLING.fullmatch(spec.class_name)
     if pooled and not spec.config.get("keepdims", False):
-        return HeadRole("1x1", int(pooled.group(2)), f"after {spec.class_name} '{spec.name}'")
+        return HeadRole("1x1", int(pooled.group(2)), f"after {spec.class_name} '{spec.name}'",
+                        data_format=spec.data_format or "channels_last", pooling=spec.name)
     if spec.class_name == "Flatten" or (spec.class_name == "Reshape" and len(spec.config.get("target_shape") or ()) == 1):
         return _window(spec, shapes, config, source, flatten, source_order)
     feed = vector(spec.inbound[0]) if spec.inbound else None
     if spec.class_name == "Dense" and feed is not None:
-        return HeadRole("1x1", feed.rank, f"after Dense '{spec.name}'")
+        return HeadRole("1x1", feed.rank, f"after Dense '{spec.name}'", data_format=feed.data_format)
     if spec.class_name in PASS_THROUGH or spec.class_name in PER_UNIT:
         return feed
     return None
@@ -147,8 +150,9 @@ def _window(flat: ConfigLayer, shapes, config: ModelConfig, source: str, flatten
         spatial, channels = tuple(flatten[:-1]), flatten[-1]
     assumed = f"; shapes assumed through {', '.join(info.assumed)}" if info.assumed else ""
     order = parse_source_order(source_order, rank) or order
+    folded = tuple(l.name for l in chain if l.class_name in ("Permute", "Reshape")) + (flat.name,)
     return HeadRole("window", rank, f"after {flat.class_name} '{flat.name}' of {'x'.join(map(str, spatial))}x{channels} (order {order}){assumed}",
-                    tuple(int(n) for n in spatial), int(channels), order, "channels_first" if first else "channels_last")
+                    tuple(int(n) for n in spatial), int(channels), order, "channels_first" if first else "channels_last", folded)
 
 
 def _apply(layer: ConfigLayer, order: str, source: str) -> str:
@@ -183,20 +187,20 @@ def _from_order(view: ModelView, flatten: Tuple[int, ...], source_order: Optiona
                       flatten[:-1], flatten[-1], order)
     size = int(np.prod(flatten, dtype=np.int64))
     roles: Dict[str, HeadRole] = {}
-    units: Optional[int] = None
+    units: List[int] = []  # output sizes of the Dense layers converted so far
     for layer in view.layers:
         cls, first = layer_class(layer), layer.weights[0].shape
         if cls == "Dense" and len(first) == 2:
-            if units is not None and first[0] == units:
-                roles[layer.name] = HeadRole("1x1", rank, "after the previous Dense")
+            if first[0] in units:
+                roles[layer.name] = HeadRole("1x1", rank, f"after a Dense with {first[0]} units")
             elif first[0] == size:
                 roles[layer.name] = window
-            elif units is not None or roles:
-                raise WeightportError(view.path, f"Dense '{layer.name}' has {first[0]} inputs: neither the window ({size}) nor the previous Dense's {units} units",
+            elif units:
+                raise WeightportError(view.path, f"Dense '{layer.name}' has {first[0]} inputs: neither the window ({size}) nor the units of an earlier Dense ({units})",
                                       "give --config so weightport can follow the graph")
             else:
                 _check_window(view.path, layer, window)
-            units = first[1]
-        elif cls in PER_UNIT and units is not None and layer.weights[0].size == units:
-            roles[layer.name] = HeadRole("per-unit", rank, "after the previous Dense")
+            units.append(first[1])
+        elif cls in PER_UNIT and layer.weights[0].size in units:
+            roles[layer.name] = HeadRole("per-unit", rank, f"after a Dense with {layer.weights[0].size} units")
     return roles

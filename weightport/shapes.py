@@ -32,8 +32,9 @@ _HINT = "give --flatten H,W,C"
 
 @dataclass(frozen=True)
 class TensorInfo:
-    """A layer's output: shape without the batch axis (None = unknown), its channel layout,
-    and the layers whose output shape was assumed rather than known on the way here."""
+    """A layer's output: shape without the batch axis (None = unknown), its channel layout
+    (None when not a spatial tensor or not known, e.g. a model input), and the layers whose
+    output shape was assumed rather than known on the way here."""
 
     shape: tuple
     layout: Optional[str]
@@ -66,6 +67,14 @@ _KERAS1_PAD_KEYS = {1: ("left_pad", "right_pad"), 2: ("top_pad", "bottom_pad", "
 def _get(cfg: Dict[str, Any], keys: Sequence[str], default: Any = None) -> Any:
     """The first of `keys` set (not None) in the config, else `default`."""
     return next((cfg[k] for k in keys if cfg.get(k) is not None), default)
+
+
+def _need(cfg: Dict[str, Any], keys: Sequence[str]) -> int:
+    """A required integer setting (`filters`/`nb_filter`, `units`/`output_dim`)."""
+    value = _get(cfg, keys)
+    if value is None:
+        raise KeyError(keys[0])
+    return int(value)
 
 
 def _ints(value: Any, rank: int, what: str) -> Tuple[int, ...]:
@@ -164,7 +173,7 @@ def _conv(layer: ConfigLayer, inputs: List[TensorInfo], rank: int, depthwise: bo
     if depthwise:
         filters = None if channels is None else channels * int(cfg.get("depth_multiplier", 1))
     else:
-        filters = int(_get(cfg, _FILTERS))
+        filters = _need(cfg, _FILTERS)
     return _join(layer, _slide(layer, spatial, _kernel(cfg, rank)), filters)
 
 
@@ -196,7 +205,7 @@ def _conv_transpose(layer: ConfigLayer, inputs: List[TensorInfo], rank: int) -> 
         extras = (None,) * rank if cfg.get("output_padding") is None else _ints(cfg["output_padding"], rank, "output_padding")
         columns = zip(spatial, _kernel(cfg, rank), strides, dilation)
         lengths = tuple(_transpose_length(*args, padding, extra) for args, extra in zip(columns, extras))
-    return _join(layer, lengths, int(_get(cfg, _FILTERS)))
+    return _join(layer, lengths, _need(cfg, _FILTERS))
 
 
 # ---------------------------------------------------------------------------------------------
@@ -235,7 +244,8 @@ def _reshape(layer: ConfigLayer, inputs: List[TensorInfo]) -> TensorInfo:
     total, known = _product(inputs[0].shape), math.prod(n for n in target if n != -1)
     if target.count(-1) > 1:
         raise _Bad(f"target_shape {target} has more than one -1")
-    if total is not None and (total % known if -1 in target else total != known):
+    mismatch = total is not None and (total % known != 0 if -1 in target else total != known)
+    if mismatch:
         raise _Bad(f"cannot reshape {inputs[0].shape} to {tuple(target)}")
     shape = tuple((None if total is None else total // known) if n == -1 else n for n in target)
     return TensorInfo(shape, None)
@@ -256,7 +266,7 @@ def _repeat_vector(layer: ConfigLayer, inputs: List[TensorInfo]) -> TensorInfo:
 
 def _dense(layer: ConfigLayer, inputs: List[TensorInfo]) -> TensorInfo:
     x = inputs[0]
-    shape = (*x.shape[:-1], int(_get(layer.config, _UNITS)))
+    shape = (*x.shape[:-1], _need(layer.config, _UNITS))
     return TensorInfo(shape, x.layout if len(shape) > 1 else None)
 
 
@@ -298,6 +308,10 @@ def _agree(dims: Sequence[Dim]) -> Dim:
     return None if None in dims else known.pop()
 
 
+def _stack(dims: Sequence[Dim]) -> Dim:
+    return None if None in dims else sum(dims)
+
+
 def _ranks_agree(inputs: List[TensorInfo]) -> int:
     ranks = {len(x.shape) for x in inputs}
     if len(ranks) != 1:
@@ -316,8 +330,8 @@ def _concatenate(layer: ConfigLayer, inputs: List[TensorInfo]) -> TensorInfo:
     index = axis + rank if axis < 0 else axis - 1
     if not 0 <= index < rank:
         raise _Bad(f"axis {axis} is not a non-batch axis of rank-{rank} inputs")
-    columns = list(zip(*(x.shape for x in inputs)))
-    shape = [_agree(column) if i != index else None if None in column else sum(column) for i, column in enumerate(columns)]
+    columns = zip(*(x.shape for x in inputs))
+    shape = [(_stack if i == index else _agree)(column) for i, column in enumerate(columns)]
     return TensorInfo(tuple(shape), inputs[0].layout)
 
 

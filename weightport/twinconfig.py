@@ -1,0 +1,97 @@
+"""The twin's model config: the source config with its head rewritten as convolutions.
+
+Edits are made on the config as data, in the source's own format (Keras 2 or Keras 3 JSON):
+each Flatten/Permute/Reshape whose effect the converted kernel now holds becomes a linear
+Activation (an identity that keeps the graph and the names), each converted Dense becomes
+the Conv chosen by `head.analyze_head` (same name, activation, bias, initialisers,
+regularisers and constraints), a global pooling that feeds a 1x1 head keeps its dimensions,
+and head PReLUs share their alpha over the spatial axes. Nothing in the config is executed.
+"""
+
+from __future__ import annotations
+
+import copy
+from typing import Any, Dict, Iterator, List
+
+from .config import MODEL_CLASSES
+from .errors import WeightportError
+from .head import PASS_THROUGH, HeadRole
+from .view import ModelView
+
+__all__ = ["twin_config"]
+
+_CARRIED = ("name", "trainable", "dtype", "activation", "use_bias", "kernel_initializer", "bias_initializer",
+            "kernel_regularizer", "bias_regularizer", "activity_regularizer", "kernel_constraint", "bias_constraint")
+
+
+def twin_config(view: ModelView, head: Dict[str, HeadRole]) -> Dict[str, Any]:
+    """A deep copy of the source's model config describing the fully-convolutional twin."""
+    if view.config is None:
+        raise WeightportError(view.path, "no model config to rewrite", "give a full model (.keras, model.save('x.h5')) or --config")
+    raw = copy.deepcopy(view.config.raw)
+    if any(entry.get("class_name") == "Dense" and "output_dim" in entry.get("config", {}) for entry in _entries(raw)):
+        raise WeightportError(view.path, "the config was written by Keras 1", "rewrite needs a Keras 2 or 3 config; convert the weights and build the twin in code")
+    _check_consumers(view, head)
+    folded = {name: role for role in head.values() for name in role.folded}
+    pooling = {role.pooling: role for role in head.values() if role.pooling}
+    for entry in _entries(raw):
+        name = entry.get("name") or entry["config"].get("name")
+        entry.pop("build_config", None)
+        if name in folded:
+            _to_identity(entry)
+        elif name in pooling:
+            entry["config"]["keepdims"] = True
+        elif name in head:
+            _rewrite(entry, head[name], view.path)
+    return raw
+
+
+def _check_consumers(view: ModelView, head: Dict[str, HeadRole]) -> None:
+    """Refuse a graph where something other than the head consumes the head's outputs
+    (a squeeze-excite RepeatVector, say): it expects vectors, the twin gives feature maps."""
+    affected = set(head) | {role.pooling for role in head.values() if role.pooling}
+    for layer in view.config.layers:
+        if layer.name in affected or not affected.intersection(layer.inbound):
+            continue
+        if layer.class_name not in PASS_THROUGH:
+            raise WeightportError(view.path, f"layer '{layer.name}' ({layer.class_name}) takes the head's output as a vector; the twin gives it a feature map",
+                                  "convert the weights only (.weights.h5 / .h5) and build the twin in code")
+        affected.add(layer.name)
+
+
+def _entries(model: Dict[str, Any]) -> Iterator[Dict[str, Any]]:
+    """Every layer entry, nested models' included."""
+    body = model.get("config")
+    layers: List[Dict[str, Any]] = body if isinstance(body, list) else body.get("layers", []) if isinstance(body, dict) else []
+    for entry in layers:
+        yield entry
+        if entry.get("class_name") in MODEL_CLASSES:
+            yield from _entries(entry)
+
+
+def _to_identity(entry: Dict[str, Any]) -> None:
+    old = entry["config"]
+    entry["class_name"] = "Activation"
+    if "module" in entry:
+        entry["module"], entry["registered_name"] = "keras.layers", None
+    entry["config"] = {key: old[key] for key in ("name", "trainable", "dtype") if key in old}
+    entry["config"]["activation"] = "linear"
+
+
+def _rewrite(entry: Dict[str, Any], role: HeadRole, source: str) -> None:
+    config = entry["config"]
+    if role.kind in ("window", "1x1") and entry["class_name"] == "Dense":
+        rank = role.rank
+        kernel = list(role.window) if role.kind == "window" else [1] * rank
+        conv = {key: config[key] for key in _CARRIED if key in config}
+        conv.update(filters=config["units"], kernel_size=kernel, strides=[1] * rank, padding="valid",
+                    data_format=role.data_format, dilation_rate=[1] * rank, groups=1)
+        entry["class_name"], entry["config"] = f"Conv{rank}D", conv
+        if "module" in entry:
+            entry["module"], entry["registered_name"] = "keras.layers", None
+    elif role.kind == "per-unit" and entry["class_name"] == "PReLU":
+        config["shared_axes"] = list(range(1, role.rank + 1))
+    elif role.kind == "per-unit" and role.data_format == "channels_first" and "axis" in config:
+        config["axis"] = 1
+    elif role.kind != "per-unit":
+        raise WeightportError(source, f"cannot rewrite layer '{config.get('name')}' ({entry['class_name']}) as a convolution", "build the twin in code")
