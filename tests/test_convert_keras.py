@@ -176,3 +176,18 @@ def test_th_source_order_from_raw_channels_first_flatten(tmp_path: Path) -> None
     steps = weightport.plan(tmp_path / "chw.keras").steps
     rules = [(s.rule, s.params.get("order")) for s in steps]
     assert ("dense-to-conv", "chw") in rules
+
+
+@pytest.mark.parametrize("writer", sorted(KERAS))
+def test_convert_into_a_live_model(writer: str, tmp_path: Path) -> None:
+    """The pipeline convenience: the live FCN is the target, and ends up loaded."""
+    case, K = CASES["flatten"], KERAS[writer]
+    K.backend.clear_session()
+    source = case.source(K)
+    maker.fill_weights(K, source, 11)
+    full, _ = _save_source(writer, source, tmp_path)
+    fcn = case.fcn(K)
+    built = weightport.convert_into_model(full, fcn)
+    assert [s.rule for s in built.steps][2] == "dense-to-conv"
+    x = np.random.default_rng(2).normal(size=(2,) + case.input_shape).astype("float32")
+    _close(_outputs(fcn, x), _outputs(source, x), 1e-5)
