@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import zlib
 from pathlib import Path
-from pathlib import Path
 
 import numpy as np
 import pytest
