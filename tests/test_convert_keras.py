@@ -191,3 +191,39 @@ def test_convert_into_a_live_model(writer: str, tmp_path: Path) -> None:
     assert [s.rule for s in built.steps][2] == "dense-to-conv"
     x = np.random.default_rng(2).normal(size=(2,) + case.input_shape).astype("float32")
     _close(_outputs(fcn, x), _outputs(source, x), 1e-5)
+
+
+def test_whole_legacy_model_with_bn_and_dropout_head(tmp_path: Path) -> None:
+    """tf_keras full .h5 classifier -> `--full-model` FCN .h5 -> tf_keras load_model, any input size."""
+    case = CASES["bn_dropout_head"]
+    tf_keras.backend.clear_session()
+    source = case.source(tf_keras)
+    maker.fill_weights(tf_keras, source, 5)
+    full, _ = _save_source("tfk", source, tmp_path)
+    out = tmp_path / "fcn.h5"
+    weightport.convert(full, out, full_model=True)
+    fcn = tf_keras.models.load_model(str(out), compile=False)
+    assert fcn.input_shape == (None, None, None, 3)
+    x = np.random.default_rng(4).normal(size=(3,) + case.input_shape).astype("float32")
+    _close(_outputs(fcn, x), _outputs(source, x), 1e-5)
+    assert np.asarray(fcn(np.zeros((1, 20, 20, 3), "float32"))).shape == (1, 5, 5, 3)
+
+
+@pytest.mark.parametrize("writer", sorted(KERAS))
+def test_verify_with_keras_end_to_end(writer: str, tmp_path: Path) -> None:
+    from conftest import run_cli
+
+    K = KERAS[writer]
+    K.backend.clear_session()
+    source = CASES["chw"].source(K)
+    maker.fill_weights(K, source, 9)
+    full, _ = _save_source(writer, source, tmp_path)
+    out = tmp_path / "out.h5"
+    weightport.convert(full, out)
+    result = run_cli("verify", str(full), str(out), "--keras")
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert "agree end to end" in result.stdout
+    wrong = tmp_path / "wrong.h5"
+    weightport.convert(full, wrong, source_order="hwc")
+    result = run_cli("verify", str(full), str(wrong), "--keras")
+    assert result.returncode == 1 and "FAILED" in result.stdout

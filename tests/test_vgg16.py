@@ -97,3 +97,16 @@ def test_vgg16_320_gives_a_4x4_map_of_window_scores(vgg) -> None:
         for j in range(4):
             want = head_on_window(classifier, features[0, i:i + 7, j:j + 7])
             assert relative_error(score_map[0, i, j], want) < 1e-5, (i, j)
+
+
+@pytest.mark.parametrize("vgg", ["k3"], indirect=True)  # .keras archives are Keras 3's whole-model format
+def test_vgg16_keras_archive_to_whole_fcn_model(vgg) -> None:
+    """`convert vgg16.keras -o fcn.keras`: load_model gives the FCN with no Python written."""
+    K, folder, classifier, _, sources, x, want = vgg
+    out = folder / "fcn.keras"
+    weightport.convert(sources["keras"], out, force=True)
+    fcn = keras.models.load_model(str(out))
+    assert fcn.input_shape == (None, None, None, 3)
+    assert relative_error(np.asarray(fcn(x))[:, 0, 0], want) < 1e-5
+    big = np.random.default_rng(5).uniform(0, 255, size=(1, 320, 320, 3)).astype("float32")
+    assert np.asarray(fcn(big)).shape == (1, 4, 4, 1000)

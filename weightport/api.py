@@ -17,10 +17,12 @@ from .plan import Plan, PlanOptions, make_plan
 from .readers import read
 from .target import target_from_view
 from .twin import derive_twin
+from .twinconfig import open_input_size, twin_config
+from .verify import Verification, verify_plan
 from .view import ModelView
-from .writers import write
+from .writers import output_layout, write
 
-__all__ = ["plan", "convert", "convert_into_model"]
+__all__ = ["plan", "convert", "verify", "convert_into_model"]
 
 PathLike = Union[str, Path]
 
@@ -78,19 +80,60 @@ def plan(source: PathLike, target: Optional[PathLike] = None, *, config: Optiona
 
 
 def convert(source: PathLike, out: PathLike, target: Optional[PathLike] = None, *, force: bool = False,
-            config: Optional[PathLike] = None, flatten: Optional[Sequence[int]] = None, source_order: Optional[str] = None,
-            flip_kernels: bool = False, maps: Optional[Dict[str, str]] = None, skips: Optional[List[str]] = None) -> Plan:
-    """Plan and write the conversion to `out` (`.weights.h5`: Keras 3 layout; `.h5`: legacy).
+            full_model: bool = False, config: Optional[PathLike] = None, flatten: Optional[Sequence[int]] = None,
+            source_order: Optional[str] = None, flip_kernels: bool = False, maps: Optional[Dict[str, str]] = None,
+            skips: Optional[List[str]] = None) -> Plan:
+    """Plan and write the conversion to `out`.
 
-    Arguments as for `plan`; `force` replaces an existing `out`. The output is written
-    atomically: `out` is either left as it was or replaced by a complete file.
+    `out`'s name picks the format: `.weights.h5` (Keras 3 layout), `.h5`/`.hdf5` (legacy
+    layout; with `full_model` a whole legacy model, config included), `.keras` (a whole Keras 3
+    model: the twin's config and weights, for `keras.models.load_model`). Other arguments as
+    for `plan`; `force` replaces an existing `out`. The output is written atomically: `out` is
+    either left as it was or replaced by a complete file.
 
     Example:
-        >>> weightport.convert("vgg16.keras", "fcn.weights.h5")  # doctest: +SKIP
+        >>> weightport.convert("vgg16.keras", "fcn.keras")  # doctest: +SKIP
     """
-    with planned(source, target, config, flatten, _options(source_order, flip_kernels, maps, skips)) as (built, views):
-        write(built, Path(out), views, force=force)
+    options = _options(source_order, flip_kernels, maps, skips)
+    whole = full_model or output_layout(Path(out)) == "keras-archive"
+    with planned(source, target, config, flatten, options) as (built, views):
+        model_config = _whole_model_config(views, str(source), target, flatten, options) if whole else None
+        write(built, Path(out), views, force=force, model_config=model_config, keras_version=views[str(source)].keras_version)
         return built
+
+
+def _whole_model_config(views: Dict[str, ModelView], source: str, target: Optional[PathLike], flatten: Optional[Sequence[int]],
+                        options: PlanOptions) -> Dict:
+    """The output model's config: the target's own, or the source's rewritten as its twin,
+    its input opened to any spatial size where the layers allow it."""
+    if target is not None:
+        view = views[str(target)]
+        if view.config is None:
+            raise WeightportError(target, "the target file has no model config to write a whole model from", "give a .keras or full-model .h5 target")
+        return view.config.raw
+    src = views[source]
+    head = analyze_head(src, flatten, options.source_order)
+    config = twin_config(src, head)
+    open_input_size(config, src, head)
+    return config
+
+
+def verify(source: PathLike, out: PathLike, *, config: Optional[PathLike] = None, flatten: Optional[Sequence[int]] = None,
+           source_order: Optional[str] = None, flip_kernels: bool = False, maps: Optional[Dict[str, str]] = None,
+           skips: Optional[List[str]] = None, atol: float = 1e-6, rtol: float = 1e-5) -> Verification:
+    """Prove numerically, with numpy only, that `out` is `source` converted.
+
+    Each layer pair of `source` and `out` (paired as `plan` pairs them, with `out` as the
+    target) is run on random inputs on both sides; `Verification.ok` is True when every
+    pair agrees within `atol` or `rtol`. Options as for `plan`, describing the source.
+
+    Example:
+        >>> weightport.verify("vgg16.keras", "fcn.weights.h5").ok  # doctest: +SKIP
+        True
+    """
+    options = _options(source_order, flip_kernels, maps, skips)
+    with planned(source, out, config, flatten, options) as (built, views):
+        return verify_plan(built, views, views[str(out)], atol=atol, rtol=rtol)
 
 
 def convert_into_model(source: PathLike, model: Any, **options: Any) -> Plan:

@@ -61,21 +61,41 @@ def _cmd_plan(args: argparse.Namespace) -> int:
 def _cmd_convert(args: argparse.Namespace) -> int:
     from pathlib import Path
 
-    from .api import convert
-    from .report import plan_table
+    from .api import convert, verify
+    from .report import plan_table, verification_table
     from .writers import output_layout
 
     layout = output_layout(Path(args.out))
-    built = convert(args.source, args.out, args.target, force=args.force, **_plan_options(args))
+    built = convert(args.source, args.out, args.target, force=args.force, full_model=args.full_model, **_plan_options(args))
     print(plan_table(built, layout))
     print(f"wrote {args.out} ({layout} layout)")
-    return 0
+    if args.no_verify:
+        return 0
+    result = verify(args.source, args.out, **_plan_options(args))
+    print(verification_table(result))
+    return 0 if result.ok else 1
 
 
-def _add_target_options(parser: argparse.ArgumentParser) -> None:
+def _cmd_verify(args: argparse.Namespace) -> int:
+    from .api import verify
+    from .report import verification_json, verification_table
+
+    result = verify(args.source, args.out, atol=args.atol, rtol=args.rtol, **_plan_options(args))
+    print(verification_json(result) if args.json else verification_table(result))
+    if args.keras and result.ok:
+        from .keras_check import check_end_to_end
+
+        ok, report = check_end_to_end(args.source, args.out, config=args.config, atol=args.atol, rtol=args.rtol)
+        print(report)
+        return 0 if ok else 1
+    return 0 if result.ok else 1
+
+
+def _add_target_options(parser: argparse.ArgumentParser, target: bool = True) -> None:
     parser.add_argument("source", metavar="SRC", help="the trained weights: .h5 / .hdf5, .weights.h5 or .keras")
-    parser.add_argument("--target", metavar="FILE", help="a file describing the target architecture (e.g. the untrained FCN's save_weights); "
-                        "default: derive the fully-convolutional twin from SRC's config")
+    if target:
+        parser.add_argument("--target", metavar="FILE", help="a file describing the target architecture (e.g. the untrained FCN's save_weights); "
+                            "default: derive the fully-convolutional twin from SRC's config")
     parser.add_argument("--config", metavar="JSON", help="sidecar model config (model.to_json()) for a weights-only SRC")
     parser.add_argument("--flatten", metavar="H,W,C", type=_window, help="the window that fed the first Dense (L,C / H,W,C / D,H,W,C) when SRC has no config")
     parser.add_argument("--source-order", choices=("hwc", "chw"), help="order in which SRC's Flatten saw its input (default: from the config; hwc)")
@@ -108,9 +128,21 @@ def build_parser() -> argparse.ArgumentParser:
 
     convert = commands.add_parser("convert", help="plan and write the converted weights")
     _add_target_options(convert)
-    convert.add_argument("-o", "--out", metavar="OUT", required=True, help="*.weights.h5 (Keras 3 layout) or *.h5 / *.hdf5 (legacy layout)")
+    convert.add_argument("-o", "--out", metavar="OUT", required=True,
+                         help="*.weights.h5 (Keras 3 layout), *.h5 / *.hdf5 (legacy layout) or *.keras (whole Keras 3 model)")
     convert.add_argument("--force", action="store_true", help="replace OUT if it exists")
+    convert.add_argument("--full-model", action="store_true", help="with a .h5 OUT: write a whole legacy model (the twin's model_config and its weights)")
+    convert.add_argument("--no-verify", action="store_true", help="skip the numpy check of what was written")
     convert.set_defaults(run=_cmd_convert)
+
+    verify = commands.add_parser("verify", help="prove numerically that OUT is SRC converted (exit 0 ok, 1 not, 2 bad input)")
+    _add_target_options(verify, target=False)
+    verify.add_argument("out", metavar="OUT", help="the converted file to check")
+    verify.add_argument("--atol", type=float, default=1e-6, help="absolute tolerance (default 1e-6)")
+    verify.add_argument("--rtol", type=float, default=1e-5, help="relative tolerance, to the largest source value (default 1e-5)")
+    verify.add_argument("--keras", action="store_true", help="also build both whole models in Keras and compare them end to end")
+    verify.add_argument("--json", action="store_true", help="print one JSON document (contract in the README)")
+    verify.set_defaults(run=_cmd_verify)
     return parser
 
 

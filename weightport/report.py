@@ -6,9 +6,10 @@ import json
 from typing import List, Optional
 
 from .plan import Plan, Step
+from .verify import Verification
 from .view import Layer, ModelView, Tensor
 
-__all__ = ["view_table", "view_json", "plan_table", "plan_json"]
+__all__ = ["view_table", "view_json", "plan_table", "plan_json", "verification_table", "verification_json"]
 
 
 def view_json(view: ModelView) -> str:
@@ -87,3 +88,21 @@ def plan_table(plan: Plan, layout: Optional[str] = None) -> str:
     lines = [f"source   {plan.source}", f"target   {plan.target.label}"] + [f"note     {n}" for n in plan.notes] + [""]
     lines += ["  ".join(cell.ljust(w) for cell, w in zip(row, widths)).rstrip() for row in [header] + rows]
     return "\n".join(lines + ["", f"{len(plan.steps)} tensors, {plan.to_dict()['total_values']:,} values"])
+
+
+def verification_json(result: Verification) -> str:
+    """The `verify --json` document; its keys are documented in the README."""
+    return json.dumps(result.to_dict(), indent=2)
+
+
+def verification_table(result: Verification) -> str:
+    """One row per layer pair: what was computed on both sides and how far apart they are."""
+    header = ["source layer", "target layer", "check", "max abs", "max rel", ""]
+    rows = [[_clip(p.source_layer, 40), _clip(p.target_layer, 40), "; ".join(p.checks), f"{p.max_abs:.3g}", f"{p.max_rel:.3g}",
+             "ok" if p.ok else "FAIL"] for p in result.pairs]
+    widths = [max(len(r[c]) for r in [header] + rows) for c in range(len(header))]
+    lines = ["  ".join(cell.ljust(w) for cell, w in zip(row, widths)).rstrip() for row in [header] + rows]
+    failed = [p for p in result.pairs if not p.ok]
+    verdict = (f"verified: {len(result.pairs)} layer pairs within atol {result.atol:g} or rtol {result.rtol:g}" if not failed else
+               f"FAILED: {len(failed)} of {len(result.pairs)} layer pairs differ: " + ", ".join(f"{p.source_layer} -> {p.target_layer}" for p in failed))
+    return "\n".join(lines + ["", verdict])

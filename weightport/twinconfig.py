@@ -18,7 +18,12 @@ from .errors import WeightportError
 from .head import PASS_THROUGH, HeadRole
 from .view import ModelView
 
-__all__ = ["twin_config"]
+__all__ = ["twin_config", "open_input_size"]
+
+# Layers that fix the size of what they see: with one of them outside the head, the twin's
+# input keeps the source's size.
+_FIXED_SIZE = {"Reshape", "RepeatVector", "Lambda", "Flatten", "Dense"}
+_SHAPE_KEYS = ("batch_input_shape", "batch_shape")
 
 _CARRIED = ("name", "trainable", "dtype", "activation", "use_bias", "kernel_initializer", "bias_initializer",
             "kernel_regularizer", "bias_regularizer", "activity_regularizer", "kernel_constraint", "bias_constraint")
@@ -91,7 +96,31 @@ def _rewrite(entry: Dict[str, Any], role: HeadRole, source: str) -> None:
             entry["module"], entry["registered_name"] = "keras.layers", None
     elif role.kind == "per-unit" and entry["class_name"] == "PReLU":
         config["shared_axes"] = list(range(1, role.rank + 1))
-    elif role.kind == "per-unit" and role.data_format == "channels_first" and "axis" in config:
-        config["axis"] = 1
+    elif role.kind == "per-unit" and "axis" in config:  # normalise over the channels of the feature map
+        axis = 1 if role.data_format == "channels_first" else -1
+        config["axis"] = [axis] if isinstance(config["axis"], list) else axis
     elif role.kind != "per-unit":
         raise WeightportError(source, f"cannot rewrite layer '{config.get('name')}' ({entry['class_name']}) as a convolution", "build the twin in code")
+
+
+def open_input_size(raw: Dict[str, Any], view: ModelView, head: Dict[str, HeadRole]) -> bool:
+    """Let the twin accept any spatial size (None) where its layers allow it; True if done."""
+    changed = set(head) | {name for role in head.values() for name in role.folded}
+    if any(layer.class_name in _FIXED_SIZE and layer.name not in changed for layer in view.config.layers):
+        return False
+    channels_first = any(role.data_format == "channels_first" for role in head.values())
+    targets = [entry["config"] for entry in _entries(raw) if any(k in entry.get("config", {}) for k in _SHAPE_KEYS)]
+    build = raw.get("build_config")
+    for cfg in targets:
+        key = next(k for k in _SHAPE_KEYS if k in cfg)
+        cfg[key] = _free(cfg[key], channels_first)
+    if isinstance(build, dict) and isinstance(build.get("input_shape"), list):
+        build["input_shape"] = _free(build["input_shape"], channels_first)
+    return bool(targets)
+
+
+def _free(shape: List[Any], channels_first: bool) -> List[Any]:
+    """[None, 224, 224, 3] -> [None, None, None, 3] (channels kept, spatial axes free)."""
+    if len(shape) <= 2:
+        return [shape[0]] + [None] * (len(shape) - 1)
+    return [shape[0], shape[1]] + [None] * (len(shape) - 2) if channels_first else [shape[0]] + [None] * (len(shape) - 2) + [shape[-1]]

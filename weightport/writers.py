@@ -14,6 +14,8 @@ import hashlib
 import json
 import os
 import secrets
+import time
+import zipfile
 from pathlib import Path
 from typing import Dict, Iterator, List, Optional, Tuple
 
@@ -28,7 +30,7 @@ from .view import ModelView
 
 __all__ = ["output_layout", "write", "LAYOUTS"]
 
-LAYOUTS = {".weights.h5": "keras3", ".h5": "legacy", ".hdf5": "legacy"}
+LAYOUTS = {".weights.h5": "keras3", ".keras": "keras-archive", ".h5": "legacy", ".hdf5": "legacy"}
 HEADER_LIMIT = 64512  # Keras's HDF5_OBJECT_HEADER_LIMIT for one attribute
 TMP_MARK = ".weightport-"
 
@@ -39,26 +41,52 @@ def output_layout(out: Path) -> str:
     for suffix, layout in LAYOUTS.items():
         if name.endswith(suffix):
             return layout
-    raise WeightportError(out, "unknown output type", "name the output *.weights.h5 (Keras 3 layout) or *.h5 / *.hdf5 (legacy layout)")
+    raise WeightportError(out, "unknown output type", "name the output *.weights.h5 (Keras 3 layout), *.h5 / *.hdf5 (legacy layout) or *.keras (whole model)")
 
 
-def write(plan: Plan, out: Path, views: Dict[str, ModelView], force: bool = False) -> None:
-    """Write `plan` to `out`; `views` maps each file named by the steps to its open view."""
+def write(plan: Plan, out: Path, views: Dict[str, ModelView], force: bool = False,
+          model_config: Optional[dict] = None, keras_version: Optional[str] = None) -> None:
+    """Write `plan` to `out`; `views` maps each file named by the steps to its open view.
+
+    With `model_config` the output is a whole model: a `.keras` archive (config.json and
+    model.weights.h5), or a legacy full-model `.h5` (`model_config`, `model_weights`).
+    """
     layout = output_layout(out)
     _check_destination(out, views, force)
+    if layout == "keras-archive" and model_config is None:
+        raise WeightportError(out, "a .keras output needs the twin's model config, and there is none",
+                              "write *.weights.h5 or *.h5 instead, or convert from a file with a config")
     tmp = out.parent / f".{out.name}{TMP_MARK}{os.getpid()}-{secrets.token_hex(4)}.tmp"
+    weights = tmp.with_name(tmp.name + ".h5") if layout == "keras-archive" else tmp
     try:
-        offsets = _structure(plan, layout, tmp)
-        _fill(plan, offsets, tmp, views)
-        _provenance(plan, tmp, views)
+        full = model_config if layout == "legacy" else None
+        offsets = _structure(plan, "keras3" if layout == "keras-archive" else layout, weights, full)
+        _fill(plan, offsets, weights, views)
+        _provenance(plan, weights, views)
+        if layout == "keras-archive":
+            _archive(weights, tmp, model_config, keras_version)
         with open(tmp, "rb+") as fh:
             os.fsync(fh.fileno())
         os.replace(tmp, out)
         _fsync_dir(out.parent)
     except BaseException:
-        with contextlib.suppress(OSError):
-            tmp.unlink()
+        for path in (tmp, weights):
+            with contextlib.suppress(OSError):
+                path.unlink()
         raise
+    finally:
+        if weights != tmp:
+            with contextlib.suppress(OSError):
+                weights.unlink()
+
+
+def _archive(weights: Path, tmp: Path, model_config: dict, keras_version: Optional[str]) -> None:
+    """A `.keras` zip as Keras writes it: metadata.json, config.json, model.weights.h5, stored."""
+    metadata = {"keras_version": keras_version or "3", "date_saved": time.strftime("%Y-%m-%d@%H:%M:%S")}
+    with zipfile.ZipFile(tmp, "w", compression=zipfile.ZIP_STORED) as archive:
+        archive.writestr("metadata.json", json.dumps(metadata))
+        archive.writestr("config.json", json.dumps(model_config))
+        archive.write(weights, "model.weights.h5")
 
 
 def _check_destination(out: Path, views: Dict[str, ModelView], force: bool) -> None:
@@ -84,15 +112,32 @@ def _fsync_dir(folder: Path) -> None:
 
 # --- structure ----------------------------------------------------------------------------
 
-def _structure(plan: Plan, layout: str, tmp: Path) -> List[Optional[int]]:
-    """Create every group, attribute and (allocated, empty) dataset; return data offsets."""
+def _structure(plan: Plan, layout: str, tmp: Path, model_config: Optional[dict] = None) -> List[Optional[int]]:
+    """Create every group, attribute and (allocated, empty) dataset; return data offsets.
+    A legacy file with `model_config` is a whole model: weights under `model_weights`."""
     with h5py.File(tmp, "w") as f:
-        places = _legacy(plan, f) if layout == "legacy" else _keras3(plan, f)
+        if layout == "legacy" and model_config is not None:
+            _full_model_attrs(plan, f, model_config)
+            places = [f"model_weights/{place}" for place in _legacy(plan, f.create_group("model_weights"))]
+        else:
+            places = _legacy(plan, f) if layout == "legacy" else _keras3(plan, f)
         datasets = [_dataset(f, place, step) for place, step in zip(places, plan.steps, strict=True)]
         return [ds.id.get_offset() for ds in datasets]
 
 
-def _legacy(plan: Plan, f: h5py.File) -> List[str]:
+def _full_model_attrs(plan: Plan, f: h5py.File, model_config: dict) -> None:
+    f.attrs["keras_version"] = _keras_version(plan)
+    f.attrs["backend"] = plan.target.backend or "tensorflow"
+    f.attrs["model_config"] = json.dumps(model_config).encode("utf-8")
+
+
+def _keras_version(plan: Plan) -> str:
+    """The Keras version the layout follows; never a Keras 1 one (its loaders would re-transpose)."""
+    version = plan.target.keras_version or ""
+    return version if version[:1] in ("2", "3") else "2"
+
+
+def _legacy(plan: Plan, f: h5py.Group) -> List[str]:
     containers = {layer.name: layer.entry for layer in plan.target.layers}
     entries: Dict[str, List[str]] = {}
     places = []
@@ -100,8 +145,7 @@ def _legacy(plan: Plan, f: h5py.File) -> List[str]:
         entry = containers[step.target_layer]
         entries.setdefault(entry, []).append(step.target_name)
         places.append(f"{entry}/{step.target_name}")
-    version = plan.target.keras_version or ""
-    f.attrs["keras_version"] = version if version[:1] in ("2", "3") else "2"
+    f.attrs["keras_version"] = _keras_version(plan)
     f.attrs["backend"] = plan.target.backend or "tensorflow"
     _save_names(f, "layer_names", list(entries))
     for entry, names in entries.items():

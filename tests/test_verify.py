@@ -1,0 +1,85 @@
+"""`verify` passes right conversions and fails, naming the pair, on the classic mistakes."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import h5py
+import numpy as np
+import pytest
+
+import weightport
+from conftest import FIXTURES, SHARED_FILES, run_cli, sidecar_config
+
+SEQ = FIXTURES / "seq__k3.keras"
+
+
+def _converted(tmp_path: Path, source: Path = SEQ, name: str = "out.h5", **options) -> Path:
+    out = tmp_path / name
+    weightport.convert(source, out, **options)
+    return out
+
+
+@pytest.mark.parametrize("name", ["seq__k3.keras", "nested__tfk.h5", "gap__k3.keras", "conv1d__tfk.h5", "fp16__k3.h5", "func_names__k3.keras"])
+@pytest.mark.parametrize("suffix", [".h5", ".weights.h5"])
+def test_right_conversions_pass(name: str, suffix: str, tmp_path: Path) -> None:
+    out = _converted(tmp_path, FIXTURES / name, "out" + suffix)
+    result = run_cli("verify", str(FIXTURES / name), str(out), "--json")
+    assert result.returncode == 0, result.stdout + result.stderr
+    doc = json.loads(result.stdout)
+    assert doc["ok"] and all(p["ok"] for p in doc["pairs"]) and len(doc["pairs"]) >= 2
+
+
+def test_convert_verifies_what_it_wrote(tmp_path: Path) -> None:
+    result = run_cli("convert", str(SEQ), "-o", str(tmp_path / "o.weights.h5"))
+    assert result.returncode == 0 and "verified: 3 layer pairs" in result.stdout
+    result = run_cli("convert", str(SEQ), "-o", str(tmp_path / "p.weights.h5"), "--no-verify")
+    assert result.returncode == 0 and "verified" not in result.stdout
+
+
+def _fails_on(tmp_path: Path, source: Path, out: Path, pair: str, *options: str) -> None:
+    result = run_cli("verify", str(source), str(out), *options)
+    assert result.returncode == 1, result.stdout + result.stderr
+    assert "FAILED" in result.stdout and pair in result.stdout.splitlines()[-1]
+
+
+def test_flatten_order_swapped_fails(tmp_path: Path) -> None:
+    out = _converted(tmp_path, source_order="chw")
+    _fails_on(tmp_path, SEQ, out, "dense -> dense")
+
+
+def test_kernel_transposed_fails(tmp_path: Path) -> None:
+    out = _converted(tmp_path)
+    with h5py.File(out, "r+") as f:
+        kernel = f["conv2d/conv2d/kernel:0"]
+        kernel[...] = kernel[()].transpose(1, 0, 2, 3)
+    _fails_on(tmp_path, SEQ, out, "conv2d -> conv2d")
+
+
+def test_pair_shifted_by_one_fails(tmp_path: Path) -> None:
+    """Two same-shaped layers whose values were swapped: every shape fits, the numbers don't."""
+    source = FIXTURES / "longnames__tfk_weights.h5"
+    out = _converted(tmp_path, source, flatten=[1, 1])
+    with h5py.File(out, "r+") as f:
+        first, second = (f[name] for name in list(f.attrs["layer_names"])[1:3])
+        a, b = (g[g.attrs["weight_names"][0]][()] for g in (first, second))
+        first[first.attrs["weight_names"][0]][...] = b
+        second[second.attrs["weight_names"][0]][...] = a
+    _fails_on(tmp_path, source, out, "dense_01 -> dense_01", "--flatten", "1,1")
+
+
+@pytest.mark.skipif(not SHARED_FILES.is_dir(), reason=f"{SHARED_FILES} is absent")
+def test_missing_flip_fails(tmp_path: Path) -> None:
+    source = SHARED_FILES / "dl4j-old__mnist_cnn_th_keras_1_weights.h5"
+    config = str(sidecar_config(source))
+    out = _converted(tmp_path, source, config=config)  # converted without --flip-kernels
+    _fails_on(tmp_path, source, out, "convolution2d_1 -> convolution2d_1", "--config", config, "--flip-kernels")
+    right = _converted(tmp_path, source, "flipped.h5", config=config, flip_kernels=True)
+    assert run_cli("verify", str(source), str(right), "--config", config, "--flip-kernels").returncode == 0
+
+
+def test_verify_bad_input_exits_2(tmp_path: Path) -> None:
+    result = run_cli("verify", str(SEQ), str(tmp_path / "missing.h5"))
+    assert result.returncode == 2 and result.stderr.startswith("weightport: error: ")

@@ -1,0 +1,154 @@
+"""Proving a conversion numerically, with numpy only.
+
+For every transplanted layer pair, random inputs go through the source layer as the source
+computed it (a Dense on the window flattened in the source's order, a Theano true
+convolution, a Keras 1 `th` kernel in its own layout) and through the target layer as Keras
+will compute it (a valid cross-correlation with the output's kernel). Values that are
+simply carried (biases, normalisation statistics) are compared element by element. Big
+kernels are read in blocks, so the check costs little memory. It catches the classic
+mistakes: the flatten order swapped, a kernel transposed, a flip missing, a layer paired
+with the wrong one.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+from typing import Any, Dict, List, Tuple
+
+import h5py
+import numpy as np
+
+from .plan import Plan, Step
+from .rules import canonical_order
+from .view import ModelView
+
+__all__ = ["PairCheck", "Verification", "verify_plan"]
+
+BLOCK_BYTES = 32 << 20
+SAMPLES = 3
+
+
+@dataclass
+class PairCheck:
+    """The worst error over one layer pair's tensors."""
+
+    source_layer: str
+    target_layer: str
+    checks: List[str]
+    max_abs: float
+    max_rel: float
+    ok: bool
+
+
+@dataclass
+class Verification:
+    """Every pair's check and the tolerances used."""
+
+    pairs: List[PairCheck]
+    atol: float
+    rtol: float
+
+    @property
+    def ok(self) -> bool:
+        return all(pair.ok for pair in self.pairs)
+
+    def to_dict(self) -> Dict[str, Any]:
+        return {"ok": self.ok, "atol": self.atol, "rtol": self.rtol, "pairs": [asdict(p) for p in self.pairs]}
+
+
+def verify_plan(plan: Plan, views: Dict[str, ModelView], out: ModelView, atol: float = 1e-6, rtol: float = 1e-5,
+                seed: int = 0) -> Verification:
+    """Check that `out` holds what `plan` promises, computing both sides of every layer pair."""
+    rng = np.random.default_rng(seed)
+    produced = {layer.name: [t.dataset for t in layer.weights] for layer in out.layers}
+    sources = {(file, t.path): t.dataset for file, view in views.items() for t in view.tensors}
+    index: Dict[str, int] = {}
+    by_layer: Dict[Tuple[str, str], List[Tuple[str, float, float]]] = {}
+    for step in plan.steps:
+        i = index[step.target_layer] = index.get(step.target_layer, -1) + 1
+        source = sources[(step.source_file, step.source_path)]
+        target = produced.get(step.target_layer, [])[i] if i < len(produced.get(step.target_layer, [])) else None
+        if target is None or tuple(target.shape) != tuple(step.target_shape):
+            result = ("missing or misshapen in the output", float("inf"), float("inf"))
+        else:
+            result = _check(step, source, target, rng)
+        by_layer.setdefault((step.source_layer, step.target_layer), []).append(result)
+    pairs = []
+    for (src, tgt), results in by_layer.items():
+        max_abs = max(r[1] for r in results)
+        max_rel = max(r[2] for r in results)
+        ok = all(r[1] <= atol or r[2] <= rtol for r in results)
+        pairs.append(PairCheck(src, tgt, sorted({r[0] for r in results}), max_abs, max_rel, ok))
+    return Verification(pairs, atol, rtol)
+
+
+# --- the checks ---------------------------------------------------------------------------
+
+def _check(step: Step, source: h5py.Dataset, target: h5py.Dataset, rng: np.random.Generator) -> Tuple[str, float, float]:
+    dtype = np.dtype(step.target_dtype)
+    if step.rule in ("dense-to-conv", "dense-to-1x1", "conv-to-dense"):
+        return _check_linear(step, source, target, dtype, rng)
+    kernel = step.role in (None, "kernel") and len(step.target_shape) >= 3 and step.rule in ("copy", "kernel-flip", "kernel-from-th")
+    if kernel:
+        return _check_kernel(step, source, target, dtype, rng)
+    want = source[()].astype(dtype).astype("float64").reshape(-1)
+    got = target[()].astype("float64").reshape(-1)
+    return ("values equal",) + _errors(got, want)
+
+
+def _check_linear(step: Step, source: h5py.Dataset, target: h5py.Dataset, dtype: np.dtype, rng: np.random.Generator) -> Tuple[str, float, float]:
+    """Dense on the flattened window (in its flatten order) vs valid correlation with the conv."""
+    conv_shape = step.target_shape if step.rule != "conv-to-dense" else step.source_shape
+    rank = len(conv_shape) - 2
+    x = rng.standard_normal((SAMPLES,) + tuple(conv_shape[:-1]))  # channels_last windows
+    order = step.params.get("order", canonical_order(rank))
+    flat = _flatten(x, order)
+    canonical = x.reshape(SAMPLES, -1)
+    src_rows, tgt_rows = (canonical, flat) if step.rule == "conv-to-dense" else (flat, canonical)
+    want = _rows_dot(source, src_rows, dtype)
+    got = _rows_dot(target, tgt_rows, target.dtype)
+    return (f"dense on window ({order}) vs conv",) + _errors(got, want)
+
+
+def _check_kernel(step: Step, source: h5py.Dataset, target: h5py.Dataset, dtype: np.dtype, rng: np.random.Generator) -> Tuple[str, float, float]:
+    """The source's convolution on random patches vs Keras's cross-correlation with the output."""
+    shape = tuple(step.target_shape)
+    spatial = len(shape) - 2
+    x = rng.standard_normal((SAMPLES,) + shape[:-1])
+    kernel = source[()].astype(dtype).astype("float64")
+    if step.rule == "kernel-from-th":  # stored (out, in, *spatial): contract in that layout
+        kernel = np.moveaxis(kernel, (0, 1), (-1, -2))
+    flipped = step.rule == "kernel-flip" or step.params.get("flip")
+    patches = x[(slice(None),) + (slice(None, None, -1),) * spatial] if flipped else x  # true convolution flips the input
+    want = np.tensordot(patches, kernel, axes=spatial + 1)
+    got = _rows_dot(target, x.reshape(SAMPLES, -1), target.dtype)
+    name = "true convolution vs correlation" if flipped else "correlation"
+    return (name,) + _errors(got, want)
+
+
+def _flatten(x: np.ndarray, order: str) -> np.ndarray:
+    """Flatten channels_last windows (n, *spatial, c) in a given axis order."""
+    canonical = canonical_order(x.ndim - 2)
+    axes = [0] + [1 + canonical.index(a) for a in order]
+    return x.transpose(axes).reshape(x.shape[0], -1)
+
+
+def _rows_dot(dataset: h5py.Dataset, rows: np.ndarray, dtype: np.dtype) -> np.ndarray:
+    """rows (n, R) @ dataset seen as (R, out), reading the dataset in bounded blocks."""
+    shape = dataset.shape
+    out = shape[-1]
+    per_first = int(np.prod(shape[1:-1], dtype=np.int64)) if len(shape) > 2 else 1
+    step = max(1, BLOCK_BYTES // max(1, per_first * out * 8))
+    total = np.zeros((rows.shape[0], out))
+    for start in range(0, shape[0], step):
+        block = dataset[start:start + step].astype(dtype).astype("float64").reshape(-1, out)
+        total += rows[:, start * per_first:start * per_first + block.shape[0]] @ block
+    return total
+
+
+def _errors(got: np.ndarray, want: np.ndarray) -> Tuple[float, float]:
+    if got.shape != want.shape:
+        return float("inf"), float("inf")
+    diff = float(np.abs(got - want).max()) if got.size else 0.0
+    scale = float(np.abs(want).max()) if want.size else 0.0
+    return diff, (diff / scale if scale else (0.0 if diff == 0 else float("inf")))
