@@ -95,23 +95,28 @@ def convert(source: PathLike, out: PathLike, target: Optional[PathLike] = None, 
         >>> weightport.convert("vgg16.keras", "fcn.keras")  # doctest: +SKIP
     """
     options = _options(source_order, flip_kernels, maps, skips)
-    whole = full_model or output_layout(Path(out)) == "keras-archive"
+    layout = output_layout(Path(out))
+    if full_model and layout != "legacy":
+        raise WeightportError(out, "--full-model is for a legacy .h5 output", "name the output *.h5, or *.keras for a whole Keras 3 model")
     with planned(source, target, config, flatten, options) as (built, views):
-        model_config = _whole_model_config(views, str(source), target, flatten, options) if whole else None
+        model_config = _whole_model_config(views, str(source), target, flatten, options, layout) if full_model or layout == "keras-archive" else None
         write(built, Path(out), views, force=force, model_config=model_config, keras_version=views[str(source)].keras_version)
         return built
 
 
 def _whole_model_config(views: Dict[str, ModelView], source: str, target: Optional[PathLike], flatten: Optional[Sequence[int]],
-                        options: PlanOptions) -> Dict:
+                        options: PlanOptions, layout: str) -> Dict:
     """The output model's config: the target's own, or the source's rewritten as its twin,
     its input opened to any spatial size where the layers allow it."""
+    model = views[str(target)] if target is not None else views[source]
+    if model.config is None:
+        raise WeightportError(model.path, "no model config to write a whole model from", "give a .keras or full-model .h5 file")
+    if layout == "keras-archive" and model.layout != "keras-archive" and not (model.keras_version or "").startswith("3"):
+        raise WeightportError(model.path, f"a .keras output holds a Keras 3 config, and this one was written by Keras {model.keras_version or '(unknown)'}",
+                              "write a whole legacy model instead: -o OUT.h5 --full-model")
     if target is not None:
-        view = views[str(target)]
-        if view.config is None:
-            raise WeightportError(target, "the target file has no model config to write a whole model from", "give a .keras or full-model .h5 target")
-        return view.config.raw
-    src = views[source]
+        return model.config.raw
+    src = model
     head = analyze_head(src, flatten, options.source_order)
     config = twin_config(src, head)
     open_input_size(config, src, head)

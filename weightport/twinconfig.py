@@ -34,6 +34,7 @@ def twin_config(view: ModelView, head: Dict[str, HeadRole]) -> Dict[str, Any]:
     if view.config is None:
         raise WeightportError(view.path, "no model config to rewrite", "give a full model (.keras, model.save('x.h5')) or --config")
     raw = copy.deepcopy(view.config.raw)
+    raw.pop("compile_config", None)  # the classifier's optimizer state does not fit the twin
     if any(entry.get("class_name") == "Dense" and "output_dim" in entry.get("config", {}) for entry in _entries(raw)):
         raise WeightportError(view.path, "the config was written by Keras 1", "rewrite needs a Keras 2 or 3 config; convert the weights and build the twin in code")
     _check_consumers(view, head)
