@@ -89,7 +89,7 @@ def test_keras_archive_order_comes_from_its_config() -> None:
 
 def test_weights_h5_order_without_config_is_stated() -> None:
     with weightport.read(FIXTURES / "func_names__k3.weights.h5") as view:
-        assert view.order == "data-offset"
+        assert view.order == "write-order"
         assert "does not record the order" in view.order_note
         assert [layer.name for layer in view.layers] == ["my_conv", "my_bn", "fc6", "fc6_bn", "predictions"]
 

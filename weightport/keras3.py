@@ -3,7 +3,7 @@
 The file names groups by layer class, not by layer name, and does not record the order
 across classes. With a config (from a `.keras` archive or `--config`) the view follows the
 config, replaying Keras's own group naming. Without one it assumes the order in which Keras
-wrote the tensors (their data offsets in the file), which is `model.layers` order for files
+wrote the tensors (their object addresses in the file), which is `model.layers` order for files
 written by `save_weights`, and says so.
 """
 
@@ -21,7 +21,7 @@ from .hdf5 import str_attr
 from .roles import roles_for_class
 from .view import Layer, ModelView, Tensor
 
-__all__ = ["is_keras3", "read_keras3", "KNOWN_CLASSES"]
+__all__ = ["is_keras3", "read_keras3", "natural_key", "KNOWN_CLASSES"]
 
 # Layer classes whose snake-case group names are recognised in a file without a config.
 KNOWN_CLASSES = (
@@ -35,12 +35,12 @@ _CLASS_BY_SNAKE = {to_snake_case(name): name for name in KNOWN_CLASSES}
 _ROOT_SKIP = {"optimizer"}
 _ORDER_NOTE = (
     "a .weights.h5 file does not record the order across layer classes; assumed the order in "
-    "which Keras wrote the tensors (their offsets in the file), which is model order for files "
-    "written by save_weights; give --config (or a .keras file) to take the order from the model"
+    "which the tensors were written (their object addresses in the file), which is model order "
+    "for files written by save_weights; give --config (or a .keras file) to take the order from the model"
 )
 _ORDER_NOTE_NO_OFFSET = (
-    "a .weights.h5 file does not record the order across layer classes and its tensors are not "
-    "stored contiguously; assumed the groups in path order with numbered suffixes sorted "
+    "a .weights.h5 file does not record the order across layer classes and its tensors' "
+    "addresses cannot be read; assumed the groups in path order with numbered suffixes sorted "
     "numerically; give --config (or a .keras file) to take the order from the model"
 )
 
@@ -130,21 +130,41 @@ def _in_config_order(found: Dict[str, h5py.Group], config: ModelConfig, path: Un
 
 
 def _in_file_order(found: Dict[str, h5py.Group], path: Union[str, Path]) -> Tuple[List[Layer], str, str]:
-    offsets = {p: _first_offset(g) for p, g in found.items()}
-    if all(o is not None for o in offsets.values()):
-        ordered, order, note = sorted(found, key=lambda p: offsets[p]), "data-offset", _ORDER_NOTE
+    addresses = {p: _written_at(g) for p, g in found.items()}
+    if all(a is not None for a in addresses.values()):
+        ordered, order, note = _merge_by_address(found, addresses), "write-order", _ORDER_NOTE
     else:
-        ordered, order, note = sorted(found, key=_natural_key), "path", _ORDER_NOTE_NO_OFFSET
+        ordered, order, note = sorted(found, key=natural_key), "path", _ORDER_NOTE_NO_OFFSET
     layers = [_make_layer(p, found[p], path, _class_from_path(p), None) for p in ordered]
     return layers, order, note
 
 
-def _first_offset(vars_group: h5py.Group) -> Optional[int]:
-    offsets = [ds.id.get_offset() for ds in vars_group.values() if isinstance(ds, h5py.Dataset)]
-    return None if None in offsets or not offsets else min(offsets)
+def _merge_by_address(found: Dict[str, h5py.Group], addresses: Dict[str, int]) -> List[str]:
+    """Within one class of one container the numbering (`conv2d`, `conv2d_1` ...) is Keras's own
+    order; only the classes are interleaved, by when each layer's tensors were written."""
+    runs: Dict[str, List[str]] = {}
+    for group_path in sorted(found, key=natural_key):
+        runs.setdefault(re.sub(r"_\d+$", "", group_path), []).append(group_path)
+    heads = [run for run in runs.values()]
+    ordered: List[str] = []
+    while heads:
+        run = min(heads, key=lambda r: addresses[r[0]])
+        ordered.append(run.pop(0))
+        heads = [r for r in heads if r]
+    return ordered
 
 
-def _natural_key(group_path: str) -> List[Tuple[str, int]]:
+def _written_at(vars_group: h5py.Group) -> Optional[int]:
+    """The address of the layer's first dataset header: headers are laid down in creation order
+    (unlike raw data, which HDF5 may place out of order in its small-data block)."""
+    try:
+        addresses = [h5py.h5o.get_info(ds.id).addr for ds in vars_group.values() if isinstance(ds, h5py.Dataset)]
+    except (AttributeError, RuntimeError):
+        return None
+    return min(addresses) if addresses else None
+
+
+def natural_key(group_path: str) -> List[Tuple[str, int]]:
     """`dense_10` after `dense_2`: each component's numbered suffix compares as a number."""
     key = []
     for part in group_path.split("/"):

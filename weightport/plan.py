@@ -16,13 +16,14 @@ import numpy as np
 
 from .errors import WeightportError
 from .head import HeadRole, layer_class, parse_source_order
+from .roles import guess_class
 from .rules import RULES, canonical_order
 from .target import Target, TargetLayer, TargetTensor
 from .view import Layer, ModelView, Tensor
 
 __all__ = ["PlanOptions", "Step", "Plan", "make_plan"]
 
-ASSUMED_ORDERS = {"data-offset", "path"}
+ASSUMED_ORDERS = {"write-order", "path"}
 
 
 @dataclass
@@ -116,6 +117,10 @@ def _known(file: str, name: str, layers: Dict[str, Any], what: str) -> None:
         raise WeightportError(file, f"{what} '{name}' is not a weighted layer of this file", f"choose one of: {', '.join(list(layers)[:12])}")
 
 
+def _target_class(layer: TargetLayer) -> Optional[str]:
+    return layer.class_name or guess_class([w.role for w in layer.weights], [w.shape for w in layer.weights])
+
+
 def _compatible(src: Optional[str], tgt: Optional[str]) -> bool:
     if src is None or tgt is None or src == tgt:
         return True
@@ -124,19 +129,21 @@ def _compatible(src: Optional[str], tgt: Optional[str]) -> bool:
 
 
 def _positional(source: ModelView, target: Target, src: List[Layer], tgt: List[TargetLayer]) -> Dict[str, Layer]:
-    classes = [(layer_class(s), t.class_name) for s, t in zip(src, tgt)]
+    classes = [(layer_class(s), _target_class(t)) for s, t in zip(src, tgt)]
     if len(src) != len(tgt) or not all(_compatible(a, b) for a, b in classes):
         raise _mismatch(source, target, src, tgt, f"{len(src)} weighted layers in the source, {len(tgt)} in the target")
     return {t.name: s for s, t in zip(src, tgt, strict=True)}
 
 
 def _classwise(source: ModelView, target: Target, src: List[Layer], tgt: List[TargetLayer]) -> Dict[str, Layer]:
+    """Pair the k-th layer of each class with the k-th (views keep Keras 3's per-class
+    numbering in order); the source's Dense layers take the target's convolutions left over."""
     pools: Dict[Optional[str], Deque[Layer]] = defaultdict(deque)
     for layer in src:
         pools[layer_class(layer)].append(layer)
     match: Dict[str, Layer] = {}
     for layer in tgt:
-        cls = layer.class_name
+        cls = _target_class(layer)
         pool = pools[cls] if pools[cls] else pools["Dense"] if (cls or "").startswith("Conv") else pools[cls]
         if not pool:
             raise _mismatch(source, target, src, tgt, f"target layer '{layer.name}' ({cls}) has no source layer of its class left")
@@ -148,7 +155,7 @@ def _classwise(source: ModelView, target: Target, src: List[Layer], tgt: List[Ta
 
 
 def _describe(layer: Any) -> str:
-    cls = layer_class(layer) if isinstance(layer, Layer) else layer.class_name
+    cls = layer_class(layer) if isinstance(layer, Layer) else _target_class(layer)
     shapes = " ".join("x".join(map(str, w.shape)) for w in layer.weights)
     return f"{layer.name} ({cls or '?'}) {shapes}"
 
@@ -162,7 +169,7 @@ def _mismatch(source: ModelView, target: Target, src: List[Layer], tgt: List[Tar
     for i in range(max(len(left), len(right))):
         a = src[i] if i < len(src) else None
         b = tgt[i] if i < len(tgt) else None
-        bad = not diverged and (a is None or b is None or not _compatible(layer_class(a), b.class_name))
+        bad = not diverged and (a is None or b is None or not _compatible(layer_class(a), _target_class(b)))
         diverged = diverged or bad
         mark = ">>" if bad else "  "
         rows.append(f"{mark} {left[i] if a else '(none)':<{width}}  {right[i] if b else '(none)'}")
