@@ -9,7 +9,7 @@ from __future__ import annotations
 import contextlib
 import tempfile
 from pathlib import Path
-from typing import Any, Dict, Iterator, List, Optional, Sequence, Tuple, Union
+from typing import Any, Callable, Dict, Iterator, List, Optional, Sequence, Tuple, Union
 
 from .errors import WeightportError
 from .head import analyze_head
@@ -82,14 +82,15 @@ def plan(source: PathLike, target: Optional[PathLike] = None, *, config: Optiona
 def convert(source: PathLike, out: PathLike, target: Optional[PathLike] = None, *, force: bool = False,
             full_model: bool = False, config: Optional[PathLike] = None, flatten: Optional[Sequence[int]] = None,
             source_order: Optional[str] = None, flip_kernels: bool = False, maps: Optional[Dict[str, str]] = None,
-            skips: Optional[List[str]] = None) -> Plan:
+            skips: Optional[List[str]] = None, progress: Optional[Callable[[int, int], None]] = None) -> Plan:
     """Plan and write the conversion to `out`.
 
     `out`'s name picks the format: `.weights.h5` (Keras 3 layout), `.h5`/`.hdf5` (legacy
     layout; with `full_model` a whole legacy model, config included), `.keras` (a whole Keras 3
     model: the twin's config and weights, for `keras.models.load_model`). Other arguments as
-    for `plan`; `force` replaces an existing `out`. The output is written atomically: `out` is
-    either left as it was or replaced by a complete file.
+    for `plan`; `force` replaces an existing `out`; `progress(done, total)` is called with byte
+    counts as tensors are written. The output is written atomically: `out` is either left as it
+    was or replaced by a complete file.
 
     Example:
         >>> weightport.convert("vgg16.keras", "fcn.keras")  # doctest: +SKIP
@@ -100,7 +101,8 @@ def convert(source: PathLike, out: PathLike, target: Optional[PathLike] = None, 
         raise WeightportError(out, "--full-model is for a legacy .h5 output", "name the output *.h5, or *.keras for a whole Keras 3 model")
     with planned(source, target, config, flatten, options) as (built, views):
         model_config = _whole_model_config(views, str(source), target, flatten, options, layout) if full_model or layout == "keras-archive" else None
-        write(built, Path(out), views, force=force, model_config=model_config, keras_version=views[str(source)].keras_version)
+        write(built, Path(out), views, force=force, model_config=model_config, keras_version=views[str(source)].keras_version,
+              progress=progress)
         return built
 
 

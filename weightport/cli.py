@@ -61,19 +61,56 @@ def _cmd_plan(args: argparse.Namespace) -> int:
 def _cmd_convert(args: argparse.Namespace) -> int:
     from pathlib import Path
 
+    if (args.out is None) == (args.out_dir is None):
+        raise WeightportError(None, "give either -o OUT (one SRC) or --out-dir DIR (any number of SRC)", "see weightport convert --help")
+    if args.out is not None and len(args.source) > 1:
+        raise WeightportError(None, f"-o takes one SRC and {len(args.source)} were given", "use --out-dir DIR to convert several files")
+    if args.out_dir is not None:
+        return _convert_many(args, Path(args.out_dir))
+    return _convert_single(args, args.source[0], args.out)
+
+
+def _convert_single(args: argparse.Namespace, source: str, out: str) -> int:
+    from pathlib import Path
+
     from .api import convert, verify
+    from .progress import byte_progress
     from .report import plan_table, verification_table
     from .writers import output_layout
 
-    layout = output_layout(Path(args.out))
-    built = convert(args.source, args.out, args.target, force=args.force, full_model=args.full_model, **_plan_options(args))
-    print(plan_table(built, layout))
-    print(f"wrote {args.out} ({layout} layout)")
+    layout = output_layout(Path(out))
+    with byte_progress(enabled=not args.quiet, label=Path(out).name) as progress:
+        built = convert(source, out, args.target, force=args.force, full_model=args.full_model, progress=progress, **_plan_options(args))
+    if not args.quiet:
+        print(plan_table(built, layout))
+        print(f"wrote {out} ({layout} layout)")
     if args.no_verify:
         return 0
-    result = verify(args.source, args.out, **_plan_options(args))
-    print(verification_table(result))
+    result = verify(source, out, **_plan_options(args))
+    if not args.quiet or not result.ok:
+        print(verification_table(result))
     return 0 if result.ok else 1
+
+
+def _convert_many(args: argparse.Namespace, out_dir) -> int:
+    from .batch import Job, exit_status, out_path, run_jobs
+    from .progress import file_progress
+
+    if not out_dir.is_dir():
+        raise WeightportError(out_dir, "no such folder", "create the output folder first")
+    jobs = [Job(source, out_path(source, out_dir)) for source in args.source]
+    options = dict(target=args.target, force=args.force, full_model=args.full_model, **_plan_options(args))
+    with file_progress(len(jobs), enabled=not args.quiet) as tick:
+        def report(outcome) -> None:
+            if outcome.status or not args.quiet:
+                tick.write(outcome.message, error=bool(outcome.status))
+            tick.advance()
+
+        outcomes = run_jobs(jobs, options, verify=not args.no_verify, workers=args.jobs, debug=args.debug, on_done=report)
+    failed = [o for o in outcomes if o.status]
+    if not args.quiet or failed:
+        print(f"{len(outcomes) - len(failed)} of {len(outcomes)} files converted", file=sys.stderr if failed else sys.stdout)
+    return exit_status(outcomes)
 
 
 def _cmd_verify(args: argparse.Namespace) -> int:
@@ -91,8 +128,8 @@ def _cmd_verify(args: argparse.Namespace) -> int:
     return 0 if result.ok else 1
 
 
-def _add_target_options(parser: argparse.ArgumentParser, target: bool = True) -> None:
-    parser.add_argument("source", metavar="SRC", help="the trained weights: .h5 / .hdf5, .weights.h5 or .keras")
+def _add_target_options(parser: argparse.ArgumentParser, target: bool = True, many: bool = False) -> None:
+    parser.add_argument("source", metavar="SRC", nargs="+" if many else None, help="the trained weights: .h5 / .hdf5, .weights.h5 or .keras")
     if target:
         parser.add_argument("--target", metavar="FILE", help="a file describing the target architecture (e.g. the untrained FCN's save_weights); "
                             "default: derive the fully-convolutional twin from SRC's config")
@@ -127,9 +164,12 @@ def build_parser() -> argparse.ArgumentParser:
     plan.set_defaults(run=_cmd_plan)
 
     convert = commands.add_parser("convert", help="plan and write the converted weights")
-    _add_target_options(convert)
-    convert.add_argument("-o", "--out", metavar="OUT", required=True,
+    _add_target_options(convert, many=True)
+    convert.add_argument("-o", "--out", metavar="OUT",
                          help="*.weights.h5 (Keras 3 layout), *.h5 / *.hdf5 (legacy layout) or *.keras (whole Keras 3 model)")
+    convert.add_argument("--out-dir", metavar="DIR", help="convert every SRC into DIR, each under its own file name (a checkpoint sweep)")
+    convert.add_argument("-j", "--jobs", type=int, default=1, metavar="N", help="with --out-dir: convert N files at a time (default 1)")
+    convert.add_argument("--quiet", action="store_true", help="print nothing but errors (for pipelines)")
     convert.add_argument("--force", action="store_true", help="replace OUT if it exists")
     convert.add_argument("--full-model", action="store_true", help="with a .h5 OUT: write a whole legacy model (the twin's model_config and its weights)")
     convert.add_argument("--no-verify", action="store_true", help="skip the numpy check of what was written")

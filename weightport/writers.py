@@ -13,16 +13,16 @@ import contextlib
 import hashlib
 import json
 import os
-import secrets
 import time
 import zipfile
 from pathlib import Path
-from typing import Dict, Iterator, List, Optional, Tuple
+from typing import Callable, Dict, Iterator, List, Optional
 
 import h5py
 import numpy as np
 
 from ._version import __version__
+from .atomic import atomic_output
 from .errors import WeightportError
 from .plan import Plan, Step
 from .transfer import raw_location, transfer
@@ -32,7 +32,6 @@ __all__ = ["output_layout", "write", "LAYOUTS"]
 
 LAYOUTS = {".weights.h5": "keras3", ".keras": "keras-archive", ".h5": "legacy", ".hdf5": "legacy"}
 HEADER_LIMIT = 64512  # Keras's HDF5_OBJECT_HEADER_LIMIT for one attribute
-TMP_MARK = ".weightport-"
 
 
 def output_layout(out: Path) -> str:
@@ -44,40 +43,27 @@ def output_layout(out: Path) -> str:
     raise WeightportError(out, "unknown output type", "name the output *.weights.h5 (Keras 3 layout), *.h5 / *.hdf5 (legacy layout) or *.keras (whole model)")
 
 
-def write(plan: Plan, out: Path, views: Dict[str, ModelView], force: bool = False,
-          model_config: Optional[dict] = None, keras_version: Optional[str] = None) -> None:
+def write(plan: Plan, out: Path, views: Dict[str, ModelView], force: bool = False, model_config: Optional[dict] = None,
+          keras_version: Optional[str] = None, progress: Optional[Callable[[int, int], None]] = None) -> None:
     """Write `plan` to `out`; `views` maps each file named by the steps to its open view.
 
     With `model_config` the output is a whole model: a `.keras` archive (config.json and
     model.weights.h5), or a legacy full-model `.h5` (`model_config`, `model_weights`).
+    `progress(done, total)` is called with byte counts after each tensor.
     """
     layout = output_layout(out)
     _check_destination(out, views, force)
     if layout == "keras-archive" and model_config is None:
         raise WeightportError(out, "a .keras output needs the twin's model config, and there is none",
                               "write *.weights.h5 or *.h5 instead, or convert from a file with a config")
-    tmp = out.parent / f".{out.name}{TMP_MARK}{os.getpid()}-{secrets.token_hex(4)}.tmp"
-    weights = tmp.with_name(tmp.name + ".h5") if layout == "keras-archive" else tmp
-    try:
-        full = model_config if layout == "legacy" else None
-        offsets = _structure(plan, "keras3" if layout == "keras-archive" else layout, weights, full)
-        _fill(plan, offsets, weights, views)
+    archive = layout == "keras-archive"
+    with atomic_output(out, parts=2 if archive else 1) as paths:
+        weights = paths[-1]
+        offsets = _structure(plan, "keras3" if archive else layout, weights, model_config if layout == "legacy" else None)
+        _fill(plan, offsets, weights, views, progress)
         _provenance(plan, weights, views)
-        if layout == "keras-archive":
-            _archive(weights, tmp, model_config, keras_version)
-        with open(tmp, "rb+") as fh:
-            os.fsync(fh.fileno())
-        os.replace(tmp, out)
-        _fsync_dir(out.parent)
-    except BaseException:
-        for path in (tmp, weights):
-            with contextlib.suppress(OSError):
-                path.unlink()
-        raise
-    finally:
-        if weights != tmp:
-            with contextlib.suppress(OSError):
-                weights.unlink()
+        if archive:
+            _archive(weights, paths[0], model_config, keras_version)
 
 
 def _archive(weights: Path, tmp: Path, model_config: dict, keras_version: Optional[str]) -> None:
@@ -99,15 +85,6 @@ def _check_destination(out: Path, views: Dict[str, ModelView], force: bool) -> N
             raise WeightportError(out, "is an input of this conversion", "write to another file; inputs are never changed")
     if out.exists() and not force:
         raise WeightportError(out, "already exists", "pass --force to replace it")
-
-
-def _fsync_dir(folder: Path) -> None:
-    with contextlib.suppress(OSError):
-        fd = os.open(folder, os.O_RDONLY)
-        try:
-            os.fsync(fd)
-        finally:
-            os.close(fd)
 
 
 # --- structure ----------------------------------------------------------------------------
@@ -200,10 +177,12 @@ def _dataset(f: h5py.File, place: str, step: Step) -> h5py.Dataset:
 
 # --- data ---------------------------------------------------------------------------------
 
-def _fill(plan: Plan, offsets: List[Optional[int]], tmp: Path, views: Dict[str, ModelView]) -> None:
+def _fill(plan: Plan, offsets: List[Optional[int]], tmp: Path, views: Dict[str, ModelView],
+          progress: Optional[Callable[[int, int], None]] = None) -> None:
     datasets = {(file, t.path): t.dataset for file, view in views.items() for t in view.tensors}
+    sizes = [int(np.prod(s.target_shape, dtype=np.int64)) * np.dtype(s.target_dtype).itemsize for s in plan.steps]
     with _open_fds(views) as fds, open(tmp, "rb+") as out:
-        for step, offset in zip(plan.steps, offsets, strict=True):
+        for step, offset, size in zip(plan.steps, offsets, sizes, strict=True):
             view = views[step.source_file]
             dataset = datasets[(step.source_file, step.source_path)]
             location = raw_location(view, dataset)
@@ -214,6 +193,8 @@ def _fill(plan: Plan, offsets: List[Optional[int]], tmp: Path, views: Dict[str, 
                     raise RuntimeError(f"dataset for {step.target_name} was not allocated")
                 continue
             transfer(step.rule, step.params, dataset, source, out.fileno(), offset, dtype)
+            if progress is not None:
+                progress(size, sum(sizes))
 
 
 @contextlib.contextmanager

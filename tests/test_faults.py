@@ -1,0 +1,151 @@
+"""Faults: a killed or interrupted run, a full disk, racing runs. The destination is either
+absent, the previous file intact, or a complete new file; never a partial one."""
+
+from __future__ import annotations
+
+import os
+import resource
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import h5py
+import numpy as np
+import pytest
+
+import weightport
+from conftest import FIXTURES, ROOT, run_cli
+from weightport.cli import main
+
+BIG_ROWS = 7 * 7 * 64
+
+
+@pytest.fixture(scope="module")
+def big_source(tmp_path_factory) -> Path:
+    """A legacy weights-only classifier whose Dense kernel is ~200 MB (written in blocks)."""
+    path = tmp_path_factory.mktemp("big") / "big_weights.h5"
+    units = 200 * 2**20 // (BIG_ROWS * 4)
+    with h5py.File(path, "w") as f:
+        f.attrs["keras_version"], f.attrs["backend"] = "2.21.0", "tensorflow"
+        f.attrs["layer_names"] = [b"conv", b"fc"]
+        for name, shapes in (("conv", [(3, 3, 3, 64), (64,)]), ("fc", [(BIG_ROWS, units), (units,)])):
+            names = [f"{name}/{role}:0" for role in ("kernel", "bias")]
+            f.create_group(name).attrs["weight_names"] = [n.encode() for n in names]
+            for n, shape in zip(names, shapes):
+                ds = f[name].create_dataset(n, shape=shape, dtype="float32")
+                for start in range(0, shape[0], 512):
+                    block = (min(512, shape[0] - start),) + shape[1:]
+                    ds[start:start + block[0]] = np.full(block, start % 7, "float32")
+    return path
+
+
+def _popen(*args: str, **kwargs) -> subprocess.Popen:
+    env = dict(os.environ, PYTHONPATH=str(ROOT))
+    return subprocess.Popen([sys.executable, "-m", "weightport", *args], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                            text=True, env=env, **kwargs)
+
+
+def _kill_when_writing(proc: subprocess.Popen, folder: Path, sig: int) -> None:
+    """Send `sig` as soon as the run's temporary file exists (it is then mid-write)."""
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline and proc.poll() is None:
+        if any(".weightport-" in p.name for p in folder.iterdir()):
+            time.sleep(0.05)
+            proc.send_signal(sig)
+            break
+        time.sleep(0.002)
+    proc.communicate(timeout=60)
+
+
+def _temporaries(folder: Path) -> list:
+    return [p for p in folder.iterdir() if ".weightport-" in p.name]
+
+
+@pytest.mark.parametrize("previous", [None, b"the previous output"])
+def test_sigkill_leaves_destination_absent_or_intact(big_source: Path, tmp_path: Path, previous) -> None:
+    out = tmp_path / "fcn.h5"
+    if previous is not None:
+        out.write_bytes(previous)
+    proc = _popen("convert", str(big_source), "--flatten", "7,7,64", "-o", str(out), "--force", "--no-verify")
+    _kill_when_writing(proc, tmp_path, signal.SIGKILL)
+    assert proc.returncode == -signal.SIGKILL
+    assert (out.read_bytes() == previous) if previous is not None else not out.exists()
+    assert _temporaries(tmp_path), "the killed run's temporary file should be left, recognisable"
+    result = run_cli("convert", str(big_source), "--flatten", "7,7,64", "-o", str(out), "--force", "--no-verify")
+    assert result.returncode == 0, result.stderr
+    assert not _temporaries(tmp_path), "the next run removes what a killed run left"
+    assert run_cli("verify", str(big_source), str(out), "--flatten", "7,7,64").returncode == 0
+
+
+def test_ctrl_c_removes_the_temporary(big_source: Path, tmp_path: Path) -> None:
+    out = tmp_path / "fcn.weights.h5"
+    proc = _popen("convert", str(big_source), "--flatten", "7,7,64", "-o", str(out), "--no-verify")
+    _kill_when_writing(proc, tmp_path, signal.SIGINT)
+    assert proc.returncode in (130, 0)  # 0 only if the run finished before the signal landed
+    if proc.returncode == 130:
+        assert not out.exists() and not _temporaries(tmp_path)
+
+
+def _limit_file_size(limit: int):
+    return lambda: resource.setrlimit(resource.RLIMIT_FSIZE, (limit, limit))
+
+
+def test_file_size_limit_gives_a_clear_error_and_no_file(tmp_path: Path) -> None:
+    out = tmp_path / "fcn.h5"
+    env = dict(os.environ, PYTHONPATH=str(ROOT))
+    result = subprocess.run([sys.executable, "-m", "weightport", "convert", str(FIXTURES / "seq__k3.keras"), "-o", str(out)],
+                            capture_output=True, text=True, env=env, preexec_fn=_limit_file_size(8192), timeout=120)
+    assert result.returncode == 2, result.stderr
+    assert result.stderr.startswith(f"weightport: error: {out}: cannot write the output") and "Traceback" not in result.stderr
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_full_filesystem_gives_a_clear_error(tmp_path: Path) -> None:
+    """A real small filesystem (a 16 KiB tmpfs) that the ~30 KB output cannot fit."""
+    mount = tmp_path / "small"
+    mount.mkdir()
+    if subprocess.run(["mount", "-t", "tmpfs", "-o", "size=16k", "tmpfs", str(mount)], capture_output=True).returncode != 0:
+        pytest.skip("this machine does not let root mount a tmpfs (the file-size-limit test covers the same path)")
+    try:
+        out = mount / "fcn.h5"
+        result = run_cli("convert", str(FIXTURES / "seq__k3.keras"), "-o", str(out))
+        assert result.returncode == 2, result.stderr
+        assert result.stderr.startswith(f"weightport: error: {out}: cannot write the output: no space left on the device")
+        assert list(mount.iterdir()) == []
+    finally:
+        subprocess.run(["umount", str(mount)], capture_output=True)
+
+
+def test_racing_conversions_end_with_one_complete_file(tmp_path: Path) -> None:
+    out = tmp_path / "fcn.h5"
+    procs = [_popen("convert", str(FIXTURES / source), "-o", str(out), "--force", "--no-verify")
+             for source in ("seq__k3.keras", "seq__tfk.h5", "seq__k3.h5", "seq__k3.keras")]
+    codes = [p.wait(timeout=120) for p in procs]
+    assert set(codes) == {0}, [p.stderr.read() for p in procs]
+    assert run_cli("verify", str(FIXTURES / "seq__k3.keras"), str(out)).returncode == 0
+    assert not _temporaries(tmp_path)
+
+
+def test_internal_error_exit_1_and_debug_traceback(monkeypatch, capsys, tmp_path: Path) -> None:
+    import weightport.api
+
+    def broken(*args, **kwargs):
+        raise RuntimeError("simulated bug")
+
+    monkeypatch.setattr(weightport.api, "analyze_head", broken)
+    assert main(["convert", str(FIXTURES / "seq__k3.keras"), "-o", str(tmp_path / "o.h5")]) == 1
+    err = capsys.readouterr().err
+    assert "internal error: RuntimeError: simulated bug" in err and "--debug" in err and "Traceback" not in err
+    assert main(["--debug", "convert", str(FIXTURES / "seq__k3.keras"), "-o", str(tmp_path / "o.h5")]) == 1
+    assert "Traceback" in capsys.readouterr().err
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_sources_are_opened_read_only(tmp_path: Path) -> None:
+    source = tmp_path / "seq.keras"
+    source.write_bytes((FIXTURES / "seq__k3.keras").read_bytes())
+    source.chmod(0o444)
+    weightport.convert(source, tmp_path / "out.h5")
+    assert source.read_bytes() == (FIXTURES / "seq__k3.keras").read_bytes()
