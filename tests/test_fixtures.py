@@ -54,7 +54,7 @@ def test_every_layout_of_a_model_holds_the_same_arrays() -> None:
     by_model: Dict[str, list] = {}
     for name in FILES:
         by_model.setdefault(name.split("__")[0], []).append(name)
-    for model, names in by_model.items():
+    for names in by_model.values():
         reference = None
         for name in names:
             with weightport.read(FIXTURES / name) as view:

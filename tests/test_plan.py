@@ -8,7 +8,6 @@ from pathlib import Path
 
 import h5py
 import numpy as np
-import pytest
 
 import weightport
 from conftest import FIXTURES, run_cli

@@ -3,11 +3,9 @@
 from __future__ import annotations
 
 import json
-import shutil
 from pathlib import Path
 
 import h5py
-import numpy as np
 import pytest
 
 import weightport

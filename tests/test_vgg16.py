@@ -4,7 +4,6 @@ whose every location is the dense head applied to its 7x7 feature window."""
 
 from __future__ import annotations
 
-from pathlib import Path
 
 import numpy as np
 import pytest

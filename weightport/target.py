@@ -7,7 +7,7 @@ data the writers can lay out in the legacy `.h5` or the Keras 3 `.weights.h5` la
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any, Dict, List, Optional, Tuple
 
 from .config import to_snake_case
@@ -53,8 +53,6 @@ class Target:
     layers: List[TargetLayer]
     keras_version: Optional[str] = None
     backend: Optional[str] = None
-    root_attrs: Dict[str, Any] = field(default_factory=dict)  # legacy full-model attributes to keep
-    full_model: bool = False
 
 
 def legacy_weight_name(layer: str, role: Optional[str], index: int, stored: Optional[str] = None) -> str:
