@@ -81,3 +81,17 @@ def test_missing_flip_fails(tmp_path: Path) -> None:
 def test_verify_bad_input_exits_2(tmp_path: Path) -> None:
     result = run_cli("verify", str(SEQ), str(tmp_path / "missing.h5"))
     assert result.returncode == 2 and result.stderr.startswith("weightport: error: ")
+
+
+def test_big_tensors_are_checked_by_sampled_rows(monkeypatch, tmp_path: Path) -> None:
+    """Past FULL_CHECK_VALUES a tensor is checked on random rows (window positions); the
+    classic mistakes still show."""
+    import importlib
+
+    monkeypatch.setattr(importlib.import_module("weightport.verification"), "FULL_CHECK_VALUES", 16)
+    right = _converted(tmp_path, name="right.h5")
+    result = weightport.verify(SEQ, right)
+    assert result.ok and any("rows sampled" in check for pair in result.pairs for check in pair.checks)
+    swapped = _converted(tmp_path, name="swapped.h5", source_order="chw")
+    failed = [p.source_layer for p in weightport.verify(SEQ, swapped).pairs if not p.ok]
+    assert failed == ["dense"]

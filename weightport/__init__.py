@@ -4,17 +4,40 @@ The public API mirrors the pipeline: `read` a file into an ordered view, `plan` 
 conversion, `convert` (plan and write), `verify` (prove it numerically), `convert_into_model`
 (into a live Keras model).
 
+Names are imported on first use, so `weightport --version` and `import weightport` start
+fast: h5py and numpy load only when a function needs them.
+
 Example:
     >>> import weightport
     >>> with weightport.read("fixtures/seq__k3.weights.h5") as view:  # doctest: +SKIP
     ...     [(layer.class_name, [t.shape for t in layer.weights]) for layer in view.layers]
 """
 
-from ._version import __version__
-from .api import convert, convert_into_model, plan, verify
-from .config import ModelConfig, load_config_file
-from .errors import WeightportError
-from .readers import read
-from .view import Layer, ModelView, Tensor
+import importlib
+from typing import Any
 
-__all__ = ["__version__", "read", "plan", "convert", "verify", "convert_into_model", "load_config_file", "ModelConfig", "ModelView", "Layer", "Tensor", "WeightportError"]
+from ._version import __version__
+from .errors import WeightportError
+
+_LAZY = {
+    "read": ".readers",
+    "plan": ".api",
+    "convert": ".api",
+    "verify": ".api",
+    "convert_into_model": ".api",
+    "load_config_file": ".config",
+    "ModelConfig": ".config",
+    "ModelView": ".view",
+    "Layer": ".view",
+    "Tensor": ".view",
+}
+
+__all__ = ["__version__", "WeightportError", *_LAZY]
+
+
+def __getattr__(name: str) -> Any:
+    if name not in _LAZY:
+        raise AttributeError(f"module 'weightport' has no attribute '{name}'")
+    value = getattr(importlib.import_module(_LAZY[name], __name__), name)
+    globals()[name] = value
+    return value

@@ -13,12 +13,12 @@ from typing import Any, Callable, Dict, Iterator, List, Optional, Sequence, Tupl
 
 from .errors import WeightportError
 from .head import analyze_head
-from .plan import Plan, PlanOptions, make_plan
+from .planner import Plan, PlanOptions, make_plan
 from .readers import read
 from .target import target_from_view
 from .twin import derive_twin
 from .twinconfig import open_input_size, twin_config
-from .verify import Verification, verify_plan
+from .verification import Verification, verify_plan
 from .view import ModelView
 from .writers import output_layout, write
 

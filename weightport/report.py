@@ -5,8 +5,8 @@ from __future__ import annotations
 import json
 from typing import List, Optional
 
-from .plan import Plan, Step
-from .verify import Verification
+from .planner import Plan, Step
+from .verification import Verification
 from .view import Layer, ModelView, Tensor
 
 __all__ = ["view_table", "view_json", "plan_table", "plan_json", "verification_table", "verification_json"]

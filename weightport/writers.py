@@ -15,6 +15,7 @@ import json
 import os
 import time
 import zipfile
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Callable, Dict, Iterator, List, Optional
 
@@ -24,7 +25,7 @@ import numpy as np
 from ._version import __version__
 from .atomic import atomic_output
 from .errors import WeightportError
-from .plan import Plan, Step
+from .planner import Plan, Step
 from .transfer import raw_location, transfer
 from .view import ModelView
 
@@ -57,11 +58,13 @@ def write(plan: Plan, out: Path, views: Dict[str, ModelView], force: bool = Fals
         raise WeightportError(out, "a .keras output needs the twin's model config, and there is none",
                               "write *.weights.h5 or *.h5 instead, or convert from a file with a config")
     archive = layout == "keras-archive"
-    with atomic_output(out, parts=2 if archive else 1) as paths:
+    source = views[plan.source]
+    with atomic_output(out, parts=2 if archive else 1) as paths, ThreadPoolExecutor(max_workers=1) as pool:
+        digest = pool.submit(sha256_of, source.data_file or plan.source)  # hashing overlaps the copy
         weights = paths[-1]
         offsets = _structure(plan, "keras3" if archive else layout, weights, model_config if layout == "legacy" else None)
         _fill(plan, offsets, weights, views, progress)
-        _provenance(plan, weights, views)
+        _provenance(plan, weights, digest.result())
         if archive:
             _archive(weights, paths[0], model_config, keras_version)
 
@@ -213,21 +216,21 @@ def _open_fds(views: Dict[str, ModelView]) -> Iterator[Dict[str, int]]:
 # --- provenance ---------------------------------------------------------------------------
 
 def sha256_of(path: str) -> str:
+    """The file's SHA-256, read in 4 MiB blocks (hashlib releases the GIL on each)."""
     digest = hashlib.sha256()
     with open(path, "rb") as fh:
-        for block in iter(lambda: fh.read(1 << 20), b""):
+        for block in iter(lambda: fh.read(4 << 20), b""):
             digest.update(block)
     return digest.hexdigest()
 
 
-def _provenance(plan: Plan, tmp: Path, views: Dict[str, ModelView]) -> None:
+def _provenance(plan: Plan, tmp: Path, source_sha256: str) -> None:
     """Record who wrote the file, from what, and by which rule each tensor was made."""
-    source = views[plan.source]
     rules = [{"target": step.target_keras3 or step.target_name, "source": step.source_path, "source_file": Path(step.source_file).name,
               "rule": step.rule, "params": step.params} for step in plan.steps]
     with h5py.File(tmp, "r+") as f:
         f.attrs["weightport_version"] = __version__
         f.attrs["weightport_source"] = Path(plan.source).name
-        f.attrs["weightport_source_sha256"] = sha256_of(source.data_file or plan.source)
+        f.attrs["weightport_source_sha256"] = source_sha256
         f.attrs["weightport_target"] = Path(plan.target.label).name
         f.attrs["weightport_rules"] = json.dumps(rules)
