@@ -64,9 +64,15 @@ def write(plan: Plan, out: Path, views: Dict[str, ModelView], force: bool = Fals
         weights = paths[-1]
         offsets = _structure(plan, "keras3" if archive else layout, weights, model_config if layout == "legacy" else None)
         _fill(plan, offsets, weights, views, progress)
+        _fsync(weights)  # the tensor bytes go to disk while the hash finishes
         _provenance(plan, weights, digest.result())
         if archive:
             _archive(weights, paths[0], model_config, keras_version)
+
+
+def _fsync(path: Path) -> None:
+    with open(path, "rb+") as fh:
+        os.fsync(fh.fileno())
 
 
 def _archive(weights: Path, tmp: Path, model_config: dict, keras_version: Optional[str]) -> None:
