@@ -1,0 +1,283 @@
+"""Benchmark weightport against its floor (`cp`) and the route it replaces (Keras), in one run.
+
+What is measured, each command as its own child process, wall time and peak RSS:
+
+- `weightport convert` of a VGG16-shaped classifier (138,357,544 float32 values, ~553 MB) into its
+  fully-convolutional twin: legacy tf_keras `.h5` source to a legacy `.h5` and to a Keras 3
+  `.weights.h5` output, each with and without the numpy verification, and a `.keras` source;
+- `cp` of the same source file, the floor on this disk, and `cp` followed by `sync FILE` (an
+  fsync), because weightport fsyncs its output before renaming it into place and `cp` does not;
+- the Keras route (bench/keras_route.py): build VGG16 and its twin in Keras 3, load, move with
+  get_weights/set_weights, save_weights;
+- `weightport --version`: the start-up cost of every command;
+- a synthetic ~G GB legacy weights-only file (`--big-gb`) whose Dense kernel dwarfs the rest:
+  weightport's peak RSS must not grow with the file.
+
+Why this way: machines here are noisy, so every ratio is taken against `cp` and Keras measured in
+the same run, the commands alternate round by round (the order rotating each round), and the
+table gives median, min and max. Every command first runs once untimed, so all timed runs read a
+warm page cache and cached Python bytecode; outputs go to `<cache>/out` on the same disk as the
+sources and are deleted, then `sync` is called, between runs (untimed), so no run pays for
+another's writeback. Peak RSS is the child's own maximum resident set: `/usr/bin/time -f %M`
+when present, else `os.wait4` (this process imports nothing heavy, so a vfork'd child inherits
+no large high-water mark).
+The source files are made once (bench/make_sources.py) and cached in `bench/cache/`.
+
+    python bench/bench.py [--repeat N] [--big-gb G] [--cache DIR] [--skip-keras] [--markdown]
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import platform
+import shutil
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from make_sources import WINDOW, big_channels, big_name
+
+HERE = Path(__file__).resolve().parent
+GNU_TIME = Path("/usr/bin/time")
+MIB = 1 << 20
+
+# the issue's targets
+MAX_TIME_VS_CP = 1.25
+MIN_SPEEDUP_VS_KERAS = 15.0
+MAX_RSS_MIB = 64.0
+MAX_STARTUP_S = 0.3
+
+
+@dataclass
+class Command:
+    """One benchmarked command and its timed runs."""
+
+    label: str
+    argv: list[str]
+    output: Path | None = None  # deleted after every run
+    floor: str | None = None  # label of the `cp` row of the same source
+    vs_keras: bool = False  # a VGG16 conversion, compared with the Keras route
+    seconds: list[float] = field(default_factory=list)
+    rss_kib: list[int] = field(default_factory=list)
+
+    @property
+    def median(self) -> float:
+        return statistics.median(self.seconds)
+
+    @property
+    def peak_mib(self) -> float:
+        return max(self.rss_kib) / 1024
+
+
+# --- source files -------------------------------------------------------------------------
+
+def child_env(cache: Path) -> dict[str, str]:
+    """The children's environment: TensorFlow quiet, Python bytecode cached under `<cache>/pycache`
+    (as an installed package has it, even where PYTHONDONTWRITEBYTECODE is set; the package's own
+    folders get no __pycache__)."""
+    env = {k: v for k, v in os.environ.items() if k != "PYTHONDONTWRITEBYTECODE"}
+    return {**env, "TF_CPP_MIN_LOG_LEVEL": "3", "PYTHONPYCACHEPREFIX": str(cache / "pycache")}
+
+
+def make_cached(cache: Path, names: list[str], kind: str, *extra: str) -> None:
+    """Run `make_sources.py KIND TMPDIR EXTRA...` unless all `names` are cached; move them in when whole."""
+    if all((cache / name).exists() for name in names):
+        return
+    print(f"making {', '.join(names)} (cached in {cache}) ...", flush=True)
+    with tempfile.TemporaryDirectory(dir=cache, prefix=".make-") as tmp:
+        argv = [sys.executable, str(HERE / "make_sources.py"), kind, tmp, *extra]
+        subprocess.run(argv, env=child_env(cache), check=True, stdout=subprocess.DEVNULL)
+        for name in names:
+            os.replace(Path(tmp) / name, cache / name)
+
+
+def make_sources(cache: Path, big_gb: float) -> Path | None:
+    """The VGG16 files (Keras 3 and tf_keras) and, unless `big_gb` is 0, the big file; returns its path."""
+    make_cached(cache, ["vgg16.weights.h5", "vgg16.keras"], "keras3")
+    make_cached(cache, ["vgg16_weights.h5"], "tf_keras")
+    if not big_gb:
+        return None
+    make_cached(cache, [big_name(big_gb)], "big", str(big_gb))
+    return cache / big_name(big_gb)
+
+
+# --- the commands -------------------------------------------------------------------------
+
+def weightport_exe() -> str:
+    """The console script beside this Python (not a pyenv shim, whose start-up is not weightport's)."""
+    beside = Path(sys.executable).with_name("weightport")
+    return str(beside) if beside.exists() else shutil.which("weightport") or "weightport"
+
+
+def cp_rows(source: Path, out: Path, name: str) -> list[Command]:
+    dst = out / f"cp_{source.name}"
+    sync = ["sh", "-c", 'cp -- "$1" "$2" && sync -- "$2"', "sh", str(source), str(dst)]
+    return [Command(f"cp {name}", ["cp", str(source), str(dst)], dst),
+            Command(f"cp + fsync {name}", sync, dst)]
+
+
+def convert_row(label: str, source: Path, out: Path, extra: list[str], verify: bool, floor: str, vs_keras: bool) -> Command:
+    argv = [weightport_exe(), "convert", str(source), *extra, "-o", str(out), "--force"]
+    return Command(label, argv + ([] if verify else ["--no-verify"]), out, floor, vs_keras)
+
+
+def vgg_rows(cache: Path, out: Path, skip_keras: bool) -> list[Command]:
+    legacy, keras_file = cache / "vgg16_weights.h5", cache / "vgg16.keras"
+    floor = "cp vgg16_weights.h5"
+    flat = ["--flatten", "7,7,512"]
+    rows = [Command("weightport --version", [weightport_exe(), "--version"])]
+    for verify in (False, True):
+        mode = "verify" if verify else "no-verify"
+        rows += [convert_row(f"convert vgg16_weights.h5 -> .h5 ({mode})", legacy, out / "fcn.h5", flat, verify, floor, True),
+                 convert_row(f"convert vgg16_weights.h5 -> .weights.h5 ({mode})", legacy, out / "fcn.weights.h5", flat, verify, floor, True)]
+    rows.append(convert_row("convert vgg16.keras -> .weights.h5 (no-verify)", keras_file, out / "fcn_k.weights.h5", [], False, floor, True))
+    rows += cp_rows(legacy, out, "vgg16_weights.h5")
+    if not skip_keras:
+        route = [sys.executable, str(HERE / "keras_route.py"), str(cache / "vgg16.weights.h5"), str(out / "keras_fcn.weights.h5")]
+        rows.append(Command("Keras route (Keras 3, from vgg16.weights.h5)", route, out / "keras_fcn.weights.h5"))
+    return rows
+
+
+def big_rows(big: Path, out: Path, big_gb: float) -> list[Command]:
+    window = f"{WINDOW},{WINDOW},{big_channels(big_gb)}"
+    floor = f"cp {big.name}"
+    return [convert_row(f"convert {big.name} -> .h5 (no-verify)", big, out / "big_fcn.h5", ["--flatten", window], False, floor, False),
+            *cp_rows(big, out, big.name)]
+
+
+# --- measuring ----------------------------------------------------------------------------
+
+def run_once(command: Command, env: dict[str, str]) -> tuple[float, int]:
+    """Run the command as a child; (wall seconds, peak RSS in KiB). Deletes its output, syncs."""
+    with tempfile.TemporaryFile() as stderr, tempfile.NamedTemporaryFile("r") as report:
+        timed = [str(GNU_TIME), "-f", "%M", "-o", report.name, *command.argv] if GNU_TIME.exists() else command.argv
+        start = time.perf_counter()
+        child = subprocess.Popen(timed, stdout=subprocess.DEVNULL, stderr=stderr, env=env)
+        _, status, usage = os.wait4(child.pid, 0)
+        seconds = time.perf_counter() - start
+        child.returncode = code = os.waitstatus_to_exitcode(status)  # reaped here, not by Popen
+        if code:
+            stderr.seek(0)
+            raise SystemExit(f"{command.label} failed ({code}):\n{stderr.read().decode(errors='replace')[-2000:]}")
+        rss = int(report.read().split()[-1]) if GNU_TIME.exists() else usage.ru_maxrss
+    if command.output is not None:
+        command.output.unlink(missing_ok=True)
+    os.sync()
+    return seconds, rss
+
+
+def measure(commands: list[Command], repeat: int, env: dict[str, str]) -> None:
+    """One untimed warm-up of each command, then `repeat` rounds, the order rotating each round."""
+    for command in commands:
+        run_once(command, env)
+    for round_ in range(repeat):
+        shift = round_ % len(commands)
+        for command in commands[shift:] + commands[:shift]:
+            seconds, rss = run_once(command, env)
+            command.seconds.append(seconds)
+            command.rss_kib.append(rss)
+        print(f"round {round_ + 1}/{repeat} done", file=sys.stderr, flush=True)
+
+
+# --- reporting ----------------------------------------------------------------------------
+
+HEADER = ["command", "median s", "min s", "max s", "time / cp", "Keras / time", "peak RSS MiB"]
+
+
+def table_rows(commands: list[Command]) -> list[list[str]]:
+    by_label = {c.label: c for c in commands}
+    keras = next((c for c in commands if c.label.startswith("Keras route")), None)
+    rows = []
+    for c in commands:
+        vs_cp = f"{c.median / by_label[c.floor].median:.2f}x" if c.floor else ""
+        vs_keras = f"{keras.median / c.median:.1f}x" if keras and c.vs_keras else ""
+        rows.append([c.label, f"{c.median:.3f}", f"{min(c.seconds):.3f}", f"{max(c.seconds):.3f}", vs_cp, vs_keras, f"{c.peak_mib:.1f}"])
+    return rows
+
+
+def render(rows: list[list[str]], markdown: bool) -> str:
+    if markdown:
+        lines = [HEADER, ["---"] + ["---:"] * (len(HEADER) - 1), *rows]
+        return "\n".join("| " + " | ".join(cells) + " |" for cells in lines)
+    widths = [max(len(r[i]) for r in [HEADER, *rows]) for i in range(len(HEADER))]
+
+    def line(cells: list[str]) -> str:
+        return "  ".join(c.ljust(w) if i == 0 else c.rjust(w) for i, (c, w) in enumerate(zip(cells, widths, strict=True)))
+
+    return "\n".join([line(HEADER), *(line(r) for r in rows)])
+
+
+def verdict(ok: bool, text: str) -> str:
+    return f"  [{'met' if ok else 'MISSED'}] {text}"
+
+
+def target_lines(commands: list[Command]) -> list[str]:
+    """Which numbers meet the issue's targets (informational; nothing is asserted)."""
+    by_label = {c.label: c for c in commands}
+    keras = next((c for c in commands if c.label.startswith("Keras route")), None)
+    lines = []
+    for c in (c for c in commands if c.label.startswith("convert")):
+        if c.vs_keras:
+            ratio = c.median / by_label[c.floor].median
+            lines.append(verdict(ratio <= MAX_TIME_VS_CP, f"{c.label}: {ratio:.2f}x cp (target <= {MAX_TIME_VS_CP}x)"))
+            if keras:
+                speedup = keras.median / c.median
+                lines.append(verdict(speedup >= MIN_SPEEDUP_VS_KERAS, f"{c.label}: {speedup:.1f}x faster than Keras (target >= {MIN_SPEEDUP_VS_KERAS:g}x)"))
+        lines.append(verdict(c.peak_mib <= MAX_RSS_MIB, f"{c.label}: peak RSS {c.peak_mib:.1f} MiB (target <= {MAX_RSS_MIB:g} MiB)"))
+    startup = by_label["weightport --version"].median
+    lines.append(verdict(startup <= MAX_STARTUP_S, f"weightport --version: {startup:.3f} s median (target <= {MAX_STARTUP_S} s)"))
+    return lines
+
+
+def describe(sources: dict[str, Path], repeat: int) -> list[str]:
+    rss_by = f"{GNU_TIME} -f %M" if GNU_TIME.exists() else "os.wait4 ru_maxrss"
+    lines = [f"machine: {platform.platform()}, {os.cpu_count()} CPUs, Python {platform.python_version()}",
+             f"weightport: {weightport_exe()}; peak RSS via {rss_by}; {repeat} timed runs per command",
+             "source files:"]
+    lines += [f"  {path.name:28} {path.stat().st_size:>14,} bytes ({path.stat().st_size / MIB:,.1f} MiB)" for path in sources.values()]
+    lines += ["page cache: warm for every command (one untimed warm-up run each); outputs on the same disk,",
+              "deleted and `sync`ed between runs; weightport fsyncs its output, cp does not (see cp + fsync);",
+              "Python bytecode cached for the children (PYTHONPYCACHEPREFIX under the cache folder)."]
+    return lines
+
+
+# --- main ---------------------------------------------------------------------------------
+
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--repeat", type=int, default=5, help="timed runs of each command (default 5)")
+    parser.add_argument("--big-gb", type=float, default=4.0, help="size of the synthetic big source in GB (0: skip it)")
+    parser.add_argument("--cache", type=Path, default=HERE / "cache", help="where the source files are made and kept")
+    parser.add_argument("--skip-keras", action="store_true", help="leave out the Keras route")
+    parser.add_argument("--markdown", action="store_true", help="print the table as Markdown")
+    args = parser.parse_args(argv)
+    if args.repeat < 1 or args.big_gb < 0:
+        parser.error("--repeat must be >= 1 and --big-gb >= 0")
+    return args
+
+
+def main(argv: list[str] | None = None) -> None:
+    args = parse_args(argv)
+    cache = args.cache.resolve()
+    out = cache / "out"
+    out.mkdir(parents=True, exist_ok=True)
+    big = make_sources(cache, args.big_gb)
+    commands = vgg_rows(cache, out, args.skip_keras) + (big_rows(big, out, args.big_gb) if big else [])
+    sources = {name: cache / name for name in ("vgg16_weights.h5", "vgg16.weights.h5", "vgg16.keras")}
+    if big:
+        sources[big.name] = big
+    measure(commands, args.repeat, child_env(cache))
+    print("\n".join(describe(sources, args.repeat)))
+    print()
+    print(render(table_rows(commands), args.markdown))
+    print("\ntargets (informational, nothing asserted):")
+    print("\n".join(target_lines(commands)))
+
+
+if __name__ == "__main__":
+    main()
