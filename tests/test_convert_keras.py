@@ -227,3 +227,19 @@ def test_verify_with_keras_end_to_end(writer: str, tmp_path: Path) -> None:
     weightport.convert(full, wrong, source_order="hwc")
     result = run_cli("verify", str(full), str(wrong), "--keras")
     assert result.returncode == 1 and "FAILED" in result.stdout
+
+
+@pytest.mark.parametrize("writer", sorted(KERAS))
+def test_verify_with_keras_per_location_for_pooling_heads(writer: str, tmp_path: Path) -> None:
+    from conftest import run_cli
+
+    K = KERAS[writer]
+    K.backend.clear_session()
+    source = CASES["gap"].source(K)
+    maker.fill_weights(K, source, 13)
+    full, _ = _save_source(writer, source, tmp_path)
+    out = tmp_path / "out.weights.h5"
+    weightport.convert(full, out)
+    result = run_cli("verify", str(full), str(out), "--keras")
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert "agree end to end" in result.stdout and "agree per location" in result.stdout

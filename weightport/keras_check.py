@@ -3,7 +3,9 @@
 The only module that imports Keras, and only when called. The source model comes from its
 own file (or its sidecar config); the twin from the output's own config when the output is a
 whole model, else from the source config rewritten by `twinconfig`. Both run on the same
-random inputs at the source's input size, where the twin's score map is 1x1.
+random inputs at the source's input size, where the twin's score map is 1x1. For a
+global-pooling head the twin without its pooling is also compared, location by location, with
+the source's own head layers applied to the features at every location.
 """
 
 from __future__ import annotations
@@ -64,19 +66,41 @@ def check_end_to_end(source: PathLike, out: PathLike, config: Optional[PathLike]
     """(ok, a one-line report) comparing the source model and the twin on random inputs."""
     with read(source, config=config) as src, read(out) as converted:
         K = _keras_for(src)
+        head = analyze_head(src)
         whole_source = src.kind == "full-model" and config is None
         source_model = _build(K, source, src, None if whole_source else json.dumps(src.config.raw) if src.config else None)
-        twin_json = None if converted.kind == "full-model" else json.dumps(twin_config(src, analyze_head(src)))
-        twin = _build(K, out, converted, twin_json)
-    x = _inputs(source_model, np.random.default_rng(0))
-    wants, gots = source_model.predict(x, verbose=0), twin.predict(x, verbose=0)
-    wants, gots = (v if isinstance(v, list) else [v] for v in (wants, gots))
+        twin = _build(K, out, converted, None if converted.kind == "full-model" else json.dumps(twin_config(src, head)))
+        x = _inputs(source_model, np.random.default_rng(0))
+        worst = _worst(source_model.predict(x, verbose=0), twin.predict(x, verbose=0))
+        results = [_verdict(K, "source and twin models", "end to end", worst, atol, rtol)]
+        poolings = [role.pooling for role in head.values() if role.pooling]
+        if poolings:
+            per_location = _build(K, out, converted, json.dumps(twin_config(src, head, per_location=True)))
+            worst_map = _worst(_head_per_location(K, source_model, poolings[0], x), per_location.predict(x, verbose=0))
+            results.append(_verdict(K, "the source's head at every location and the twin's score map", "per location", worst_map, atol, rtol))
+    return all(ok for ok, _ in results), "\n".join(line for _, line in results)
+
+
+def _head_per_location(K: Any, model: Any, pooling: str, x: np.ndarray) -> np.ndarray:
+    """The source's own head layers (after its global pooling) applied at every location of
+    the features that fed the pooling: Dense and the per-unit layers act on the last axis."""
+    names = [layer.name for layer in model.layers]
+    features = K.Model(model.inputs, model.get_layer(pooling).input)(x)
+    for layer in model.layers[names.index(pooling) + 1:]:
+        features = layer(features, training=False)
+    return np.asarray(features)
+
+
+def _worst(wants: Any, gots: Any) -> Tuple[float, float]:
     worst_abs, worst_rel = 0.0, 0.0
-    for want, got in zip(wants, gots, strict=True):
+    for want, got in zip(*(v if isinstance(v, list) else [v] for v in (wants, gots)), strict=True):
+        want = np.asarray(want, "float64")
         got = np.asarray(got, "float64").reshape(want.shape)
         diff = float(np.abs(got - want).max())
-        worst_abs = max(worst_abs, diff)
-        worst_rel = max(worst_rel, diff / max(float(np.abs(want).max()), 1e-30))
-    ok = worst_abs <= atol or worst_rel <= rtol
-    verdict = "agree" if ok else "DIFFER"
-    return ok, f"keras {K.__version__}: source and twin models {verdict} end to end (max abs {worst_abs:.3g}, max rel {worst_rel:.3g})"
+        worst_abs, worst_rel = max(worst_abs, diff), max(worst_rel, diff / max(float(np.abs(want).max()), 1e-30))
+    return worst_abs, worst_rel
+
+
+def _verdict(K: Any, what: str, how: str, worst: Tuple[float, float], atol: float, rtol: float) -> Tuple[bool, str]:
+    ok = worst[0] <= atol or worst[1] <= rtol
+    return ok, f"keras {K.__version__}: {what} {'agree' if ok else 'DIFFER'} {how} (max abs {worst[0]:.3g}, max rel {worst[1]:.3g})"

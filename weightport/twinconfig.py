@@ -29,8 +29,12 @@ _CARRIED = ("name", "trainable", "dtype", "activation", "use_bias", "kernel_init
             "kernel_regularizer", "bias_regularizer", "activity_regularizer", "kernel_constraint", "bias_constraint")
 
 
-def twin_config(view: ModelView, head: Dict[str, HeadRole]) -> Dict[str, Any]:
-    """A deep copy of the source's model config describing the fully-convolutional twin."""
+def twin_config(view: ModelView, head: Dict[str, HeadRole], per_location: bool = False) -> Dict[str, Any]:
+    """A deep copy of the source's model config describing the fully-convolutional twin.
+
+    The twin keeps a global pooling that feeds a 1x1 head (with its dimensions), so it computes
+    exactly what the classifier computes; `per_location` drops that pooling instead, giving a
+    map of the head's scores at every location (a class-activation map)."""
     if view.config is None:
         raise WeightportError(view.path, "no model config to rewrite", "give a full model (.keras, model.save('x.h5')) or --config")
     raw = copy.deepcopy(view.config.raw)
@@ -44,6 +48,8 @@ def twin_config(view: ModelView, head: Dict[str, HeadRole]) -> Dict[str, Any]:
         name = entry.get("name") or entry["config"].get("name")
         entry.pop("build_config", None)
         if name in folded:
+            _to_identity(entry)
+        elif name in pooling and per_location:
             _to_identity(entry)
         elif name in pooling:
             entry["config"]["keepdims"] = True
