@@ -1,21 +1,25 @@
 """Reader for `.keras` archives: a zip holding `config.json` and `model.weights.h5`.
 
-The archive is treated as untrusted: only the expected members are opened, their sizes
-are checked before reading, nothing is extracted to disk, and the weights member is read
-in place (Keras stores it uncompressed) through a window onto the zip file.
+The archive is treated as untrusted: only the expected members are opened, their flags,
+methods and sizes are checked before reading, nothing is extracted beside it, and the weights
+member is read in place (Keras stores it uncompressed) through a window onto the zip file.
 """
 
 from __future__ import annotations
 
+import contextlib
 import io
 import json
+import shutil
+import tempfile
 import zipfile
+import zlib
 from pathlib import Path
-from typing import Optional, Union
+from typing import IO, Optional, Union
 
 from .config import ModelConfig, parse_model_config
 from .errors import WeightportError
-from .hdf5 import check_readable, open_h5
+from .hdf5 import check_readable, damaged_hdf5, open_h5
 from .keras3 import read_keras3
 from .view import ModelView
 
@@ -25,6 +29,9 @@ CONFIG_MEMBER = "config.json"
 WEIGHTS_MEMBER = "model.weights.h5"
 METADATA_MEMBER = "metadata.json"
 MAX_JSON_BYTES = 64 * 1024 * 1024  # configs of the largest Keras models are a few MB
+MAX_RATIO = 200  # a compressed member inflating more than this (plus 1 MB) is refused as a zip bomb
+_METHODS = {zipfile.ZIP_STORED, zipfile.ZIP_DEFLATED, zipfile.ZIP_BZIP2, zipfile.ZIP_LZMA}
+_ZIP_ERRORS = (zipfile.BadZipFile, zlib.error, EOFError, OSError)  # what reading a damaged member raises
 _HINT = "save the model again with model.save('model.keras')"
 
 
@@ -65,7 +72,11 @@ class _Window(io.RawIOBase):
 
 
 def is_archive(path: Union[str, Path]) -> bool:
-    return zipfile.is_zipfile(str(path))
+    """A zip file, or a file that begins like one (a truncated archive keeps its first header)."""
+    if zipfile.is_zipfile(str(path)):
+        return True
+    with open(path, "rb") as fh:
+        return fh.read(4) == b"PK\x03\x04"
 
 
 def read_archive(path: Union[str, Path], config: Optional[ModelConfig] = None) -> ModelView:
@@ -73,9 +84,10 @@ def read_archive(path: Union[str, Path], config: Optional[ModelConfig] = None) -
     check_readable(path)
     try:
         archive = zipfile.ZipFile(str(path))
-    except (zipfile.BadZipFile, OSError) as exc:
+    except (zipfile.BadZipFile, OSError, EOFError, ValueError) as exc:
         raise WeightportError(path, f"damaged zip archive ({exc})", _HINT) from None
-    try:
+    with contextlib.ExitStack() as opened:  # closed here if reading fails, else by the view
+        opened.callback(archive.close)
         names = set(archive.namelist())
         if WEIGHTS_MEMBER not in names:
             raise WeightportError(path, f"zip archive without {WEIGHTS_MEMBER} (not a Keras .keras file)", _HINT)
@@ -83,26 +95,38 @@ def read_archive(path: Union[str, Path], config: Optional[ModelConfig] = None) -
             config = parse_model_config(_read_json_bytes(archive, CONFIG_MEMBER, path), source=f"{path} ({CONFIG_MEMBER})")
         version = _keras_version(archive, path) if METADATA_MEMBER in names else None
         fileobj = _open_weights(archive, path)
-    except BaseException:
-        archive.close()
-        raise
-    f = open_h5(f"{path} ({WEIGHTS_MEMBER})", fileobj=fileobj)
-    view = read_keras3(f, path, config, layout="keras-archive", keras_version=version)
-    view.data_file, view.data_base = str(path), getattr(fileobj, "start", None)
-    view._resources.callback(archive.close)
-    view._resources.callback(fileobj.close)
-    view._resources.callback(f.close)
+        opened.callback(fileobj.close)
+        f = open_h5(f"{path} ({WEIGHTS_MEMBER})", fileobj=fileobj)
+        opened.callback(f.close)
+        with damaged_hdf5(path):
+            view = read_keras3(f, path, config, layout="keras-archive", keras_version=version)
+        view.data_file, view.data_base = str(path), getattr(fileobj, "start", None)
+        view._resources.enter_context(opened.pop_all())
     return view
 
 
-def _read_json_bytes(archive: zipfile.ZipFile, member: str, path: Union[str, Path]) -> bytes:
+def _member(archive: zipfile.ZipFile, member: str, path: Union[str, Path]) -> zipfile.ZipInfo:
+    """The member's entry, once its flags, method and sizes show it can be read safely."""
     info = archive.getinfo(member)
+    if info.flag_bits & 0x1:
+        raise WeightportError(path, f"archive member {member} is encrypted", _HINT)
+    if info.compress_type not in _METHODS:
+        raise WeightportError(path, f"archive member {member} uses unknown compression method {info.compress_type}", _HINT)
+    if info.header_offset + info.compress_size > Path(path).stat().st_size:
+        raise WeightportError(path, f"archive member {member} extends past the end of the archive (truncated file)", _HINT)
+    if info.compress_type != zipfile.ZIP_STORED and info.file_size > MAX_RATIO * info.compress_size + (1 << 20):
+        raise WeightportError(path, f"archive member {member} would inflate {info.compress_size:,} bytes to {info.file_size:,} (a zip bomb?)", _HINT)
+    return info
+
+
+def _read_json_bytes(archive: zipfile.ZipFile, member: str, path: Union[str, Path]) -> bytes:
+    info = _member(archive, member, path)
     if info.file_size > MAX_JSON_BYTES:
         raise WeightportError(path, f"{member} declares {info.file_size} bytes, more than a model config can need", _HINT)
     try:
         with archive.open(info) as fh:
             data = fh.read(MAX_JSON_BYTES + 1)
-    except (zipfile.BadZipFile, OSError, EOFError, ValueError) as exc:
+    except _ZIP_ERRORS as exc:
         raise WeightportError(path, f"damaged archive member {member} ({exc})", _HINT) from None
     if len(data) > MAX_JSON_BYTES:
         raise WeightportError(path, f"{member} is larger than it declares", _HINT)
@@ -112,17 +136,17 @@ def _read_json_bytes(archive: zipfile.ZipFile, member: str, path: Union[str, Pat
 def _keras_version(archive: zipfile.ZipFile, path: Union[str, Path]) -> Optional[str]:
     try:
         meta = json.loads(_read_json_bytes(archive, METADATA_MEMBER, path))
-    except ValueError:
+    except (ValueError, RecursionError):
         return None
     version = meta.get("keras_version") if isinstance(meta, dict) else None
-    return version if isinstance(version, str) else None
+    return version if isinstance(version, str) and "\x00" not in version else None
 
 
-def _open_weights(archive: zipfile.ZipFile, path: Union[str, Path]) -> io.RawIOBase:
-    """The weights member as a seekable file: in place when stored, else decompressed on read."""
-    info = archive.getinfo(WEIGHTS_MEMBER)
+def _open_weights(archive: zipfile.ZipFile, path: Union[str, Path]) -> IO[bytes]:
+    """The weights member as a seekable file: in place when stored, else inflated first."""
+    info = _member(archive, WEIGHTS_MEMBER, path)
     if info.compress_type != zipfile.ZIP_STORED:
-        return archive.open(info)  # seekable, slower; Keras itself never compresses this member
+        return _inflate(archive, info, path)
     raw = open(path, "rb")
     raw.seek(info.header_offset)
     header = raw.read(30)
@@ -134,3 +158,18 @@ def _open_weights(archive: zipfile.ZipFile, path: Union[str, Path]) -> io.RawIOB
         raw.close()
         raise WeightportError(path, f"{WEIGHTS_MEMBER} extends past the end of the archive (truncated file)", _HINT)
     return _Window(raw, start, info.file_size)
+
+
+def _inflate(archive: zipfile.ZipFile, info: zipfile.ZipInfo, path: Union[str, Path]) -> IO[bytes]:
+    """A compressed weights member (Keras never writes one), inflated into an anonymous temporary
+    file with its size and CRC checked on the way, so damage is refused here and not halfway
+    through a conversion."""
+    spool = tempfile.TemporaryFile()
+    try:
+        with archive.open(info) as member:
+            shutil.copyfileobj(member, spool, 1 << 20)
+    except _ZIP_ERRORS as exc:
+        spool.close()
+        raise WeightportError(path, f"damaged archive member {WEIGHTS_MEMBER} ({exc})", _HINT) from None
+    spool.seek(0)
+    return spool

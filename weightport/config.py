@@ -37,6 +37,9 @@ _KERAS1_CLASSES = {
     "SeparableConvolution2D": "SeparableConv2D",
 }
 MODEL_CLASSES = {"Sequential", "Model", "Functional"}
+# Real configs nest about 7 levels, 6 more per nested model; past this the JSON is damaged or hostile
+# (and would exhaust the stack of whatever walks it next: deepcopy, json.dumps ...).
+MAX_CONFIG_DEPTH = 100
 _DIM_ORDERING = {"th": "channels_first", "tf": "channels_last"}
 
 
@@ -121,7 +124,9 @@ def parse_model_config(obj: Union[str, bytes, Dict[str, Any]], source: Union[str
             obj = json.loads(obj)
         except (ValueError, RecursionError) as exc:
             raise WeightportError(source, f"model config is not valid JSON ({exc})", "give the output of model.to_json()") from None
-    if not isinstance(obj, dict) or "class_name" not in obj or obj["class_name"] not in MODEL_CLASSES:
+    if _depth(obj) > MAX_CONFIG_DEPTH:
+        raise WeightportError(source, f"model config nests more than {MAX_CONFIG_DEPTH} levels deep, deeper than any model", "give the output of model.to_json()")
+    if not isinstance(obj, dict) or not isinstance(obj.get("class_name"), str) or obj["class_name"] not in MODEL_CLASSES:
         raise WeightportError(source, "not a Keras model config (no Sequential/Functional/Model class_name)", "give the output of model.to_json()")
     try:
         layers, _, _ = _parse_container(obj, container=None, prefix="")
@@ -137,6 +142,19 @@ def parse_model_config(obj: Union[str, bytes, Dict[str, Any]], source: Union[str
         )
     except (KeyError, TypeError, IndexError, AttributeError, ValueError) as exc:
         raise WeightportError(source, f"model config has an unexpected structure ({type(exc).__name__}: {exc})", "give the output of model.to_json()") from None
+    except RecursionError:
+        raise WeightportError(source, "model config nests deeper than any model", "give the output of model.to_json()") from None
+
+
+def _depth(obj: Any) -> int:
+    """How deep lists and dicts nest in `obj`, found without recursion."""
+    deepest, pending = 0, [(obj, 0)]
+    while pending:
+        node, level = pending.pop()
+        if isinstance(node, (dict, list)):
+            deepest = max(deepest, level + 1)
+            pending.extend((child, level + 1) for child in (node.values() if isinstance(node, dict) else node))
+    return deepest
 
 
 def _layer_entries(model: Dict[str, Any]) -> List[Dict[str, Any]]:
@@ -149,8 +167,8 @@ def _layer_entries(model: Dict[str, Any]) -> List[Dict[str, Any]]:
 
 def _entry_name(entry: Dict[str, Any]) -> str:
     name = entry.get("name") or entry["config"]["name"]
-    if not isinstance(name, str):
-        raise ValueError(f"layer name {name!r} is not a string")
+    if not isinstance(name, str) or "\x00" in name:
+        raise ValueError(f"layer name {name!r} is not a string of text")
     return name
 
 
@@ -174,7 +192,10 @@ def _parse_container(model: Dict[str, Any], container: Optional[str], prefix: st
             layers.extend(inner)
             aliases[name] = outputs
         else:
-            config = entry.get("config") if isinstance(entry.get("config"), dict) else {}
+            config = entry.get("config")
+            if not isinstance(config, dict):
+                raise ValueError(f"layer '{name}' has config {config!r}, not a dict of settings")
+            _check_shapes(name, config)
             layers.append(ConfigLayer(name, class_name, config, list(inbound), container, k3_path))
         previous = [name]
     for layer in layers:
@@ -184,6 +205,14 @@ def _parse_container(model: Dict[str, Any], container: Optional[str], prefix: st
         return layers, first, _resolve(previous, aliases)
     body = model["config"]
     return layers, _io_names(body.get("input_layers")), _resolve(_io_names(body.get("output_layers")), aliases)
+
+
+def _check_shapes(name: str, config: Dict[str, Any]) -> None:
+    """A declared batch input shape is a list of sizes (None for any), or the config is damaged."""
+    for key in ("batch_input_shape", "batch_shape"):
+        value = config.get(key)
+        if value is not None and not (isinstance(value, list) and all(n is None or (isinstance(n, int) and not isinstance(n, bool)) for n in value)):
+            raise ValueError(f"layer '{name}' has {key} {value!r}, not a list of sizes")
 
 
 def _feed(inputs: List[str], inbound: List[str], name: str) -> List[str]:
@@ -222,6 +251,8 @@ def _walk(node: Any) -> Iterator[str]:
     if isinstance(node, dict):
         history = node.get("config", {}).get("keras_history") if node.get("class_name") == "__keras_tensor__" else None
         if history:
+            if not isinstance(history, list) or not isinstance(history[0], str):
+                raise ValueError(f"keras_history {history!r} does not name a layer")
             yield history[0]
             return
         for value in node.values():

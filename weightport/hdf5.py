@@ -8,18 +8,25 @@ fail to open into one clear `WeightportError`.
 
 from __future__ import annotations
 
+import contextlib
+import math
 import os
 from pathlib import Path
-from typing import Any, IO, List, Optional, Union
+from typing import Any, IO, Iterator, List, Optional, Union
 
 import h5py
 import numpy as np
 
 from .errors import WeightportError
 
-__all__ = ["open_h5", "check_readable", "str_list_attr", "str_attr", "has_attr"]
+__all__ = ["open_h5", "check_readable", "str_list_attr", "str_attr", "has_attr", "damaged_hdf5", "checked_tensor"]
 
 _HDF5_SIGNATURE = b"\x89HDF\r\n\x1a\n"
+_HINT_DAMAGED = "the file may be truncated or damaged; save or download it again"
+# A chunked, compressed tensor may legally declare more bytes than the file holds (zeros compress
+# well), but not this many times more: past it, reading it would only allocate memory for nothing.
+MAX_COMPRESSION = 1000
+_NUMERIC = ("f", "i", "u")  # float, int, uint: what a Keras variable can hold
 
 
 def check_readable(path: Union[str, Path]) -> None:
@@ -57,10 +64,12 @@ def has_attr(obj: Union[h5py.Group, h5py.Dataset], name: str) -> bool:
 
 def _decode(item: Any) -> str:
     if isinstance(item, (bytes, np.bytes_)):
-        return bytes(item).decode("utf-8")
-    if isinstance(item, str):
-        return item
-    raise TypeError(f"{type(item).__name__} is not a string")
+        item = bytes(item).decode("utf-8")
+    if not isinstance(item, str):
+        raise TypeError(f"{type(item).__name__} is not a string")
+    if "\x00" in item:  # no HDF5 name or Keras string holds one: the bytes were damaged
+        raise ValueError(f"{item.rstrip(chr(0))[:40]!r}... holds a NUL byte")
+    return item
 
 
 def str_list_attr(obj: Union[h5py.Group, h5py.Dataset], name: str, file: Union[str, Path]) -> List[str]:
@@ -96,3 +105,64 @@ def str_attr(obj: Union[h5py.Group, h5py.Dataset], name: str, file: Union[str, P
         return _decode(value)
     except (TypeError, UnicodeDecodeError, OSError, ValueError) as exc:
         raise WeightportError(file, f"attribute '{name}' of '{obj.name}' is not a string ({exc})", "the file is damaged or not written by Keras") from None
+
+
+@contextlib.contextmanager
+def damaged_hdf5(path: Union[str, Path]) -> Iterator[None]:
+    """Turn the HDF5 library's complaints about a damaged file (h5py raises them as OSError or
+    RuntimeError: a bad B-tree signature, a heap offset out of range, a group that links back to
+    itself ...) met while walking a file's structure into one `WeightportError` naming the file."""
+    try:
+        yield
+    except RecursionError:
+        raise WeightportError(path, "damaged HDF5 file: its structure nests too deep to read", _HINT_DAMAGED) from None
+    except (OSError, RuntimeError) as exc:
+        raise WeightportError(path, f"damaged HDF5 file ({_reason(exc)})", _HINT_DAMAGED) from None
+
+
+def _reason(exc: BaseException) -> str:
+    """h5py's message without its wrapping: `Unable to open object (bad symbol table node signature)` -> the part in brackets."""
+    text = str(exc)
+    return text.rsplit("(", 1)[-1].rstrip(")") if "(" in text else text
+
+
+def checked_tensor(dataset: h5py.Dataset, root: h5py.File, file: Union[str, Path]) -> h5py.Dataset:
+    """`dataset` if it can be a Keras variable stored in this file, else a `WeightportError` naming it.
+
+    Refused before anything is read: values that are not numbers; bytes kept outside the file
+    (a link into another HDF5 file, external raw storage, a virtual dataset), which a damaged or
+    hostile file could point at any file on the machine; and a declared size the file cannot hold
+    (contiguous data past the end of the file, or a compressed tensor claiming more than
+    `MAX_COMPRESSION` times the file's size), which would otherwise make numpy allocate it.
+    """
+    name = dataset.name
+    if dataset.file.id != root.id:
+        raise WeightportError(file, f"tensor {name} is a link into another file ({dataset.file.filename})", "weights must be stored in the file itself")
+    dtype = dataset.dtype
+    if dtype.kind not in _NUMERIC or dtype.fields is not None or dtype.subdtype is not None:
+        raise WeightportError(file, f"tensor {name} holds {_dtype_name(dtype)} values, not numbers", "the file is damaged or was not written by Keras")
+    plist = dataset.id.get_create_plist()
+    layout = plist.get_layout()
+    if layout == h5py.h5d.VIRTUAL or plist.get_external_count() > 0:
+        raise WeightportError(file, f"tensor {name} keeps its values in other files (HDF5 external or virtual storage)", "weights must be stored in the file itself")
+    declared = math.prod(int(n) for n in dataset.shape) * dtype.itemsize
+    size = root.id.get_filesize()
+    compressed = layout == h5py.h5d.CHUNKED and plist.get_nfilters() > 0
+    if declared > (MAX_COMPRESSION * size if compressed else size):
+        raise WeightportError(file, f"tensor {name} declares {'x'.join(map(str, dataset.shape))} {dtype} values ({declared:,} bytes), "
+                                    f"more than the {size:,}-byte file can hold", _HINT_DAMAGED)
+    if layout == h5py.h5d.CONTIGUOUS and declared:
+        offset = dataset.id.get_offset()
+        if offset is None:
+            raise WeightportError(file, f"tensor {name} has no values stored", _HINT_DAMAGED)
+        if offset + declared > size:
+            raise WeightportError(file, f"tensor {name} ends past the end of the file (truncated file)", _HINT_DAMAGED)
+    return dataset
+
+
+def _dtype_name(dtype: np.dtype) -> str:
+    if dtype.fields:
+        return "compound"
+    if dtype.kind in ("S", "U") or h5py.check_string_dtype(dtype):
+        return "string"
+    return "object" if dtype.kind == "O" else str(dtype)

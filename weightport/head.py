@@ -9,6 +9,7 @@ a config the user gives the window (`--flatten`) and the head is read from the l
 
 from __future__ import annotations
 
+import math
 import re
 from dataclasses import dataclass
 from typing import Dict, List, Optional, Sequence, Tuple
@@ -116,7 +117,8 @@ def _vector(spec: Optional[ConfigLayer], shapes, config: ModelConfig, vector, so
     if pooled and not spec.config.get("keepdims", False):
         return HeadRole("1x1", int(pooled.group(2)), f"after {spec.class_name} '{spec.name}'",
                         data_format=spec.data_format or "channels_last", pooling=spec.name)
-    if spec.class_name == "Flatten" or (spec.class_name == "Reshape" and len(spec.config.get("target_shape") or ()) == 1):
+    target_shape = spec.config.get("target_shape")
+    if spec.class_name == "Flatten" or (spec.class_name == "Reshape" and isinstance(target_shape, list) and len(target_shape) == 1):
         return _window(spec, shapes, config, source, flatten, source_order)
     feed = vector(spec.inbound[0]) if spec.inbound else None
     if spec.class_name == "Dense" and feed is not None:
@@ -148,6 +150,9 @@ def _window(flat: ConfigLayer, shapes, config: ModelConfig, source: str, flatten
         order = order[1:] + order[0]
     if flatten:
         spatial, channels = tuple(flatten[:-1]), flatten[-1]
+    elif not all(isinstance(n, int) and not isinstance(n, bool) and n > 0 for n in (*spatial, channels)):
+        raise WeightportError(source, f"the config does not fix the shape {info.shape} that {flat.class_name} '{flat.name}' flattens",
+                              "give --flatten H,W,C (the shape before the Flatten)")
     assumed = f"; shapes assumed through {', '.join(info.assumed)}" if info.assumed else ""
     order = parse_source_order(source_order, rank) or order
     folded = tuple(l.name for l in chain if l.class_name in ("Permute", "Reshape")) + (flat.name,)
@@ -163,6 +168,9 @@ def _apply(layer: ConfigLayer, order: str, source: str) -> str:
                                   "give --flatten H,W,C and --source-order for the window the Dense sees")
         return order
     dims = layer.config.get("dims")
+    if not isinstance(dims, list) or sorted(dims) != list(range(1, len(order) + 1)):
+        raise WeightportError(source, f"Permute '{layer.name}' has dims {dims!r}, not a permutation of the {len(order)} axes before the Flatten",
+                              "the config is damaged; give --flatten H,W,C and --source-order")
     return "".join(order[d - 1] for d in dims)
 
 
@@ -170,7 +178,7 @@ def _check_window(source: str, layer: Layer, role: HeadRole) -> None:
     if role.kind != "window" or not layer.weights:
         return
     rows = layer.weights[0].shape[0]
-    expected = int(np.prod(role.window, dtype=np.int64)) * role.channels
+    expected = math.prod(role.window) * role.channels
     if rows != expected:
         raise WeightportError(source, f"Dense '{layer.name}' has {rows} inputs but the window {'x'.join(map(str, role.window))}x{role.channels} holds {expected}",
                               "give --flatten H,W,C with the shape that fed the Flatten")

@@ -17,7 +17,7 @@ import h5py
 
 from .config import ModelConfig, to_snake_case
 from .errors import WeightportError
-from .hdf5 import str_attr
+from .hdf5 import checked_tensor, str_attr
 from .roles import roles_for_class
 from .view import Layer, ModelView, Tensor
 
@@ -76,17 +76,26 @@ def read_keras3(f: h5py.File, path: Union[str, Path], config: Optional[ModelConf
     )
 
 
-def _walk(group: h5py.Group, path: Union[str, Path]) -> List[Tuple[str, h5py.Group]]:
-    """(group path, vars group) for every group whose `vars` holds datasets."""
+def _walk(root: h5py.Group, path: Union[str, Path]) -> List[Tuple[str, h5py.Group]]:
+    """(group path, vars group) for every group whose `vars` holds datasets. Iterative, and each
+    group is entered once, so a damaged file whose groups nest thousands deep or link back to an
+    ancestor cannot make it recurse without end; a link into another file is refused."""
     found: List[Tuple[str, h5py.Group]] = []
-    for key, child in group.items():
-        if (group.name == "/" and key in _ROOT_SKIP) or not isinstance(child, h5py.Group):
-            continue
-        if key == "vars":
-            if any(isinstance(v, h5py.Dataset) for v in child.values()):
+    seen = {root.id}
+    pending = [root]
+    while pending:
+        group = pending.pop()
+        for key, child in group.items():
+            if (group.name == "/" and key in _ROOT_SKIP) or not isinstance(child, h5py.Group) or child.id in seen:
+                continue
+            seen.add(child.id)
+            if child.file.id != root.file.id:
+                raise WeightportError(path, f"group {group.name.rstrip('/')}/{key} is a link into another file ({child.file.filename})",
+                                      "weights must be stored in the file itself")
+            if key != "vars":
+                pending.append(child)
+            elif any(isinstance(v, h5py.Dataset) for v in child.values()):
                 found.append((group.name.lstrip("/"), child))
-        else:
-            found.extend(_walk(child, path))
     return found
 
 
@@ -95,8 +104,13 @@ def _tensors(vars_group: h5py.Group, path: Union[str, Path], class_name: Optiona
     if not all(k.isdigit() for k in keys):
         raise WeightportError(path, f"'{vars_group.name}' holds datasets not named 0, 1, ... ({', '.join(sorted(keys)[:4])})", "the file is damaged or was not written by Keras")
     keys.sort(key=int)
+    missing = sorted(set(range(int(keys[-1]) + 1)) - {int(k) for k in keys}) if keys else []
+    if missing:  # Keras numbers a layer's variables 0, 1, ... without gaps
+        raise WeightportError(path, f"'{vars_group.name}' holds tensors {', '.join(keys[:6])} but not {', '.join(map(str, missing[:6]))}",
+                              "a tensor is missing: the file is damaged; save the weights again")
     roles = roles_for_class(class_name, len(keys), config)
-    return [Tensor(key, role, vars_group[key].name, vars_group[key]) for key, role in zip(keys, roles)]
+    datasets = [checked_tensor(vars_group[key], vars_group.file, path) for key in keys]
+    return [Tensor(key, role, ds.name, ds) for key, ds, role in zip(keys, datasets, roles)]
 
 
 def _class_from_path(group_path: str) -> Optional[str]:

@@ -14,9 +14,9 @@ from typing import Dict, List, Optional, Tuple, Union
 
 import h5py
 
-from .config import MODEL_CLASSES, ModelConfig, parse_model_config
+from .config import ModelConfig, parse_model_config
 from .errors import WeightportError
-from .hdf5 import has_attr, str_attr, str_list_attr
+from .hdf5 import checked_tensor, has_attr, str_attr, str_list_attr
 from .roles import role_from_name
 from .view import Layer, ModelView, Tensor
 
@@ -50,7 +50,7 @@ def read_legacy(f: h5py.File, path: Union[str, Path], config: Optional[ModelConf
         config = parse_model_config(text, source=f"{path} (model_config)") if text else None
     layers: List[Layer] = []
     for name in str_list_attr(group, "layer_names", path):
-        layers.extend(_layers_of(group, name, path, config))
+        layers.extend(_layers_of(group, name, path, config, f))
     if config is not None:
         weighted = {layer.name for layer in layers}
         for layer in layers:
@@ -70,7 +70,7 @@ def read_legacy(f: h5py.File, path: Union[str, Path], config: Optional[ModelConf
     )
 
 
-def _layers_of(group: h5py.Group, name: str, path: Union[str, Path], config: Optional[ModelConfig]) -> List[Layer]:
+def _layers_of(group: h5py.Group, name: str, path: Union[str, Path], config: Optional[ModelConfig], root: h5py.File) -> List[Layer]:
     """The weighted layer(s) stored under one `layer_names` entry (several for a nested model)."""
     entry = group.get(name)
     if not isinstance(entry, h5py.Group):
@@ -84,6 +84,7 @@ def _layers_of(group: h5py.Group, name: str, path: Union[str, Path], config: Opt
         dataset = entry.get(weight_name)
         if not isinstance(dataset, h5py.Dataset):
             raise WeightportError(path, f"weight '{weight_name}' of layer '{name}' is listed in weight_names but not stored", _HINT_DAMAGED)
+        checked_tensor(dataset, root, path)
         key = _inner_name(name, weight_name, config) if nested else name
         inner.setdefault(key, []).append((weight_name, dataset))
     return [_layer(key, items, entry, name if nested else None, config) for key, items in inner.items()]
@@ -93,18 +94,25 @@ def _is_nested(name: str, weight_names: List[str], config: Optional[ModelConfig]
     if config is not None:
         layer = config.get(name)
         return layer is None and any(l.container == name for l in config.layers)
-    return len({w.split("/")[0] for w in weight_names if "/" in w}) > 1
+    return len({parts[0] for parts in (_layer_parts(name, w) for w in weight_names) if parts}) > 1
+
+
+def _layer_parts(container: str, weight_name: str) -> List[str]:
+    """The path components of a weight name above the variable, without the container's own
+    name that Keras 3 puts first (`backbone/bb_conv1/kernel` -> [bb_conv1])."""
+    parts = weight_name.split("/")[:-1]
+    return parts[1:] if len(parts) > 1 and parts[0] == container else parts
 
 
 def _inner_name(container: str, weight_name: str, config: Optional[ModelConfig]) -> str:
     """The inner layer a nested model's weight belongs to: `bb_conv1/kernel:0` (Keras 2),
     `backbone/bb_conv1/kernel` (Keras 3) -> `bb_conv1`; the config says which part is a layer."""
-    parts = weight_name.split("/")[:-1]
     if config is not None:
-        for part in reversed(parts):
+        for part in reversed(weight_name.split("/")[:-1]):
             layer = config.get(part)
             if layer is not None and layer.container is not None:
                 return part
+    parts = _layer_parts(container, weight_name)
     return parts[0] if parts else container
 
 

@@ -12,7 +12,7 @@ from typing import Optional, Union
 from .archive import is_archive, read_archive
 from .config import ModelConfig, load_config_file
 from .errors import WeightportError
-from .hdf5 import check_readable, open_h5
+from .hdf5 import check_readable, damaged_hdf5, open_h5
 from .keras3 import is_keras3, read_keras3
 from .legacy import is_legacy, read_legacy
 from .view import ModelView
@@ -44,7 +44,8 @@ def read(path: PathLike, config: Optional[Union[PathLike, ModelConfig]] = None) 
         return read_archive(path, config)
     f = open_h5(path)
     try:
-        view = _read_h5(f, path, config)
+        with damaged_hdf5(path):
+            view = _read_h5(f, path, config)
     except BaseException:
         f.close()
         raise

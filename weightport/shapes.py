@@ -77,11 +77,14 @@ def _need(cfg: Dict[str, Any], keys: Sequence[str]) -> int:
     return int(value)
 
 
-def _ints(value: Any, rank: int, what: str) -> Tuple[int, ...]:
-    """An int or a list of `rank` ints (Keras stores both) as a tuple of `rank` ints."""
+def _ints(value: Any, rank: int, what: str, minimum: Optional[int] = None) -> Tuple[int, ...]:
+    """An int or a list of `rank` ints (Keras stores both) as a tuple of `rank` ints, each at
+    least `minimum` when given (a stride or window of 0 is no window)."""
     values = [value] * rank if isinstance(value, int) else list(value)
-    if len(values) != rank or not all(isinstance(v, int) for v in values):
+    if len(values) != rank or not all(isinstance(v, int) and not isinstance(v, bool) for v in values):
         raise _Bad(f"{what} {value!r} is not {rank} integer(s)")
+    if minimum is not None and any(v < minimum for v in values):
+        raise _Bad(f"{what} {value!r} must be at least {minimum}")
     return tuple(values)
 
 
@@ -89,7 +92,7 @@ def _kernel(cfg: Dict[str, Any], rank: int) -> Tuple[int, ...]:
     value = _get(cfg, ("kernel_size", "filter_length"))
     if value is None:
         value = [cfg[k] for k in _KERAS1_KERNEL.get(rank, ("kernel_size",))]
-    return _ints(value, rank, "kernel size")
+    return _ints(value, rank, "kernel size", minimum=1)
 
 
 def _pairs(value: Any, rank: int) -> List[Tuple[int, int]]:
@@ -147,8 +150,8 @@ def _join(layer: ConfigLayer, spatial: Sequence[Dim], channels: Dim) -> TensorIn
 def _window_settings(cfg: Dict[str, Any], rank: int, default_stride: Any = 1) -> Tuple[str, Tuple[int, ...], Tuple[int, ...]]:
     """(padding, strides, dilation) of a conv or pooling layer."""
     padding = str(_get(cfg, _PADDING, "valid")).lower()
-    strides = _ints(_get(cfg, _STRIDES, default_stride), rank, "strides")
-    return padding, strides, _ints(_get(cfg, _DILATION, 1), rank, "dilation_rate")
+    strides = _ints(_get(cfg, _STRIDES, default_stride), rank, "strides", minimum=1)
+    return padding, strides, _ints(_get(cfg, _DILATION, 1), rank, "dilation_rate", minimum=1)
 
 
 def _window_length(n: Dim, kernel: int, stride: int, dilation: int, padding: str) -> Dim:
@@ -179,7 +182,7 @@ def _conv(layer: ConfigLayer, inputs: List[TensorInfo], rank: int, depthwise: bo
 
 def _pool(layer: ConfigLayer, inputs: List[TensorInfo], rank: int) -> TensorInfo:
     spatial, channels = _split(layer, inputs[0].shape, rank)
-    window = _ints(_get(layer.config, _POOL, 2), rank, "pool_size")
+    window = _ints(_get(layer.config, _POOL, 2), rank, "pool_size", minimum=1)
     return _join(layer, _slide(layer, spatial, window, default_stride=window), channels)
 
 
@@ -221,7 +224,7 @@ def _pad(layer: ConfigLayer, inputs: List[TensorInfo], rank: int, key: str, sign
 
 def _upsample(layer: ConfigLayer, inputs: List[TensorInfo], rank: int) -> TensorInfo:
     spatial, channels = _split(layer, inputs[0].shape, rank)
-    size = _ints(_get(layer.config, ("size", "length"), 2), rank, "size")
+    size = _ints(_get(layer.config, ("size", "length"), 2), rank, "size", minimum=1)
     return _join(layer, tuple(None if n is None else n * k for n, k in zip(spatial, size)), channels)
 
 
@@ -438,6 +441,8 @@ class Shapes:
             shape = tuple(self._config.input_shape[1:])
         if shape is None:
             raise self._error(layer, "the config gives no input shape")
+        if not all(n is None or (isinstance(n, int) and not isinstance(n, bool) and n > 0) for n in shape):
+            raise self._error(layer, f"the input shape {list(shape)} is not a list of positive sizes")
         return TensorInfo(tuple(shape), None)
 
     def _compute(self, layer: ConfigLayer) -> TensorInfo:
@@ -449,7 +454,7 @@ class Shapes:
             info = function(layer, inputs)
         except KeyError as exc:
             raise self._error(layer, f"its config has no {exc}") from None
-        except (ValueError, TypeError, IndexError) as exc:
+        except (ValueError, TypeError, IndexError, ArithmeticError) as exc:  # config values of the wrong kind (inf, 0, "16" ...)
             raise self._error(layer, str(exc)) from None
         upstream = (name for x in inputs for name in x.assumed)
         return replace(info, assumed=tuple(dict.fromkeys([*upstream, *info.assumed])))
