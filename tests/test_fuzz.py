@@ -15,9 +15,6 @@ user). After each command:
   line says `pair them with --map`), with no traceback;
 - a refused `convert` leaves no output and no temporary file in the output's folder;
 - the damaged input's bytes are unchanged.
-
-Cases that fail because of code outside the readers are listed in `KNOWN` as strict xfails, with
-the module to fix: once fixed they pass, the xfail turns into an error, and the entry goes.
 """
 
 from __future__ import annotations
@@ -798,34 +795,6 @@ def run_case(case: Case, work: Path, capfd=None) -> List[str]:
 
 
 # ---------------------------------------------------------------------------------------------
-# Known failures outside the readers (fix there, then drop the entry: the xfails are strict).
-
-CONVERT_LEAVES_OUT = ("cli.py: convert writes OUT, then its own verify step refuses to pair SRC with OUT (exit 2) "
-                      "and OUT is left behind")
-CHUNK_READ_ERROR = ("transfer.py (and verification.py _rows_dot): a compressed chunk that fails to inflate raises h5py's "
-                    "OSError from dataset[()] (exit 1) instead of a WeightportError naming the file and tensor")
-TWIN_LABEL_AS_FILE = ("writers.py: the error names 'derived fully-convolutional twin' instead of a file "
-                      "(nested legacy weights-only source, .weights.h5 output)")
-KNOWN: Dict[str, str] = {
-    "chfirst-k3W-link0": CONVERT_LEAVES_OUT,
-    "fp16-k3K-dshape0": CONVERT_LEAVES_OUT,
-    "gap-k3K-ddel0": CONVERT_LEAVES_OUT,
-    "seq-k3H-dshape0": CONVERT_LEAVES_OUT,
-    "nested-tfkL-adel0": TWIN_LABEL_AS_FILE,
-    "nested-tfkL-hflip1": TWIN_LABEL_AS_FILE,
-    **{f"{short}-chunkflip0": CHUNK_READ_ERROR for short in (
-        "chfirst-k3H", "conv1d-k3H", "conv1d-k3W", "conv1d-tfkH", "fp16-k3H", "fp16-tfkH", "fp16-tfkL", "funcnames-k3H",
-        "funcnames-tfkH", "funcnames-tfkW", "gap-k3H", "gap-tfkH", "gap-tfkL", "longnames-tfkL", "nested-k3H", "nested-tfkH",
-        "nested-tfkW", "seq-k3H", "seq-tfkH")},
-}
-
-
-def _param(case: Case):
-    marks = [pytest.mark.xfail(strict=True, reason=KNOWN[case.id])] if case.id in KNOWN else []
-    return pytest.param(case, id=case.id, marks=marks)
-
-
-# ---------------------------------------------------------------------------------------------
 # The tests.
 
 def test_there_are_enough_cases() -> None:
@@ -833,13 +802,13 @@ def test_there_are_enough_cases() -> None:
     assert len({case.id for case in CASES}) == len(CASES)
 
 
-@pytest.mark.parametrize("case", [_param(case) for case in CASES])
+@pytest.mark.parametrize("case", CASES, ids=[case.id for case in CASES])
 def test_damaged_input(case: Case, tmp_path: Path, capfd: pytest.CaptureFixture) -> None:
     problems = run_case(case, tmp_path, capfd)
     assert not problems, "\n".join(problems)
 
 
-SUBPROCESS_CASES = [case for case in CASES if case.id not in KNOWN][::33]
+SUBPROCESS_CASES = CASES[::33]
 
 
 @pytest.mark.parametrize("case", [pytest.param(case, id=case.id) for case in SUBPROCESS_CASES])

@@ -18,7 +18,7 @@ from .readers import read
 from .target import target_from_view
 from .twin import derive_twin
 from .twinconfig import open_input_size, twin_config
-from .verification import Verification, verify_plan
+from .verification import Verification, VerificationFailed, verify_plan
 from .view import ModelView
 from .writers import output_layout, write
 
@@ -82,15 +82,18 @@ def plan(source: PathLike, target: Optional[PathLike] = None, *, config: Optiona
 def convert(source: PathLike, out: PathLike, target: Optional[PathLike] = None, *, force: bool = False,
             full_model: bool = False, config: Optional[PathLike] = None, flatten: Optional[Sequence[int]] = None,
             source_order: Optional[str] = None, flip_kernels: bool = False, maps: Optional[Dict[str, str]] = None,
-            skips: Optional[List[str]] = None, progress: Optional[Callable[[int, int], None]] = None) -> Plan:
-    """Plan and write the conversion to `out`.
+            skips: Optional[List[str]] = None, progress: Optional[Callable[[int, int], None]] = None,
+            verify: bool = True) -> Plan:
+    """Plan, write and (by default) verify the conversion to `out`.
 
     `out`'s name picks the format: `.weights.h5` (Keras 3 layout), `.h5`/`.hdf5` (legacy
     layout; with `full_model` a whole legacy model, config included), `.keras` (a whole Keras 3
     model: the twin's config and weights, for `keras.models.load_model`). Other arguments as
     for `plan`; `force` replaces an existing `out`; `progress(done, total)` is called with byte
-    counts as tensors are written. The output is written atomically: `out` is either left as it
-    was or replaced by a complete file.
+    counts as tensors are written. With `verify` the file is checked with numpy before it takes
+    `out`'s place (`plan.verification` holds the result; a failure raises `VerificationFailed`).
+    The output is written atomically: `out` is either left as it was or replaced by a complete,
+    checked file.
 
     Example:
         >>> weightport.convert("vgg16.keras", "fcn.keras")  # doctest: +SKIP
@@ -101,8 +104,14 @@ def convert(source: PathLike, out: PathLike, target: Optional[PathLike] = None, 
         raise WeightportError(out, "--full-model is for a legacy .h5 output", "name the output *.h5, or *.keras for a whole Keras 3 model")
     with planned(source, target, config, flatten, options) as (built, views):
         model_config = _whole_model_config(views, str(source), target, flatten, options, layout) if full_model or layout == "keras-archive" else None
+
+        def check(written: Path) -> None:
+            built.verification = _verify(source, written, config, flatten, options)
+            if not built.verification.ok:
+                raise VerificationFailed(built.verification)
+
         write(built, Path(out), views, force=force, model_config=model_config, keras_version=views[str(source)].keras_version,
-              progress=progress)
+              progress=progress, check=check if verify else None)
         return built
 
 
@@ -138,7 +147,11 @@ def verify(source: PathLike, out: PathLike, *, config: Optional[PathLike] = None
         >>> weightport.verify("vgg16.keras", "fcn.weights.h5").ok  # doctest: +SKIP
         True
     """
-    options = _options(source_order, flip_kernels, maps, skips)
+    return _verify(source, out, config, flatten, _options(source_order, flip_kernels, maps, skips), atol, rtol)
+
+
+def _verify(source: PathLike, out: PathLike, config: Optional[PathLike], flatten: Optional[Sequence[int]], options: PlanOptions,
+            atol: float = 1e-6, rtol: float = 1e-5) -> Verification:
     with planned(source, out, config, flatten, options) as (built, views):
         return verify_plan(built, views, views[str(out)], atol=atol, rtol=rtol)
 

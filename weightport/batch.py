@@ -41,18 +41,13 @@ def out_path(source: str, out_dir: Path) -> str:
 def convert_one(job: Job, options: Dict[str, Any], verify: bool, debug: bool) -> Outcome:
     """Convert (and verify) one file; never raises, so one failure does not stop a sweep."""
     from .api import convert
-    from .api import verify as check
+    from .verification import VerificationFailed
 
     try:
-        convert(job.source, job.out, **options)
-        if not verify:
-            return Outcome(job, 0, f"wrote {job.out}")
-        plan_options = {k: v for k, v in options.items() if k not in ("target", "force", "full_model")}
-        result = check(job.source, job.out, **plan_options)
-        if not result.ok:
-            failed = ", ".join(f"{p.source_layer} -> {p.target_layer}" for p in result.pairs if not p.ok)
-            return Outcome(job, 1, f"weightport: verify: {job.out}: FAILED for {failed}")
-        return Outcome(job, 0, f"wrote {job.out} (verified)")
+        convert(job.source, job.out, verify=verify, **options)
+        return Outcome(job, 0, f"wrote {job.out}" + (" (verified)" if verify else ""))
+    except VerificationFailed as failed:
+        return Outcome(job, 1, f"weightport: {job.out} not written: {failed}")
     except WeightportError as exc:
         return Outcome(job, 2, f"weightport: error: {exc.line()}")
     except Exception as exc:  # reported per file; the sweep goes on

@@ -73,23 +73,27 @@ def _cmd_convert(args: argparse.Namespace) -> int:
 def _convert_single(args: argparse.Namespace, source: str, out: str) -> int:
     from pathlib import Path
 
-    from .api import convert, verify
+    from .api import convert
     from .progress import byte_progress
     from .report import plan_table, verification_table
+    from .verification import VerificationFailed
     from .writers import output_layout
 
     layout = output_layout(Path(out))
-    with byte_progress(enabled=not args.quiet, label=Path(out).name) as progress:
-        built = convert(source, out, args.target, force=args.force, full_model=args.full_model, progress=progress, **_plan_options(args))
+    try:
+        with byte_progress(enabled=not args.quiet, label=Path(out).name) as progress:
+            built = convert(source, out, args.target, force=args.force, full_model=args.full_model, progress=progress,
+                            verify=not args.no_verify, **_plan_options(args))
+    except VerificationFailed as failed:
+        print(verification_table(failed.result))
+        print(f"weightport: {out} not written: what was converted did not pass verification", file=sys.stderr)
+        return 1
     if not args.quiet:
         print(plan_table(built, layout))
         print(f"wrote {out} ({layout} layout)")
-    if args.no_verify:
-        return 0
-    result = verify(source, out, **_plan_options(args))
-    if not args.quiet or not result.ok:
-        print(verification_table(result))
-    return 0 if result.ok else 1
+        if built.verification is not None:
+            print(verification_table(built.verification))
+    return 0
 
 
 def _convert_many(args: argparse.Namespace, out_dir) -> int:

@@ -63,6 +63,7 @@ class Plan:
     target: Target
     steps: List[Step]
     notes: List[str]
+    verification: Optional[Any] = None  # set by `convert`: the Verification of what was written
 
     def to_dict(self) -> Dict[str, Any]:
         """The `plan --json` document (contract in the README)."""

@@ -17,6 +17,7 @@ import h5py
 import numpy as np
 
 from .errors import WeightportError
+from .hdf5 import damaged_hdf5
 from .rules import RULES, Run, rows_of
 from .view import ModelView
 
@@ -40,16 +41,20 @@ def raw_location(view: ModelView, dataset: h5py.Dataset) -> Optional[Tuple[str, 
 
 
 def transfer(rule_name: str, params: dict, dataset: h5py.Dataset, source: Optional[Tuple[int, int]],
-             out_fd: int, out_offset: int, out_dtype: np.dtype) -> None:
+             out_fd: int, out_offset: int, out_dtype: np.dtype, source_file: str) -> None:
     """Write the target tensor made by `rule_name` from `dataset` at `out_offset` of `out_fd`.
 
-    `source` is (open fd, byte offset) when the dataset can be read in place, else None.
+    `source` is (open fd, byte offset) when the dataset can be read in place, else None;
+    `source_file` names the file in the error when h5py cannot read the tensor (a damaged
+    compressed chunk, say).
     """
     rule = RULES[rule_name]
     if dataset.size == 0:
         return
     if rule.runs is None or source is None:
-        array = rule.apply(dataset[()], params)
+        with damaged_hdf5(source_file):
+            values = dataset[()]
+        array = rule.apply(values, params)
         _write_all(out_fd, out_offset, np.ascontiguousarray(array, dtype=out_dtype).tobytes())
         return
     row = rows_of(dataset.shape)[1]

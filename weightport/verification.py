@@ -18,11 +18,12 @@ from typing import Any, Dict, List, Tuple
 import h5py
 import numpy as np
 
+from .hdf5 import damaged_hdf5
 from .planner import Plan, Step
 from .rules import canonical_order
 from .view import ModelView
 
-__all__ = ["PairCheck", "Verification", "verify_plan"]
+__all__ = ["PairCheck", "Verification", "VerificationFailed", "verify_plan"]
 
 BLOCK_BYTES = 32 << 20
 SAMPLES = 3
@@ -58,6 +59,15 @@ class Verification:
         return {"ok": self.ok, "atol": self.atol, "rtol": self.rtol, "pairs": [asdict(p) for p in self.pairs]}
 
 
+class VerificationFailed(Exception):
+    """What `convert` wrote did not pass its check; nothing was written (exit status 1)."""
+
+    def __init__(self, result: Verification) -> None:
+        self.result = result
+        failed = ", ".join(f"{p.source_layer} -> {p.target_layer}" for p in result.pairs if not p.ok)
+        super().__init__(f"verification failed for {failed}")
+
+
 def verify_plan(plan: Plan, views: Dict[str, ModelView], out: ModelView, atol: float = 1e-6, rtol: float = 1e-5,
                 seed: int = 0) -> Verification:
     """Check that `out` holds what `plan` promises, computing both sides of every layer pair."""
@@ -73,7 +83,8 @@ def verify_plan(plan: Plan, views: Dict[str, ModelView], out: ModelView, atol: f
         if target is None or tuple(target.shape) != tuple(step.target_shape):
             result = ("missing or misshapen in the output", float("inf"), float("inf"))
         else:
-            result = _check(step, source, target, rng)
+            with damaged_hdf5(f"{step.source_file} or {out.path}"):
+                result = _check(step, source, target, rng)
         by_layer.setdefault((step.source_layer, step.target_layer), []).append(result)
     pairs = []
     for (src, tgt), results in by_layer.items():

@@ -45,12 +45,14 @@ def output_layout(out: Path) -> str:
 
 
 def write(plan: Plan, out: Path, views: Dict[str, ModelView], force: bool = False, model_config: Optional[dict] = None,
-          keras_version: Optional[str] = None, progress: Optional[Callable[[int, int], None]] = None) -> None:
+          keras_version: Optional[str] = None, progress: Optional[Callable[[int, int], None]] = None,
+          check: Optional[Callable[[Path], None]] = None) -> None:
     """Write `plan` to `out`; `views` maps each file named by the steps to its open view.
 
     With `model_config` the output is a whole model: a `.keras` archive (config.json and
     model.weights.h5), or a legacy full-model `.h5` (`model_config`, `model_weights`).
-    `progress(done, total)` is called with byte counts after each tensor.
+    `progress(done, total)` is called with byte counts after each tensor; `check(path)` is
+    given the complete temporary file before it replaces `out`, and may refuse it by raising.
     """
     layout = output_layout(out)
     _check_destination(out, views, force)
@@ -62,12 +64,14 @@ def write(plan: Plan, out: Path, views: Dict[str, ModelView], force: bool = Fals
     with atomic_output(out, parts=2 if archive else 1) as paths, ThreadPoolExecutor(max_workers=1) as pool:
         digest = pool.submit(sha256_of, source.data_file or plan.source)  # hashing overlaps the copy
         weights = paths[-1]
-        offsets = _structure(plan, "keras3" if archive else layout, weights, model_config if layout == "legacy" else None)
+        offsets = _structure(plan, "keras3" if archive else layout, weights, out, model_config if layout == "legacy" else None)
         _fill(plan, offsets, weights, views, progress)
         _fsync(weights)  # the tensor bytes go to disk while the hash finishes
         _provenance(plan, weights, digest.result())
         if archive:
             _archive(weights, paths[0], model_config, keras_version)
+        if check is not None:
+            check(paths[0])
 
 
 def _fsync(path: Path) -> None:
@@ -98,7 +102,7 @@ def _check_destination(out: Path, views: Dict[str, ModelView], force: bool) -> N
 
 # --- structure ----------------------------------------------------------------------------
 
-def _structure(plan: Plan, layout: str, tmp: Path, model_config: Optional[dict] = None) -> List[Optional[int]]:
+def _structure(plan: Plan, layout: str, tmp: Path, out: Path, model_config: Optional[dict] = None) -> List[Optional[int]]:
     """Create every group, attribute and (allocated, empty) dataset; return data offsets.
     A legacy file with `model_config` is a whole model: weights under `model_weights`."""
     with h5py.File(tmp, "w") as f:
@@ -106,7 +110,7 @@ def _structure(plan: Plan, layout: str, tmp: Path, model_config: Optional[dict] 
             _full_model_attrs(plan, f, model_config)
             places = [f"model_weights/{place}" for place in _legacy(plan, f.create_group("model_weights"))]
         else:
-            places = _legacy(plan, f) if layout == "legacy" else _keras3(plan, f)
+            places = _legacy(plan, f) if layout == "legacy" else _keras3(plan, f, out)
         datasets = [_dataset(f, place, step) for place, step in zip(places, plan.steps, strict=True)]
         return [ds.id.get_offset() for ds in datasets]
 
@@ -139,11 +143,11 @@ def _legacy(plan: Plan, f: h5py.Group) -> List[str]:
     return places
 
 
-def _keras3(plan: Plan, f: h5py.File) -> List[str]:
+def _keras3(plan: Plan, f: h5py.File, out: Path) -> List[str]:
     places = []
     for step in plan.steps:
         if step.target_keras3 is None:
-            raise WeightportError(plan.target.label, f"the Keras 3 group of layer '{step.target_layer}' is unknown (no class, or a nested model without a config)",
+            raise WeightportError(out, f"the Keras 3 group of layer '{step.target_layer}' is unknown (its class is not known, or it sits in a nested model and there is no config)",
                                   "write a legacy .h5 output, or give --config")
         places.append(step.target_keras3)
     for layer in plan.target.layers:
@@ -201,7 +205,7 @@ def _fill(plan: Plan, offsets: List[Optional[int]], tmp: Path, views: Dict[str, 
                 if int(np.prod(step.target_shape, dtype=np.int64)):
                     raise RuntimeError(f"dataset for {step.target_name} was not allocated")
                 continue
-            transfer(step.rule, step.params, dataset, source, out.fileno(), offset, dtype)
+            transfer(step.rule, step.params, dataset, source, out.fileno(), offset, dtype, step.source_file)
             if progress is not None:
                 progress(size, sum(sizes))
 
