@@ -58,6 +58,10 @@ CASES = {
                            K.layers.Dense(6, activation="relu"), K.layers.Dense(3)]),
         lambda K: _seq(K, [K.Input((None, None, 3)), K.layers.Conv2D(4, 3), K.layers.Conv2D(6, 6, activation="relu"), K.layers.Conv2D(3, 1)]),
         (8, 8, 3), source_order="chw"),
+    "reshape_flatten": Case(  # a Reshape before the Flatten keeps the row-major order: the window is the conv's output
+        lambda K: _seq(K, [K.Input((8, 8, 3)), K.layers.Conv2D(4, 3), K.layers.Reshape((36, 4)), K.layers.Flatten(), K.layers.Dense(5)]),
+        lambda K: _seq(K, [K.Input((None, None, 3)), K.layers.Conv2D(4, 3), K.layers.Conv2D(5, 6)]),
+        (8, 8, 3)),
     "conv1d": Case(
         lambda K: _seq(K, [K.Input((20, 3)), K.layers.Conv1D(4, 3, activation="relu"), K.layers.MaxPooling1D(2),
                            K.layers.Flatten(), K.layers.Dense(6, activation="relu"), K.layers.Dense(2)]),

@@ -144,9 +144,15 @@ def _window(flat: ConfigLayer, shapes, config: ModelConfig, source: str, flatten
     first = info.layout == "channels_first"
     spatial, channels = (info.shape[1:], info.shape[0]) if first else (info.shape[:-1], info.shape[-1])
     order = ("c" + SPATIAL[rank]) if first else canonical_order(rank)
+    reshaped = None  # a Reshape keeps the row-major order, so Flatten after it lists the window as before
     for layer in reversed(chain):
-        order = _apply(layer, order, source)
+        if layer.class_name == "Reshape":
+            reshaped = layer
+        elif layer.class_name == "Permute":
+            _refuse_after_reshape(reshaped, layer, source)
+            order = _apply(layer, order, source)
     if flat.class_name == "Flatten" and flat.config.get("data_format") == "channels_first":
+        _refuse_after_reshape(reshaped, flat, source)
         order = order[1:] + order[0]
     if flatten:
         spatial, channels = tuple(flatten[:-1]), flatten[-1]
@@ -160,13 +166,15 @@ def _window(flat: ConfigLayer, shapes, config: ModelConfig, source: str, flatten
                     tuple(int(n) for n in spatial), int(channels), order, "channels_first" if first else "channels_last", folded)
 
 
+def _refuse_after_reshape(reshaped: Optional[ConfigLayer], layer: ConfigLayer, source: str) -> None:
+    """Axes moved after a Reshape are the reshaped ones, not the window's: no order says that."""
+    if reshaped is not None:
+        raise WeightportError(source, f"{layer.class_name} '{layer.name}' moves the axes of Reshape '{reshaped.name}', not the window's",
+                              "give --flatten H,W,C and --source-order for the window the Dense sees")
+
+
 def _apply(layer: ConfigLayer, order: str, source: str) -> str:
-    """The physical axis order after a Permute; Reshape and pass-through layers keep it."""
-    if layer.class_name != "Permute":
-        if layer.class_name == "Reshape":
-            raise WeightportError(source, f"Reshape '{layer.name}' before the Flatten changes which axes are spatial",
-                                  "give --flatten H,W,C and --source-order for the window the Dense sees")
-        return order
+    """The physical axis order after a Permute."""
     dims = layer.config.get("dims")
     if not isinstance(dims, list) or sorted(dims) != list(range(1, len(order) + 1)):
         raise WeightportError(source, f"Permute '{layer.name}' has dims {dims!r}, not a permutation of the {len(order)} axes before the Flatten",

@@ -25,9 +25,9 @@ from .view import ModelView
 
 __all__ = ["PairCheck", "Verification", "VerificationFailed", "verify_plan"]
 
-BLOCK_BYTES = 32 << 20
+BLOCK_BYTES = 8 << 20
 SAMPLES = 3
-FULL_CHECK_VALUES = 1 << 20  # tensors up to this many values are checked whole (<= 8 MiB as float64)
+FULL_CHECK_VALUES = 1 << 19  # tensors up to this many values are checked whole (<= 4 MiB as float64)
 SAMPLED_ROWS = 256  # larger ones: this many random rows (window positions), compared exactly
 
 
