@@ -16,7 +16,7 @@ import numpy as np
 import pytest
 
 import weightport
-from conftest import import_or_skip, load_maker
+from conftest import import_or_skip, load_maker, run_cli
 
 keras = import_or_skip("keras")
 tf_keras = import_or_skip("tf_keras")
@@ -116,6 +116,15 @@ def _save_source(writer: str, model, folder: Path) -> tuple:
     return full, weights
 
 
+def _saved(name: str, writer: str, seed: int, folder: Path) -> tuple:
+    """(Keras module, the case's classifier with fresh weights, its full file, its weights-only file)."""
+    K = KERAS[writer]
+    K.backend.clear_session()
+    source = CASES[name].source(K)
+    maker.fill_weights(K, source, seed)
+    return (K, source) + _save_source(writer, source, folder)
+
+
 def _outputs(model, x) -> np.ndarray:
     y = np.asarray(model(x, training=False)).astype("float64")
     return y.reshape(y.shape[0], -1)
@@ -129,11 +138,8 @@ def _close(got: np.ndarray, want: np.ndarray, rtol: float) -> None:
 @pytest.mark.parametrize("writer", sorted(KERAS))
 @pytest.mark.parametrize("name", sorted(CASES))
 def test_fcn_twin_reproduces_the_classifier(name: str, writer: str, tmp_path: Path) -> None:
-    case, K = CASES[name], KERAS[writer]
-    K.backend.clear_session()
-    source = case.source(K)
-    maker.fill_weights(K, source, zlib.crc32(name.encode()))
-    full, weights_only = _save_source(writer, source, tmp_path)
+    case = CASES[name]
+    _, source, full, weights_only = _saved(name, writer, zlib.crc32(name.encode()), tmp_path)
     x = np.random.default_rng(0).normal(size=(3,) + case.input_shape).astype(case.dtype)
     want = _outputs(source, x)
 
@@ -155,11 +161,7 @@ def test_fcn_twin_reproduces_the_classifier(name: str, writer: str, tmp_path: Pa
 def test_global_pooling_head_per_location(writer: str, tmp_path: Path) -> None:
     """Conv 1x1 before the pooling gives a class map whose every location is the Dense
     applied to that location's features."""
-    K = KERAS[writer]
-    K.backend.clear_session()
-    source = CASES["gap"].source(K)
-    maker.fill_weights(K, source, 7)
-    full, _ = _save_source(writer, source, tmp_path)
+    K, source, full, _ = _saved("gap", writer, 7, tmp_path)
     weightport.convert(full, tmp_path / "out.h5")
     fcn = CASES["gap"].fcn(K)
     fcn.load_weights(str(tmp_path / "out.h5"))
@@ -171,13 +173,10 @@ def test_global_pooling_head_per_location(writer: str, tmp_path: Path) -> None:
     _close(class_map.astype("float64"), features.astype("float64") @ kernel + bias, 1e-5)
 
 
-def test_th_source_order_from_raw_channels_first_flatten(tmp_path: Path) -> None:
-    """The `chw` case takes its order from the config; the plan says so."""
-    K = keras
-    K.backend.clear_session()
-    source = CASES["chw"].source(K)
-    source.save(str(tmp_path / "chw.keras"))
-    steps = weightport.plan(tmp_path / "chw.keras").steps
+def test_permute_flatten_order_comes_from_the_config(tmp_path: Path) -> None:
+    """The `chw` case (Permute + Flatten) takes its order from the config; the plan says so."""
+    _, _, full, _ = _saved("chw", "k3", 3, tmp_path)
+    steps = weightport.plan(full).steps
     rules = [(s.rule, s.params.get("order")) for s in steps]
     assert ("dense-to-conv", "chw") in rules
 
@@ -185,11 +184,8 @@ def test_th_source_order_from_raw_channels_first_flatten(tmp_path: Path) -> None
 @pytest.mark.parametrize("writer", sorted(KERAS))
 def test_convert_into_a_live_model(writer: str, tmp_path: Path) -> None:
     """The pipeline convenience: the live FCN is the target, and ends up loaded."""
-    case, K = CASES["flatten"], KERAS[writer]
-    K.backend.clear_session()
-    source = case.source(K)
-    maker.fill_weights(K, source, 11)
-    full, _ = _save_source(writer, source, tmp_path)
+    case = CASES["flatten"]
+    K, source, full, _ = _saved("flatten", writer, 11, tmp_path)
     fcn = case.fcn(K)
     built = weightport.convert_into_model(full, fcn)
     assert [s.rule for s in built.steps][2] == "dense-to-conv"
@@ -200,10 +196,7 @@ def test_convert_into_a_live_model(writer: str, tmp_path: Path) -> None:
 def test_whole_legacy_model_with_bn_and_dropout_head(tmp_path: Path) -> None:
     """tf_keras full .h5 classifier -> `--full-model` FCN .h5 -> tf_keras load_model, any input size."""
     case = CASES["bn_dropout_head"]
-    tf_keras.backend.clear_session()
-    source = case.source(tf_keras)
-    maker.fill_weights(tf_keras, source, 5)
-    full, _ = _save_source("tfk", source, tmp_path)
+    _, source, full, _ = _saved("bn_dropout_head", "tfk", 5, tmp_path)
     out = tmp_path / "fcn.h5"
     weightport.convert(full, out, full_model=True)
     fcn = tf_keras.models.load_model(str(out), compile=False)
@@ -215,13 +208,7 @@ def test_whole_legacy_model_with_bn_and_dropout_head(tmp_path: Path) -> None:
 
 @pytest.mark.parametrize("writer", sorted(KERAS))
 def test_verify_with_keras_end_to_end(writer: str, tmp_path: Path) -> None:
-    from conftest import run_cli
-
-    K = KERAS[writer]
-    K.backend.clear_session()
-    source = CASES["chw"].source(K)
-    maker.fill_weights(K, source, 9)
-    full, _ = _save_source(writer, source, tmp_path)
+    K, source, full, _ = _saved("chw", writer, 9, tmp_path)
     out = tmp_path / "out.h5"
     weightport.convert(full, out)
     result = run_cli("verify", str(full), str(out), "--keras")
@@ -235,13 +222,7 @@ def test_verify_with_keras_end_to_end(writer: str, tmp_path: Path) -> None:
 
 @pytest.mark.parametrize("writer", sorted(KERAS))
 def test_verify_with_keras_per_location_for_pooling_heads(writer: str, tmp_path: Path) -> None:
-    from conftest import run_cli
-
-    K = KERAS[writer]
-    K.backend.clear_session()
-    source = CASES["gap"].source(K)
-    maker.fill_weights(K, source, 13)
-    full, _ = _save_source(writer, source, tmp_path)
+    K, source, full, _ = _saved("gap", writer, 13, tmp_path)
     out = tmp_path / "out.weights.h5"
     weightport.convert(full, out)
     result = run_cli("verify", str(full), str(out), "--keras")
