@@ -115,3 +115,37 @@ def test_copy_reshape_and_1x1_are_byte_identities() -> None:
 @pytest.mark.parametrize("name", sorted(RULES))
 def test_every_rule_is_documented(name: str) -> None:
     assert RULES[name].summary and RULES[name].name == name
+
+
+@settings(max_examples=80, deadline=None)
+@given(st.lists(st.integers(1, 4), min_size=3, max_size=5), st.booleans(), st.integers(0, 2**32 - 1))
+def test_th_kernel_computes_what_the_keras1_layer_computed(shape, flip, seed) -> None:
+    """A Keras 1 `th` kernel (out, in, *spatial), used as Theano used it (a true convolution
+    when `flip`), equals Keras's cross-correlation with the converted kernel."""
+    rng = np.random.default_rng(seed)
+    th = rng.normal(size=shape)
+    spatial = len(shape) - 2
+    converted = RULES["kernel-from-th"].apply(th, {"flip": flip})
+    assert converted.shape == tuple(shape[2:]) + (shape[1], shape[0])
+    x = rng.normal(size=tuple(shape[2:]) + (shape[1],))  # one channels_last patch
+    patch = x[(slice(None, None, -1),) * spatial] if flip else x
+    in_th_layout = np.moveaxis(patch, -1, 0)  # (in, *spatial), as Theano saw it
+    want = np.tensordot(in_th_layout, th, axes=(list(range(spatial + 1)), list(range(1, spatial + 2))))
+    np.testing.assert_allclose(conv_valid(x, converted), want, rtol=1e-10, atol=1e-12)
+
+
+@settings(max_examples=80, deadline=None)
+@given(st.lists(st.integers(1, 5), min_size=1, max_size=3), st.integers(0, 3), st.integers(0, 2**32 - 1))
+def test_identity_rules_keep_every_value_in_order(shape, ones, seed) -> None:
+    """copy, reshape-singleton and dense-to-1x1 move bytes unchanged: the runs are one block."""
+    array = np.random.default_rng(seed).normal(size=shape)
+    padded = [1] * ones + list(shape)
+    for name, params, target in (("copy", {}, shape), ("reshape-singleton", {"shape": padded}, padded)):
+        result = RULES[name].apply(array, params)
+        assert list(result.shape) == list(target)
+        np.testing.assert_array_equal(result.reshape(-1), array.reshape(-1))
+        np.testing.assert_array_equal(via_runs(name, array, params, tuple(target)), result)
+    if len(shape) == 2:
+        kernel = RULES["dense-to-1x1"].apply(array, {"shape": [1] * ones + list(shape)})
+        x = np.random.default_rng(seed + 1).normal(size=(1,) * ones + (shape[0],))
+        np.testing.assert_allclose(conv_valid(x, kernel), x.reshape(-1) @ array, rtol=1e-10, atol=1e-12)
