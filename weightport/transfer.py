@@ -24,6 +24,7 @@ from .view import ModelView
 __all__ = ["BLOCK_BYTES", "raw_location", "transfer"]
 
 BLOCK_BYTES = 16 << 20
+KERNEL_COPY_BYTES = 1 << 30
 
 
 def raw_location(view: ModelView, dataset: h5py.Dataset) -> Optional[Tuple[str, int]]:
@@ -75,15 +76,13 @@ class _Mover:
         self.max_rows = max(1, BLOCK_BYTES // max(self.src_row, self.dst_row))
 
     def move(self, run: Run) -> None:
+        if run.src_stride == 1 and run.dst_stride == 1 and self.same:  # one byte range: the kernel copies it
+            _copy_range(self.src_fd, self.src_offset + run.src_row * self.src_row, self.dst_fd,
+                        self.dst_offset + run.dst_row * self.dst_row, run.count * self.src_row)
+            return
         for start in range(0, run.count, self.max_rows):
             count = min(self.max_rows, run.count - start)
-            src = run.src_row + start * run.src_stride
-            dst = run.dst_row + start * run.dst_stride
-            if run.src_stride == 1 and run.dst_stride == 1 and self.same:
-                _copy_range(self.src_fd, self.src_offset + src * self.src_row, self.dst_fd,
-                            self.dst_offset + dst * self.dst_row, count * self.src_row)
-            else:
-                self._strided(src, run.src_stride, dst, run.dst_stride, count)
+            self._strided(run.src_row + start * run.src_stride, run.src_stride, run.dst_row + start * run.dst_stride, run.dst_stride, count)
 
     def _strided(self, src: int, src_stride: int, dst: int, dst_stride: int, count: int) -> None:
         if src_stride == 1:
@@ -117,14 +116,14 @@ def _write_all(fd: int, offset: int, data) -> None:
 
 
 def _copy_range(src_fd: int, src_offset: int, dst_fd: int, dst_offset: int, size: int) -> None:
-    """Copy bytes file to file in the kernel where possible, else through a bounded buffer."""
+    """Copy bytes file to file in the kernel where possible (no user memory, so in large
+    requests), else through a buffer of at most `BLOCK_BYTES`."""
     while size > 0:
-        step = min(size, BLOCK_BYTES)
         try:
-            done = os.copy_file_range(src_fd, dst_fd, step, src_offset, dst_offset)
+            done = os.copy_file_range(src_fd, dst_fd, min(size, KERNEL_COPY_BYTES), src_offset, dst_offset)
         except (AttributeError, OSError):
             done = 0
         if done <= 0:
-            _write_all(dst_fd, dst_offset, _read(src_fd, src_offset, step))
-            done = step
+            done = min(size, BLOCK_BYTES)
+            _write_all(dst_fd, dst_offset, _read(src_fd, src_offset, done))
         src_offset, dst_offset, size = src_offset + done, dst_offset + done, size - done
