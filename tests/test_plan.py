@@ -87,6 +87,14 @@ def test_output_equal_to_source_is_refused(tmp_path: Path) -> None:
     assert copy.read_bytes() == (FIXTURES / "seq__tfk.h5").read_bytes()
 
 
+def test_output_equal_to_target_is_refused(tmp_path: Path) -> None:
+    target = tmp_path / "target.weights.h5"
+    target.write_bytes((FIXTURES / "seq__k3.weights.h5").read_bytes())
+    result = run_cli("convert", str(FIXTURES / "seq__tfk_weights.h5"), "--target", str(target), "-o", str(target), "--force")
+    assert result.returncode == 2 and "is an input" in result.stderr
+    assert target.read_bytes() == (FIXTURES / "seq__k3.weights.h5").read_bytes()
+
+
 def test_unknown_output_suffix(tmp_path: Path) -> None:
     result = run_cli("convert", str(SEQ), "-o", str(tmp_path / "out.bin"))
     assert result.returncode == 2 and ".weights.h5" in result.stderr

@@ -21,9 +21,9 @@ from .errors import WeightportError
 from .roles import guess_class
 from .rules import SPATIAL, canonical_order, check_order
 from .shapes import infer_shapes
-from .view import Layer, ModelView
+from .view import Layer, ModelView, Tensor
 
-__all__ = ["HeadRole", "analyze_head", "layer_class", "parse_source_order"]
+__all__ = ["HeadRole", "analyze_head", "layer_class", "is_conv_kernel", "is_th_kernel", "parse_source_order"]
 
 PASS_THROUGH = {
     "Dropout", "SpatialDropout1D", "SpatialDropout2D", "SpatialDropout3D", "GaussianNoise",
@@ -52,6 +52,16 @@ class HeadRole:
 def layer_class(layer: Layer) -> Optional[str]:
     """The layer's class from the file or config, else a guess from its tensors."""
     return layer.class_name or guess_class([t.role for t in layer.weights], [t.shape for t in layer.weights])
+
+
+def is_conv_kernel(layer: Layer, tensor: Tensor) -> bool:
+    """The kernel of a convolution (rank >= 3), the tensor flips and `th` layouts concern."""
+    return tensor.role in (None, "kernel") and len(tensor.shape) >= 3 and (layer_class(layer) or "").startswith("Conv")
+
+
+def is_th_kernel(layer: Layer, tensor: Tensor) -> bool:
+    """A Keras 1 `dim_ordering: th` convolution kernel, stored (out, in, *spatial)."""
+    return is_conv_kernel(layer, tensor) and (layer.config or {}).get("dim_ordering") == "th"
 
 
 def parse_source_order(order: Optional[str], rank: int) -> Optional[str]:

@@ -15,7 +15,7 @@ from typing import Any, Deque, Dict, List, Optional, Tuple
 import numpy as np
 
 from .errors import WeightportError
-from .head import HeadRole, layer_class, parse_source_order
+from .head import HeadRole, is_conv_kernel, is_th_kernel, layer_class, parse_source_order
 from .roles import guess_class
 from .rules import RULES, canonical_order
 from .target import Target, TargetLayer, TargetTensor
@@ -183,8 +183,7 @@ def _layer_steps(source: ModelView, src: Layer, tgt: TargetLayer, role: Optional
     if len(src.weights) != len(tgt.weights):
         raise WeightportError(source.path, f"layer pair {src.name} -> {tgt.name}: {len(src.weights)} tensors in the source, {len(tgt.weights)} in the target",
                               "pair the layers differently with --map, or --skip the target layer")
-    th = (src.config or {}).get("dim_ordering") == "th"
-    return [_step(source.path, src, t, tgt, i, _rule(source.path, src, t, tt, role, options, th))
+    return [_step(source.path, src, t, tgt, i, _rule(source.path, src, t, tt, role, options))
             for i, (t, tt) in enumerate(zip(src.weights, tgt.weights, strict=True))]
 
 
@@ -207,11 +206,11 @@ def _keep_steps(tgt: TargetLayer, target_view: Optional[ModelView]) -> List[Step
 
 
 def _rule(file: str, src: Layer, tensor: Tensor, wanted: TargetTensor, role: Optional[HeadRole],
-          options: PlanOptions, th: bool) -> Tuple[str, Dict[str, Any]]:
+          options: PlanOptions) -> Tuple[str, Dict[str, Any]]:
     """The one rule that makes `wanted` exactly from `tensor`, or a refusal naming both."""
     have, want = tensor.shape, tuple(wanted.shape)
-    is_kernel = (tensor.role in (None, "kernel")) and len(have) >= 3 and (layer_class(src) or "").startswith("Conv")
-    if is_kernel and th:
+    is_kernel = is_conv_kernel(src, tensor)
+    if is_th_kernel(src, tensor):
         params = {"flip": options.flip_kernels}
         if RULES["kernel-from-th"].apply(np.empty(have, np.int8), params).shape == want:
             return "kernel-from-th", params

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from typing import Dict, List, Optional, Tuple
 
-from .head import HeadRole, layer_class
+from .head import HeadRole, is_th_kernel, layer_class
 from .target import Target, TargetLayer, TargetTensor, assign_k3_paths, k3_path_of, legacy_weight_name
 from .view import Layer, ModelView, Tensor
 
@@ -51,7 +51,7 @@ def _twin_shape(layer: Layer, tensor: Tensor, role: Optional[HeadRole]) -> Tuple
         return (1,) * role.rank + shape
     if role is not None and role.kind == "per-unit" and tensor.role == "alpha":
         return (1,) * role.rank + (shape[-1],)
-    if (layer.config or {}).get("dim_ordering") == "th" and len(shape) >= 3 and tensor.role in (None, "kernel"):
+    if is_th_kernel(layer, tensor):
         return shape[2:] + (shape[1], shape[0])
     return shape
 

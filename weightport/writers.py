@@ -116,15 +116,16 @@ def _structure(plan: Plan, layout: str, tmp: Path, out: Path, model_config: Opti
 
 
 def _full_model_attrs(plan: Plan, f: h5py.File, model_config: dict) -> None:
-    f.attrs["keras_version"] = _keras_version(plan)
-    f.attrs["backend"] = plan.target.backend or "tensorflow"
+    _version_attrs(plan, f)
     f.attrs["model_config"] = json.dumps(model_config).encode("utf-8")
 
 
-def _keras_version(plan: Plan) -> str:
-    """The Keras version the layout follows; never a Keras 1 one (its loaders would re-transpose)."""
+def _version_attrs(plan: Plan, group: h5py.Group) -> None:
+    """`keras_version` and `backend` as the legacy loaders read them. The version is never a
+    Keras 1 one: tf_keras would then re-transpose kernels that are already in today's layout."""
     version = plan.target.keras_version or ""
-    return version if version[:1] in ("2", "3") else "2"
+    group.attrs["keras_version"] = version if version[:1] in ("2", "3") else "2"
+    group.attrs["backend"] = plan.target.backend or "tensorflow"
 
 
 def _legacy(plan: Plan, f: h5py.Group) -> List[str]:
@@ -135,8 +136,7 @@ def _legacy(plan: Plan, f: h5py.Group) -> List[str]:
         entry = containers[step.target_layer]
         entries.setdefault(entry, []).append(step.target_name)
         places.append(f"{entry}/{step.target_name}")
-    f.attrs["keras_version"] = _keras_version(plan)
-    f.attrs["backend"] = plan.target.backend or "tensorflow"
+    _version_attrs(plan, f)
     _save_names(f, "layer_names", list(entries))
     for entry, names in entries.items():
         _save_names(f.require_group(entry), "weight_names", names)
@@ -194,6 +194,7 @@ def _fill(plan: Plan, offsets: List[Optional[int]], tmp: Path, views: Dict[str, 
           progress: Optional[Callable[[int, int], None]] = None) -> None:
     datasets = {(file, t.path): t.dataset for file, view in views.items() for t in view.tensors}
     sizes = [int(np.prod(s.target_shape, dtype=np.int64)) * np.dtype(s.target_dtype).itemsize for s in plan.steps]
+    total = sum(sizes)
     with _open_fds(views) as fds, open(tmp, "rb+") as out:
         for step, offset, size in zip(plan.steps, offsets, sizes, strict=True):
             view = views[step.source_file]
@@ -202,12 +203,12 @@ def _fill(plan: Plan, offsets: List[Optional[int]], tmp: Path, views: Dict[str, 
             source = (fds[location[0]], location[1]) if location else None
             dtype = np.dtype(step.target_dtype).newbyteorder("<")
             if offset is None:
-                if int(np.prod(step.target_shape, dtype=np.int64)):
+                if size:
                     raise RuntimeError(f"dataset for {step.target_name} was not allocated")
                 continue
             transfer(step.rule, step.params, dataset, source, out.fileno(), offset, dtype, step.source_file)
             if progress is not None:
-                progress(size, sum(sizes))
+                progress(size, total)
 
 
 @contextlib.contextmanager
