@@ -1,15 +1,20 @@
-"""Moving tensor bytes from a source file into the output, in bounded blocks.
+"""Moving tensor bytes from a source file into the output, through one small buffer.
 
 Keras writes every dataset contiguous and uncompressed, so a tensor is a run of bytes at a
 known offset, and every streamable rule is a set of row moves (`rules.Run`). Those moves are
-done on the raw bytes (`copy_file_range` where the kernel offers it), never holding more than
-`BLOCK_BYTES` at a time, whatever the model's size. Tensors that are not in place (chunked or
-compressed datasets, a compressed `.keras` member) and the in-memory rules (Keras 1 `th`
-kernels) are read through h5py and written whole.
+done on the raw bytes through one reusable `BLOCK_BYTES` buffer, whatever the model's size:
+plain `pread`/`pwrite`, because tensor offsets in the source and the output rarely agree modulo
+the page size, and there `copy_file_range` is measured slower than a copy through a buffer that
+stays in the CPU cache. While the bytes go in, the kernel is asked to start writing them to disk
+(`sync_file_range`, Linux), so the final fsync finds little left to do: the disk works while the
+copy goes on instead of after it. Tensors that are not in place (chunked or compressed datasets,
+a compressed `.keras` member) and the in-memory rules (Keras 1 `th` kernels) are read through
+h5py and written whole.
 """
 
 from __future__ import annotations
 
+import ctypes
 import os
 from typing import Optional, Tuple
 
@@ -21,10 +26,46 @@ from .hdf5 import damaged_hdf5
 from .rules import RULES, Run, rows_of
 from .view import ModelView
 
-__all__ = ["BLOCK_BYTES", "raw_location", "transfer"]
+__all__ = ["BLOCK_BYTES", "Output", "raw_location", "transfer"]
 
-BLOCK_BYTES = 16 << 20
-KERNEL_COPY_BYTES = 1 << 30
+BLOCK_BYTES = 1 << 20  # small enough to stay in the CPU cache between the read and the write
+WRITEBACK_BYTES = 32 << 20  # start the disk on what was written every this many bytes
+_SYNC_FILE_RANGE_WRITE = 2
+
+
+def _sync_file_range() -> Optional[ctypes._CFuncPtr]:
+    """libc's sync_file_range, or None where there is none (not Linux): then the fsync does it all."""
+    try:
+        function = ctypes.CDLL(None, use_errno=True).sync_file_range
+    except (AttributeError, OSError):
+        return None
+    function.argtypes = [ctypes.c_int, ctypes.c_int64, ctypes.c_int64, ctypes.c_uint]
+    return function
+
+
+class Output:
+    """The output file being filled: its descriptor, the one buffer every move goes through,
+    and the writeback started so far."""
+
+    def __init__(self, fd: int) -> None:
+        self.fd = fd
+        self.buffer = memoryview(bytearray(BLOCK_BYTES))
+        self._start_writeback = _sync_file_range()
+        self._pending: Optional[Tuple[int, int]] = None  # the byte range written since writeback was last started
+
+    def write(self, offset: int, data: np.ndarray) -> None:
+        """Write a contiguous array's bytes at `offset`; every `WRITEBACK_BYTES` or so, start
+        writeback of the range written since the last start."""
+        view = memoryview(data.reshape(-1).view(np.uint8))
+        low, high = self._pending or (offset, offset)
+        self._pending = min(low, offset), max(high, offset + len(view))
+        while view:
+            written = os.pwrite(self.fd, view, offset)
+            view, offset = view[written:], offset + written
+        low, high = self._pending
+        if high - low >= WRITEBACK_BYTES and self._start_writeback is not None:
+            self._start_writeback(self.fd, low, high - low, _SYNC_FILE_RANGE_WRITE)  # errors only cost speed
+            self._pending = None
 
 
 def raw_location(view: ModelView, dataset: h5py.Dataset) -> Optional[Tuple[str, int]]:
@@ -42,8 +83,8 @@ def raw_location(view: ModelView, dataset: h5py.Dataset) -> Optional[Tuple[str, 
 
 
 def transfer(rule_name: str, params: dict, dataset: h5py.Dataset, source: Optional[Tuple[int, int]],
-             out_fd: int, out_offset: int, out_dtype: np.dtype, source_file: str) -> None:
-    """Write the target tensor made by `rule_name` from `dataset` at `out_offset` of `out_fd`.
+             output: Output, out_offset: int, out_dtype: np.dtype, source_file: str) -> None:
+    """Write the target tensor made by `rule_name` from `dataset` at `out_offset` of `output`.
 
     `source` is (open fd, byte offset) when the dataset can be read in place, else None;
     `source_file` names the file in the error when h5py cannot read the tensor (a damaged
@@ -55,75 +96,71 @@ def transfer(rule_name: str, params: dict, dataset: h5py.Dataset, source: Option
     if rule.runs is None or source is None:
         with damaged_hdf5(source_file):
             values = dataset[()]
-        array = rule.apply(values, params)
-        _write_all(out_fd, out_offset, np.ascontiguousarray(array, dtype=out_dtype).tobytes())
+        output.write(out_offset, np.ascontiguousarray(rule.apply(values, params), dtype=out_dtype))
         return
-    row = rows_of(dataset.shape)[1]
-    mover = _Mover(source[0], source[1], dataset.dtype, out_fd, out_offset, out_dtype, row)
+    mover = _Mover(source[0], source[1], dataset.dtype, output, out_offset, out_dtype, rows_of(dataset.shape)[1])
     for run in rule.runs(tuple(dataset.shape), params):
         mover.move(run)
 
 
 class _Mover:
-    """Executes row runs between two raw byte regions, converting dtype when they differ."""
+    """Executes row runs between two raw byte regions, converting dtype when they differ.
+    Offsets are counted in elements; bytes only at the system calls."""
 
-    def __init__(self, src_fd: int, src_offset: int, src_dtype: np.dtype, dst_fd: int, dst_offset: int,
+    def __init__(self, src_fd: int, src_offset: int, src_dtype: np.dtype, output: Output, dst_offset: int,
                  dst_dtype: np.dtype, row: int) -> None:
         self.src_fd, self.src_offset, self.src_dtype = src_fd, src_offset, src_dtype
-        self.dst_fd, self.dst_offset, self.dst_dtype = dst_fd, dst_offset, dst_dtype
-        self.src_row, self.dst_row = row * src_dtype.itemsize, row * dst_dtype.itemsize
-        self.same = src_dtype == dst_dtype
-        self.max_rows = max(1, BLOCK_BYTES // max(self.src_row, self.dst_row))
+        self.output, self.dst_offset, self.dst_dtype = output, dst_offset, dst_dtype
+        self.row = row
+        self.block = len(output.buffer) // max(src_dtype.itemsize, dst_dtype.itemsize)  # elements per buffer
 
     def move(self, run: Run) -> None:
-        if run.src_stride == 1 and run.dst_stride == 1 and self.same:  # one byte range: the kernel copies it
-            _copy_range(self.src_fd, self.src_offset + run.src_row * self.src_row, self.dst_fd,
-                        self.dst_offset + run.dst_row * self.dst_row, run.count * self.src_row)
+        if run.src_stride == 1 and run.dst_stride == 1:
+            self._span(run.src_row * self.row, run.dst_row * self.row, run.count * self.row)
             return
-        for start in range(0, run.count, self.max_rows):
-            count = min(self.max_rows, run.count - start)
-            self._strided(run.src_row + start * run.src_stride, run.src_stride, run.dst_row + start * run.dst_stride, run.dst_stride, count)
+        rows = self.block // self.row
+        if rows == 0:  # rows longer than the buffer: each row is a span of its own
+            for k in range(run.count):
+                self._span((run.src_row + k * run.src_stride) * self.row, (run.dst_row + k * run.dst_stride) * self.row, self.row)
+            return
+        for start in range(0, run.count, rows):
+            self._rows(run.src_row + start * run.src_stride, run.src_stride, run.dst_row + start * run.dst_stride,
+                       run.dst_stride, min(rows, run.count - start))
 
-    def _strided(self, src: int, src_stride: int, dst: int, dst_stride: int, count: int) -> None:
+    def _span(self, src: int, dst: int, count: int) -> None:
+        """`count` consecutive elements, a buffer at a time."""
+        for start in range(0, count, self.block):
+            n = min(self.block, count - start)
+            self._fill(src + start, n)
+            self._write(dst + start, self._converted(n))
+
+    def _rows(self, src: int, src_stride: int, dst: int, dst_stride: int, count: int) -> None:
+        """`count` rows that fit in the buffer: gathered, then scattered (one call per side where contiguous)."""
+        row = self.row
         if src_stride == 1:
-            data = _read(self.src_fd, self.src_offset + src * self.src_row, count * self.src_row)
+            self._fill(src * row, count * row)
         else:
-            data = b"".join(_read(self.src_fd, self.src_offset + (src + k * src_stride) * self.src_row, self.src_row)
-                            for k in range(count))
-        if not self.same:
-            data = np.frombuffer(data, self.src_dtype).astype(self.dst_dtype).tobytes()
+            for k in range(count):
+                self._fill((src + k * src_stride) * row, row, at=k * row)
+        data = self._converted(count * row)
         if dst_stride == 1:
-            _write_all(self.dst_fd, self.dst_offset + dst * self.dst_row, data)
+            self._write(dst * row, data)
             return
-        view = memoryview(data)
         for k in range(count):
-            _write_all(self.dst_fd, self.dst_offset + (dst + k * dst_stride) * self.dst_row,
-                       view[k * self.dst_row:(k + 1) * self.dst_row])
+            self._write((dst + k * dst_stride) * row, data[k * row:(k + 1) * row])
 
+    def _fill(self, element: int, count: int, at: int = 0) -> None:
+        """Read `count` source elements, from element `element` on, into the buffer at element `at`."""
+        size = self.src_dtype.itemsize
+        target = self.output.buffer[at * size:(at + count) * size]
+        got = os.preadv(self.src_fd, [target], self.src_offset + element * size)
+        if got != len(target):
+            raise OSError(f"short read: {got} of {len(target)} bytes at offset {self.src_offset + element * size}")
 
-def _read(fd: int, offset: int, size: int) -> bytes:
-    data = os.pread(fd, size, offset)
-    if len(data) != size:
-        raise OSError(f"short read: {len(data)} of {size} bytes at offset {offset}")
-    return data
+    def _converted(self, count: int) -> np.ndarray:
+        """The buffer's first `count` elements in the output's dtype."""
+        values = np.frombuffer(self.output.buffer, self.src_dtype, count)
+        return values if self.src_dtype == self.dst_dtype else values.astype(self.dst_dtype)
 
-
-def _write_all(fd: int, offset: int, data) -> None:
-    view = memoryview(data)
-    while view:
-        written = os.pwrite(fd, view[:BLOCK_BYTES], offset)
-        view, offset = view[written:], offset + written
-
-
-def _copy_range(src_fd: int, src_offset: int, dst_fd: int, dst_offset: int, size: int) -> None:
-    """Copy bytes file to file in the kernel where possible (no user memory, so in large
-    requests), else through a buffer of at most `BLOCK_BYTES`."""
-    while size > 0:
-        try:
-            done = os.copy_file_range(src_fd, dst_fd, min(size, KERNEL_COPY_BYTES), src_offset, dst_offset)
-        except (AttributeError, OSError):
-            done = 0
-        if done <= 0:
-            done = min(size, BLOCK_BYTES)
-            _write_all(dst_fd, dst_offset, _read(src_fd, src_offset, done))
-        src_offset, dst_offset, size = src_offset + done, dst_offset + done, size - done
+    def _write(self, element: int, values: np.ndarray) -> None:
+        self.output.write(self.dst_offset + element * self.dst_dtype.itemsize, values)
