@@ -73,6 +73,9 @@ def _cmd_convert(args: argparse.Namespace) -> int:
 def _convert_single(args: argparse.Namespace, source: str, out: str) -> int:
     from pathlib import Path
 
+    from . import digests
+
+    digests.start(source)  # the provenance hash runs on the other core while numpy and h5py import
     from .api import convert
     from .progress import byte_progress
     from .report import plan_table, verification_table

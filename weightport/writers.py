@@ -10,12 +10,10 @@ provenance attributes; it is flushed, fsynced and renamed over the destination o
 from __future__ import annotations
 
 import contextlib
-import hashlib
 import json
 import os
 import time
 import zipfile
-from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Callable, Dict, Iterator, List, Optional
 
@@ -23,10 +21,11 @@ import h5py
 import numpy as np
 
 from ._version import __version__
+from . import digests
 from .atomic import atomic_output
 from .errors import WeightportError
 from .planner import Plan, Step
-from .transfer import raw_location, transfer
+from .transfer import Output, raw_location, transfer
 from .view import ModelView
 
 __all__ = ["output_layout", "write", "LAYOUTS"]
@@ -52,7 +51,8 @@ def write(plan: Plan, out: Path, views: Dict[str, ModelView], force: bool = Fals
     With `model_config` the output is a whole model: a `.keras` archive (config.json and
     model.weights.h5), or a legacy full-model `.h5` (`model_config`, `model_weights`).
     `progress(done, total)` is called with byte counts after each tensor; `check(path)` is
-    given the complete temporary file before it replaces `out`, and may refuse it by raising.
+    given the temporary file before it replaces `out` (an `.h5` as soon as every tensor is in
+    place, before the provenance attributes; a `.keras` archive whole), and may refuse it by raising.
     """
     layout = output_layout(out)
     _check_destination(out, views, force)
@@ -61,17 +61,20 @@ def write(plan: Plan, out: Path, views: Dict[str, ModelView], force: bool = Fals
                               "write *.weights.h5 or *.h5 instead, or convert from a file with a config")
     archive = layout == "keras-archive"
     source = views[plan.source]
-    with atomic_output(out, parts=2 if archive else 1) as paths, ThreadPoolExecutor(max_workers=1) as pool:
-        digest = pool.submit(sha256_of, source.data_file or plan.source)  # hashing overlaps the copy
+    hashed = source.data_file or plan.source
+    digests.start(hashed)  # on another core while the bytes are copied, if the caller has not started it
+    with atomic_output(out, parts=2 if archive else 1) as paths:
         weights = paths[-1]
         offsets = _structure(plan, "keras3" if archive else layout, weights, out, model_config if layout == "legacy" else None)
         _fill(plan, offsets, weights, views, progress)
-        _fsync(weights)  # the tensor bytes go to disk while the hash finishes
-        _provenance(plan, weights, digest.result())
+        _fsync(weights)  # the last tensor bytes go to disk
+        if check is not None and not archive:
+            check(weights)  # every tensor is in place: proved while the source's hash finishes
+        _provenance(plan, weights, digests.sha256(hashed))
         if archive:
             _archive(weights, paths[0], model_config, keras_version)
-        if check is not None:
-            check(paths[0])
+            if check is not None:
+                check(paths[0])  # the archive as Keras will open it
 
 
 def _fsync(path: Path) -> None:
@@ -196,6 +199,7 @@ def _fill(plan: Plan, offsets: List[Optional[int]], tmp: Path, views: Dict[str, 
     sizes = [int(np.prod(s.target_shape, dtype=np.int64)) * np.dtype(s.target_dtype).itemsize for s in plan.steps]
     total = sum(sizes)
     with _open_fds(views) as fds, open(tmp, "rb+") as out:
+        output = Output(out.fileno())
         for step, offset, size in zip(plan.steps, offsets, sizes, strict=True):
             view = views[step.source_file]
             dataset = datasets[(step.source_file, step.source_path)]
@@ -206,7 +210,7 @@ def _fill(plan: Plan, offsets: List[Optional[int]], tmp: Path, views: Dict[str, 
                 if size:
                     raise RuntimeError(f"dataset for {step.target_name} was not allocated")
                 continue
-            transfer(step.rule, step.params, dataset, source, out.fileno(), offset, dtype, step.source_file)
+            transfer(step.rule, step.params, dataset, source, output, offset, dtype, step.source_file)
             if progress is not None:
                 progress(size, total)
 
@@ -225,15 +229,6 @@ def _open_fds(views: Dict[str, ModelView]) -> Iterator[Dict[str, int]]:
 
 
 # --- provenance ---------------------------------------------------------------------------
-
-def sha256_of(path: str) -> str:
-    """The file's SHA-256, read in 4 MiB blocks (hashlib releases the GIL on each)."""
-    digest = hashlib.sha256()
-    with open(path, "rb") as fh:
-        for block in iter(lambda: fh.read(4 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
-
 
 def _provenance(plan: Plan, tmp: Path, source_sha256: str) -> None:
     """Record who wrote the file, from what, and by which rule each tensor was made."""

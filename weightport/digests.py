@@ -1,0 +1,83 @@
+"""SHA-256 of source files for the provenance attributes, started as soon as a file is named.
+
+Hashing is the longest single piece of a conversion: SHA-256 runs at ~1.4 GB/s on one core
+here, so a 553 MB VGG16 file takes ~0.4 s, longer than copying it. Started when the command
+line names the file (`start`), it runs on a second core while Python imports numpy and h5py,
+reads and plans, and the writer (`sha256`) finds it done or nearly. A started hash belongs to
+the file as it was (device, inode, size, mtime): if the file changed since, it is hashed again.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import stat
+import threading
+from typing import Dict, Tuple
+
+__all__ = ["start", "sha256"]
+
+BLOCK_BYTES = 1 << 20  # read into one buffer that stays in the CPU cache
+_Key = Tuple[str, int, int, int, int]
+_pending: Dict[_Key, "_Hash"] = {}
+_lock = threading.Lock()
+
+
+class _Hash:
+    """One file's SHA-256 computed in a daemon thread (a refused conversion exits without waiting)."""
+
+    def __init__(self, path: str) -> None:
+        self.done = threading.Event()
+        self.hexdigest = ""
+        self.error: OSError | None = None
+        threading.Thread(target=self._run, args=(path,), name="weightport-sha256", daemon=True).start()
+
+    def _run(self, path: str) -> None:
+        try:
+            self.hexdigest = _file_sha256(path)
+        except OSError as error:
+            self.error = error
+        finally:
+            self.done.set()
+
+    def result(self) -> str:
+        self.done.wait()
+        if self.error is not None:
+            raise self.error
+        return self.hexdigest
+
+
+def _file_sha256(path: str) -> str:
+    digest = hashlib.sha256()
+    buffer = bytearray(BLOCK_BYTES)
+    view = memoryview(buffer)
+    with open(path, "rb", buffering=0) as fh:
+        while count := fh.readinto(buffer):
+            digest.update(view[:count])  # hashlib releases the GIL on large updates
+    return digest.hexdigest()
+
+
+def _key(path: str, info: os.stat_result) -> _Key:
+    return os.path.realpath(path), info.st_dev, info.st_ino, info.st_size, info.st_mtime_ns
+
+
+def start(path: str) -> None:
+    """Begin hashing `path` in the background. Anything but a regular file (missing, a
+    directory, a pipe that would never end) is left alone, for the reader to report."""
+    try:
+        info = os.stat(path)
+    except OSError:
+        return
+    if not stat.S_ISREG(info.st_mode):
+        return
+    key = _key(path, info)
+    with _lock:
+        if key not in _pending:
+            _pending[key] = _Hash(path)
+
+
+def sha256(path: str) -> str:
+    """The hex SHA-256 of `path` as it is now: the started hash if the file is unchanged, else computed."""
+    with _lock:
+        pending = _pending.pop(_key(path, os.stat(path)), None)
+    return pending.result() if pending is not None else _file_sha256(path)
