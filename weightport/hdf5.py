@@ -19,7 +19,7 @@ import numpy as np
 
 from .errors import WeightportError
 
-__all__ = ["open_h5", "check_readable", "str_list_attr", "str_attr", "has_attr", "damaged_hdf5", "checked_tensor"]
+__all__ = ["open_h5", "check_readable", "str_list_attr", "str_attr", "has_attr", "damaged_hdf5", "checked_tensor", "read_rows"]
 
 _HDF5_SIGNATURE = b"\x89HDF\r\n\x1a\n"
 _HINT_DAMAGED = "the file may be truncated or damaged; save or download it again"
@@ -51,7 +51,9 @@ def open_h5(path: Union[str, Path], fileobj: Optional[IO[bytes]] = None) -> h5py
         if head != _HDF5_SIGNATURE and not h5py.is_hdf5(str(path)):
             raise WeightportError(path, "not an HDF5 file", "give a Keras weights file (.h5, .hdf5, .weights.h5) or a .keras archive")
     try:
-        return h5py.File(fileobj if fileobj is not None else str(path), "r")
+        # no chunk cache: weightport reads each chunk once, and a cache per open dataset would
+        # grow with the number of tensors (a view keeps them all open)
+        return h5py.File(fileobj if fileobj is not None else str(path), "r", rdcc_nbytes=0)
     except (OSError, ValueError) as exc:
         reason = str(exc).split("(")[-1].rstrip(")") if "(" in str(exc) else str(exc)
         raise WeightportError(path, f"damaged HDF5 file, cannot be opened ({reason})", "the file may be truncated; save or download it again") from None
@@ -166,3 +168,20 @@ def _dtype_name(dtype: np.dtype) -> str:
     if dtype.kind in ("S", "U") or h5py.check_string_dtype(dtype):
         return "string"
     return "object" if dtype.kind == "O" else str(dtype)
+
+
+def read_rows(dataset: h5py.Dataset, rows: np.ndarray) -> np.ndarray:
+    """The given distinct rows (slices along the last axis) of a dataset seen as rows, in the
+    order given, read in one call: the rows as hyperslabs (consecutive ones as one, within the
+    last leading axis), joined, which HDF5 reads in file order."""
+    lead, width = dataset.shape[:-1], dataset.shape[-1]
+    ordered = np.sort(np.asarray(rows, dtype=np.int64))
+    space = dataset.id.get_space()
+    if lead:
+        breaks = np.flatnonzero((np.diff(ordered) != 1) | (ordered[1:] % lead[-1] == 0)) + 1
+        for k, run in enumerate(np.split(ordered, breaks)):  # the first SET, so one block stays a regular selection
+            start = tuple(int(i) for i in np.unravel_index(int(run[0]), lead)) + (0,)
+            space.select_hyperslab(start, (1,) * (len(lead) - 1) + (len(run), width), op=h5py.h5s.SELECT_OR if k else h5py.h5s.SELECT_SET)
+    in_file_order = np.empty((len(ordered), width), dataset.dtype)
+    dataset.id.read(h5py.h5s.create_simple(in_file_order.shape), space, in_file_order)
+    return in_file_order[np.argsort(np.argsort(rows))]

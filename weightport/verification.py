@@ -18,7 +18,7 @@ from typing import Any, Dict, List, Tuple
 import h5py
 import numpy as np
 
-from .hdf5 import damaged_hdf5
+from .hdf5 import damaged_hdf5, read_rows
 from .planner import Plan, Step
 from .rules import canonical_order
 from .view import ModelView
@@ -168,25 +168,11 @@ def _check_rows(step: Step, source: h5py.Dataset, target: h5py.Dataset, dtype: n
     per_read = max(1, BLOCK_BYTES // (8 * target.shape[-1]))  # rows whose float64 copies fit a block
     worst, scale = 0.0, 0.0
     for start in range(0, len(picked), per_read):
-        want = _rows(source, src_index[start:start + per_read]).astype(dtype).astype("float64")
-        got = _rows(target, tgt_index[start:start + per_read]).astype("float64")
+        want = read_rows(source, src_index[start:start + per_read]).astype(dtype).astype("float64")
+        got = read_rows(target, tgt_index[start:start + per_read]).astype("float64")
         worst, scale = max(worst, _max_diff(got, want)), max(scale, _scale(want))
     name = f"{'dense on window (' + src_order + ') vs conv' if step.rule != 'copy' else 'values equal'}, {len(picked)} of {rows} rows sampled"
     return name, worst, _relative(worst, scale)
-
-
-def _rows(dataset: h5py.Dataset, rows: np.ndarray) -> np.ndarray:
-    """The given distinct rows (slices along the last axis) of a dataset seen as rows, in the
-    order given, read in one call: one hyperslab per row, joined, which HDF5 reads in file order."""
-    lead, width = dataset.shape[:-1], dataset.shape[-1]
-    space = dataset.id.get_space()
-    space.select_none()
-    for row in np.sort(rows):
-        start = tuple(int(i) for i in np.unravel_index(int(row), lead)) + (0,)
-        space.select_hyperslab(start, (1,) * len(lead) + (width,), op=h5py.h5s.SELECT_OR)
-    in_file_order = np.empty((len(rows), width), dataset.dtype)
-    dataset.id.read(h5py.h5s.create_simple(in_file_order.shape), space, in_file_order)
-    return in_file_order[np.argsort(np.argsort(rows))]
 
 
 def _compare_values(source: h5py.Dataset, target: h5py.Dataset, dtype: np.dtype) -> Tuple[float, float]:
