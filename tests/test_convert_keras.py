@@ -158,6 +158,23 @@ def test_fcn_twin_reproduces_the_classifier(name: str, writer: str, tmp_path: Pa
 
 
 @pytest.mark.parametrize("writer", sorted(KERAS))
+def test_compressed_outputs_load_and_reproduce(writer: str, tmp_path: Path) -> None:
+    """`compression`: gzip and lzf outputs, both layouts, load into both Keras lines as they are."""
+    case = CASES["chw"]
+    _, source, full, _ = _saved("chw", writer, 13, tmp_path)
+    x = np.random.default_rng(4).normal(size=(3,) + case.input_shape).astype("float32")
+    want = _outputs(source, x)
+    outputs = [tmp_path / "gzip.weights.h5", tmp_path / "lzf.h5"]
+    for out, compression in zip(outputs, ("gzip=9", "lzf")):
+        weightport.convert(full, out, compression=compression)
+    for reader in KERAS.values():
+        for out in outputs:
+            fcn = case.fcn(reader)
+            fcn.load_weights(str(out))
+            _close(_outputs(fcn, x), want, case.rtol)
+
+
+@pytest.mark.parametrize("writer", sorted(KERAS))
 def test_global_pooling_head_per_location(writer: str, tmp_path: Path) -> None:
     """Conv 1x1 before the pooling gives a class map whose every location is the Dense
     applied to that location's features."""

@@ -83,7 +83,7 @@ def convert(source: PathLike, out: PathLike, target: Optional[PathLike] = None, 
             full_model: bool = False, config: Optional[PathLike] = None, flatten: Optional[Sequence[int]] = None,
             source_order: Optional[str] = None, flip_kernels: bool = False, maps: Optional[Dict[str, str]] = None,
             skips: Optional[List[str]] = None, progress: Optional[Callable[[int, int], None]] = None,
-            verify: bool = True) -> Plan:
+            verify: bool = True, compression: Optional[str] = None) -> Plan:
     """Plan, write and (by default) verify the conversion to `out`.
 
     `out`'s name picks the format: `.weights.h5` (Keras 3 layout), `.h5`/`.hdf5` (legacy
@@ -92,6 +92,8 @@ def convert(source: PathLike, out: PathLike, target: Optional[PathLike] = None, 
     for `plan`; `force` replaces an existing `out`; `progress(done, total)` is called with byte
     counts as tensors are written. With `verify` the file is checked with numpy before it takes
     `out`'s place (`plan.verification` holds the result; a failure raises `VerificationFailed`).
+    `compression` ("gzip", "gzip=LEVEL" with LEVEL 0-9, or "lzf") stores the tensors chunked and
+    compressed (smaller, slower to write); by default they are contiguous, as Keras writes them.
     The output is written atomically: `out` is either left as it was or replaced by a complete,
     checked file.
 
@@ -111,7 +113,7 @@ def convert(source: PathLike, out: PathLike, target: Optional[PathLike] = None, 
                 raise VerificationFailed(built.verification)
 
         write(built, Path(out), views, force=force, model_config=model_config, keras_version=views[str(source)].keras_version,
-              progress=progress, check=check if verify else None)
+              progress=progress, check=check if verify else None, compression=compression)
         return built
 
 

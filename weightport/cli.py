@@ -37,6 +37,16 @@ def _window(text: str) -> List[int]:
     return dims
 
 
+def _compression(text: str) -> str:
+    from .writers import compression_filter
+
+    try:
+        compression_filter(text)
+    except WeightportError as exc:
+        raise argparse.ArgumentTypeError(f"{exc.problem}; {exc.hint}") from None
+    return text
+
+
 def _pair(text: str) -> Tuple[str, str]:
     src, sep, dst = text.partition("=")
     if not sep or not src or not dst:
@@ -86,7 +96,7 @@ def _convert_single(args: argparse.Namespace, source: str, out: str) -> int:
     try:
         with byte_progress(enabled=not args.quiet, label=Path(out).name) as progress:
             built = convert(source, out, args.target, force=args.force, full_model=args.full_model, progress=progress,
-                            verify=not args.no_verify, **_plan_options(args))
+                            verify=not args.no_verify, compression=args.compression, **_plan_options(args))
     except VerificationFailed as failed:
         print(verification_table(failed.result))
         print(f"weightport: {out} not written: what was converted did not pass verification", file=sys.stderr)
@@ -106,7 +116,7 @@ def _convert_many(args: argparse.Namespace, out_dir) -> int:
     if not out_dir.is_dir():
         raise WeightportError(out_dir, "no such folder", "create the output folder first")
     jobs = [Job(source, out_path(source, out_dir)) for source in args.source]
-    options = dict(target=args.target, force=args.force, full_model=args.full_model, **_plan_options(args))
+    options = dict(target=args.target, force=args.force, full_model=args.full_model, compression=args.compression, **_plan_options(args))
     with file_progress(len(jobs), enabled=not args.quiet) as tick:
         def report(outcome) -> None:
             if outcome.status or not args.quiet:
@@ -180,6 +190,8 @@ def build_parser() -> argparse.ArgumentParser:
     convert.add_argument("--force", action="store_true", help="replace OUT if it exists")
     convert.add_argument("--full-model", action="store_true", help="with a .h5 OUT: write a whole legacy model (the twin's model_config and its weights)")
     convert.add_argument("--no-verify", action="store_true", help="skip the numpy check of what was written")
+    convert.add_argument("--compression", metavar="gzip[=LEVEL]|lzf", type=_compression,
+                         help="store the tensors chunked and compressed (smaller, slower to write); default: contiguous and uncompressed, as Keras writes them")
     convert.set_defaults(run=_cmd_convert)
 
     verify = commands.add_parser("verify", help="prove numerically that OUT is SRC converted (exit 0 ok, 1 not, 2 bad input)")

@@ -10,23 +10,27 @@ stays in the CPU cache. While the bytes go in, the kernel is asked to start writ
 copy goes on instead of after it. Tensors that are not in place (chunked or compressed datasets,
 a compressed `.keras` member) and the in-memory rules (Keras 1 `th` kernels) are read through
 h5py and written whole.
+
+A compressed output (`--compression`) cannot take raw bytes: `write_pieces` fills its chunked
+datasets through h5py instead, a piece of whole target rows at a time (about `BLOCK_BYTES`),
+each piece gathered from the source rows the rule maps it from.
 """
 
 from __future__ import annotations
 
 import ctypes
 import os
-from typing import Optional, Tuple
+from typing import Iterator, List, Optional, Tuple
 
 import h5py
 import numpy as np
 
 from .errors import WeightportError
-from .hdf5 import damaged_hdf5
+from .hdf5 import damaged_hdf5, read_rows
 from .rules import RULES, Run, rows_of
 from .view import ModelView
 
-__all__ = ["BLOCK_BYTES", "Output", "raw_location", "transfer"]
+__all__ = ["BLOCK_BYTES", "Output", "piece_shape", "raw_location", "transfer", "write_pieces"]
 
 BLOCK_BYTES = 1 << 20  # small enough to stay in the CPU cache between the read and the write
 WRITEBACK_BYTES = 32 << 20  # start the disk on what was written every this many bytes
@@ -164,3 +168,60 @@ class _Mover:
 
     def _write(self, element: int, values: np.ndarray) -> None:
         self.output.write(self.dst_offset + element * self.dst_dtype.itemsize, values)
+
+
+def write_pieces(rule_name: str, params: dict, dataset: h5py.Dataset, target: h5py.Dataset, source_file: str) -> None:
+    """Write the target tensor made by `rule_name` from `dataset` into the h5py dataset `target`
+    (chunked, compressed), a piece of whole rows at a time. Vectors, scalars and the in-memory
+    rules are written whole."""
+    rule = RULES[rule_name]
+    if dataset.size == 0:
+        return
+    if rule.runs is None or target.ndim < 2:
+        with damaged_hdf5(source_file):
+            values = dataset[()]
+        target[()] = np.asarray(rule.apply(values, params), dtype=target.dtype)
+        return
+    source_rows = _source_rows(rule.runs(tuple(dataset.shape), params), rows_of(target.shape)[0])
+    for index, first, count in _pieces(target.shape, target.dtype.itemsize):
+        with damaged_hdf5(source_file):
+            values = read_rows(dataset, source_rows[first:first + count])
+        target[index] = values.astype(target.dtype).reshape((-1,) + target.shape[len(index):])
+
+
+def _source_rows(runs: List[Run], rows: int) -> np.ndarray:
+    """For every target row, the source row it comes from."""
+    mapping = np.empty(rows, np.int64)
+    for run in runs:
+        mapping[run.dst_row:run.dst_row + run.count * run.dst_stride:run.dst_stride] = run.src_row + run.src_stride * np.arange(run.count)
+    return mapping
+
+
+def _layout(shape: Tuple[int, ...], itemsize: int) -> Tuple[int, int, int]:
+    """How a tensor (at least 2-D) seen as rows is cut into pieces of about `BLOCK_BYTES`, or one
+    row where a row is bigger: (the axis a piece ranges over, the rows under one index of that
+    axis, how many of its indices a piece takes); the axes before it are fixed in a piece."""
+    lead = shape[:-1]
+    wanted = max(1, BLOCK_BYTES // max(1, shape[-1] * itemsize))  # rows per piece
+    axis = next(k for k in range(len(lead)) if int(np.prod(lead[k + 1:], dtype=np.int64)) <= wanted)
+    inner = int(np.prod(lead[axis + 1:], dtype=np.int64))
+    return axis, inner, max(1, wanted // inner)
+
+
+def piece_shape(shape: Tuple[int, ...], itemsize: int) -> Tuple[int, ...]:
+    """The shape of a full piece: the chunk shape of a compressed output dataset, so that every
+    piece is written as whole chunks (never read back, decompressed and compressed again)."""
+    axis, _, step = _layout(shape, itemsize)
+    return (1,) * axis + (min(step, shape[axis]),) + tuple(shape[axis + 1:])
+
+
+def _pieces(shape: Tuple[int, ...], itemsize: int) -> Iterator[Tuple[tuple, int, int]]:
+    """The pieces of a tensor seen as rows, each consecutive whole rows: (index into the tensor,
+    first row, number of rows)."""
+    lead = shape[:-1]
+    axis, inner, step = _layout(shape, itemsize)
+    for prefix in np.ndindex(*lead[:axis]):
+        base = (int(np.ravel_multi_index(prefix, lead[:axis])) if prefix else 0) * lead[axis] * inner
+        for start in range(0, lead[axis], step):
+            stop = min(lead[axis], start + step)
+            yield prefix + (slice(start, stop),), base + start * inner, (stop - start) * inner

@@ -15,7 +15,7 @@ import os
 import time
 import zipfile
 from pathlib import Path
-from typing import Callable, Dict, Iterator, List, Optional
+from typing import Callable, Dict, Iterator, List, Optional, Tuple
 
 import h5py
 import numpy as np
@@ -25,10 +25,10 @@ from . import digests
 from .atomic import atomic_output
 from .errors import WeightportError
 from .planner import Plan, Step
-from .transfer import Output, raw_location, transfer
+from .transfer import Output, piece_shape, raw_location, transfer, write_pieces
 from .view import ModelView
 
-__all__ = ["output_layout", "write", "LAYOUTS"]
+__all__ = ["output_layout", "write", "compression_filter", "LAYOUTS", "COMPRESSIONS"]
 
 LAYOUTS = {".weights.h5": "keras3", ".keras": "keras-archive", ".h5": "legacy", ".hdf5": "legacy"}
 HEADER_LIMIT = 64512  # Keras's HDF5_OBJECT_HEADER_LIMIT for one attribute
@@ -45,7 +45,7 @@ def output_layout(out: Path) -> str:
 
 def write(plan: Plan, out: Path, views: Dict[str, ModelView], force: bool = False, model_config: Optional[dict] = None,
           keras_version: Optional[str] = None, progress: Optional[Callable[[int, int], None]] = None,
-          check: Optional[Callable[[Path], None]] = None) -> None:
+          check: Optional[Callable[[Path], None]] = None, compression: Optional[str] = None) -> None:
     """Write `plan` to `out`; `views` maps each file named by the steps to its open view.
 
     With `model_config` the output is a whole model: a `.keras` archive (config.json and
@@ -53,8 +53,11 @@ def write(plan: Plan, out: Path, views: Dict[str, ModelView], force: bool = Fals
     `progress(done, total)` is called with byte counts after each tensor; `check(path)` is
     given the temporary file before it replaces `out` (an `.h5` as soon as every tensor is in
     place, before the provenance attributes; a `.keras` archive whole), and may refuse it by raising.
+    `compression` ("gzip", "gzip=LEVEL", "lzf") stores the tensors chunked and compressed, where
+    Keras itself writes them contiguous and uncompressed.
     """
     layout = output_layout(out)
+    filters = compression_filter(compression)
     _check_destination(out, views, force)
     if layout == "keras-archive" and model_config is None:
         raise WeightportError(out, "a .keras output needs the twin's model config, and there is none",
@@ -65,8 +68,11 @@ def write(plan: Plan, out: Path, views: Dict[str, ModelView], force: bool = Fals
     digests.start(hashed)  # on another core while the bytes are copied, if the caller has not started it
     with atomic_output(out, parts=2 if archive else 1) as paths:
         weights = paths[-1]
-        offsets = _structure(plan, "keras3" if archive else layout, weights, out, model_config if layout == "legacy" else None)
-        _fill(plan, offsets, weights, views, progress)
+        places, offsets = _structure(plan, "keras3" if archive else layout, weights, out, model_config if layout == "legacy" else None, filters)
+        if filters:
+            _fill_pieces(plan, places, weights, views, progress)
+        else:
+            _fill(plan, offsets, weights, views, progress)
         _fsync(weights)  # the last tensor bytes go to disk
         if check is not None and not archive:
             check(weights)  # every tensor is in place: proved while the source's hash finishes
@@ -75,6 +81,19 @@ def write(plan: Plan, out: Path, views: Dict[str, ModelView], force: bool = Fals
             _archive(weights, paths[0], model_config, keras_version)
             if check is not None:
                 check(paths[0])  # the archive as Keras will open it
+
+
+COMPRESSIONS = ("gzip", "lzf")
+
+
+def compression_filter(text: Optional[str]) -> Optional[Tuple[str, Optional[int]]]:
+    """("gzip", level) or ("lzf", None) from "gzip", "gzip=LEVEL" (0-9) or "lzf"; None for None."""
+    if text is None:
+        return None
+    name, sep, level = text.partition("=")
+    if name not in COMPRESSIONS or (sep and (name != "gzip" or not level.isdigit() or int(level) > 9)):
+        raise WeightportError(None, f"unknown compression '{text}'", "give gzip, gzip=LEVEL (0-9) or lzf")
+    return name, int(level) if sep else None
 
 
 def _fsync(path: Path) -> None:
@@ -105,17 +124,19 @@ def _check_destination(out: Path, views: Dict[str, ModelView], force: bool) -> N
 
 # --- structure ----------------------------------------------------------------------------
 
-def _structure(plan: Plan, layout: str, tmp: Path, out: Path, model_config: Optional[dict] = None) -> List[Optional[int]]:
-    """Create every group, attribute and (allocated, empty) dataset; return data offsets.
-    A legacy file with `model_config` is a whole model: weights under `model_weights`."""
+def _structure(plan: Plan, layout: str, tmp: Path, out: Path, model_config: Optional[dict] = None,
+               filters: Optional[Tuple[str, Optional[int]]] = None) -> Tuple[List[str], List[Optional[int]]]:
+    """Create every group, attribute and (allocated, empty) dataset; return the datasets' paths
+    and data offsets (None for chunked ones). A legacy file with `model_config` is a whole
+    model: weights under `model_weights`."""
     with h5py.File(tmp, "w") as f:
         if layout == "legacy" and model_config is not None:
             _full_model_attrs(plan, f, model_config)
             places = [f"model_weights/{place}" for place in _legacy(plan, f.create_group("model_weights"))]
         else:
             places = _legacy(plan, f) if layout == "legacy" else _keras3(plan, f, out)
-        datasets = [_dataset(f, place, step) for place, step in zip(places, plan.steps, strict=True)]
-        return [ds.id.get_offset() for ds in datasets]
+        datasets = [_dataset(f, place, step, filters) for place, step in zip(places, plan.steps, strict=True)]
+        return places, [ds.id.get_offset() for ds in datasets]
 
 
 def _full_model_attrs(plan: Plan, f: h5py.File, model_config: dict) -> None:
@@ -177,26 +198,52 @@ def _save_names(group: h5py.Group, name: str, values: List[str]) -> None:
         group.attrs[f"{name}{i}"] = chunk
 
 
-def _dataset(f: h5py.File, place: str, step: Step) -> h5py.Dataset:
-    """A contiguous dataset with its space allocated now and no fill, for raw writes later."""
+def _dataset(f: h5py.File, place: str, step: Step, filters: Optional[Tuple[str, Optional[int]]] = None) -> h5py.Dataset:
+    """A contiguous dataset with its space allocated now and no fill, for raw writes later; with
+    `filters`, a chunked one compressed with them (byte-shuffled first: float bytes compress
+    better grouped by significance), filled through h5py. Scalars and empty tensors stay contiguous."""
     parent, _, name = place.rpartition("/")
     group = f.require_group(parent) if parent else f
     dtype = np.dtype(step.target_dtype).newbyteorder("<")
-    space = h5py.h5s.create_simple(tuple(step.target_shape)) if step.target_shape else h5py.h5s.create(h5py.h5s.SCALAR)
+    if name in group:
+        raise WeightportError(None, f"two target tensors share the path {place}", "the target has duplicate weight names")
+    shape = tuple(step.target_shape)
+    if filters and shape and min(shape) > 0:
+        chunks = piece_shape(shape, dtype.itemsize) if len(shape) > 1 else True
+        return group.create_dataset(name, shape=shape, dtype=dtype, chunks=chunks, shuffle=True, compression=filters[0], compression_opts=filters[1])
+    space = h5py.h5s.create_simple(shape) if shape else h5py.h5s.create(h5py.h5s.SCALAR)
     dcpl = h5py.h5p.create(h5py.h5p.DATASET_CREATE)
     dcpl.set_alloc_time(h5py.h5d.ALLOC_TIME_EARLY)
     dcpl.set_fill_time(h5py.h5d.FILL_TIME_NEVER)
-    if name in group:
-        raise WeightportError(None, f"two target tensors share the path {place}", "the target has duplicate weight names")
     return h5py.Dataset(h5py.h5d.create(group.id, name.encode("utf-8"), h5py.h5t.py_create(dtype, logical=True), space, dcpl=dcpl))
 
 
 # --- data ---------------------------------------------------------------------------------
 
+def _source_datasets(views: Dict[str, ModelView]) -> Dict[Tuple[str, str], h5py.Dataset]:
+    return {(file, t.path): t.dataset for file, view in views.items() for t in view.tensors}
+
+
+def _sizes(plan: Plan) -> List[int]:
+    """Every target tensor's size in bytes, for the progress bar."""
+    return [int(np.prod(s.target_shape, dtype=np.int64)) * np.dtype(s.target_dtype).itemsize for s in plan.steps]
+
+
+def _fill_pieces(plan: Plan, places: List[str], tmp: Path, views: Dict[str, ModelView],
+                 progress: Optional[Callable[[int, int], None]] = None) -> None:
+    """Fill chunked (compressed) datasets through h5py, a piece at a time."""
+    datasets, sizes = _source_datasets(views), _sizes(plan)
+    total = sum(sizes)
+    with h5py.File(tmp, "r+") as f:
+        for step, place, size in zip(plan.steps, places, sizes, strict=True):
+            write_pieces(step.rule, step.params, datasets[(step.source_file, step.source_path)], f[place], step.source_file)
+            if progress is not None:
+                progress(size, total)
+
+
 def _fill(plan: Plan, offsets: List[Optional[int]], tmp: Path, views: Dict[str, ModelView],
           progress: Optional[Callable[[int, int], None]] = None) -> None:
-    datasets = {(file, t.path): t.dataset for file, view in views.items() for t in view.tensors}
-    sizes = [int(np.prod(s.target_shape, dtype=np.int64)) * np.dtype(s.target_dtype).itemsize for s in plan.steps]
+    datasets, sizes = _source_datasets(views), _sizes(plan)
     total = sum(sizes)
     with _open_fds(views) as fds, open(tmp, "rb+") as out:
         output = Output(out.fileno())
