@@ -4,7 +4,8 @@ What is measured, each command as its own child process, wall time and peak RSS:
 
 - `weightport convert` of a VGG16-shaped classifier (138,357,544 float32 values, ~553 MB) into its
   fully-convolutional twin: legacy tf_keras `.h5` source to a legacy `.h5` and to a Keras 3
-  `.weights.h5` output, each with and without the numpy verification, and a `.keras` source;
+  `.weights.h5` output, each with and without the numpy verification, a `.keras` source, and
+  `--compression lzf` / `gzip` outputs (the "output MB" column shows what they save);
 - the floors, for the same source file: `cp` (the bytes on this disk); `cp` followed by
   `sync FILE` (an fsync), because weightport fsyncs its output before renaming it into place and
   `cp` does not; and a SHA-256 of the file in Python (hashlib, OpenSSL), because the output
@@ -66,6 +67,7 @@ class Command:
     vs_keras: bool = False  # a VGG16 conversion, compared with the Keras route
     seconds: list[float] = field(default_factory=list)
     rss_kib: list[int] = field(default_factory=list)
+    output_bytes: int = 0  # the size of what it wrote, last run
 
     @property
     def median(self) -> float:
@@ -155,6 +157,9 @@ def vgg_rows(cache: Path, out: Path, skip_keras: bool) -> list[Command]:
         rows += [convert_row(f"convert vgg16_weights.h5 -> .h5 ({mode})", legacy, out / "fcn.h5", flat, verify, floor, True),
                  convert_row(f"convert vgg16_weights.h5 -> .weights.h5 ({mode})", legacy, out / "fcn.weights.h5", flat, verify, floor, True)]
     rows.append(convert_row("convert vgg16.keras -> .weights.h5 (no-verify)", keras_file, out / "fcn_k.weights.h5", [], False, floor, True))
+    for compression in ("lzf", "gzip"):
+        rows.append(convert_row(f"convert vgg16_weights.h5 -> .h5 (--compression {compression})", legacy, out / f"fcn_{compression}.h5",
+                                flat + ["--compression", compression], True, floor, False))
     rows += floor_rows(legacy, out, "vgg16_weights.h5")
     if not skip_keras:
         route = [sys.executable, str(HERE / "keras_route.py"), str(cache / "vgg16.weights.h5"), str(out / "keras_fcn.weights.h5")]
@@ -185,6 +190,7 @@ def run_once(command: Command, env: dict[str, str]) -> tuple[float, int]:
             raise SystemExit(f"{command.label} failed ({code}):\n{stderr.read().decode(errors='replace')[-2000:]}")
         rss = int(report.read().split()[-1]) if GNU_TIME.exists() else usage.ru_maxrss
     if command.output is not None:
+        command.output_bytes = command.output.stat().st_size if command.output.exists() else 0
         command.output.unlink(missing_ok=True)
     os.sync()
     return seconds, rss
@@ -205,7 +211,7 @@ def measure(commands: list[Command], repeat: int, env: dict[str, str]) -> None:
 
 # --- reporting ----------------------------------------------------------------------------
 
-HEADER = ["command", "median s", "min s", "max s", "time / cp", "time / floor", "Keras / time", "peak RSS MiB"]
+HEADER = ["command", "median s", "min s", "max s", "time / cp", "time / floor", "Keras / time", "peak RSS MiB", "output MB"]
 
 
 def table_rows(commands: list[Command]) -> list[list[str]]:
@@ -216,7 +222,8 @@ def table_rows(commands: list[Command]) -> list[list[str]]:
         cp, floor = floors(by_label, c.source) if c.source else (0.0, 0.0)
         vs_cp, vs_floor = (f"{c.median / cp:.2f}x", f"{c.median / floor:.2f}x") if c.source else ("", "")
         vs_keras = f"{keras.median / c.median:.1f}x" if keras and c.vs_keras else ""
-        rows.append([c.label, f"{c.median:.3f}", f"{min(c.seconds):.3f}", f"{max(c.seconds):.3f}", vs_cp, vs_floor, vs_keras, f"{c.peak_mib:.1f}"])
+        size = f"{c.output_bytes / 1e6:.1f}" if c.output_bytes else ""
+        rows.append([c.label, f"{c.median:.3f}", f"{min(c.seconds):.3f}", f"{max(c.seconds):.3f}", vs_cp, vs_floor, vs_keras, f"{c.peak_mib:.1f}", size])
     return rows
 
 
