@@ -82,3 +82,25 @@ def test_missing_sidecar_config_names_the_config(tmp_path: Path) -> None:
 def test_usage_error_exits_2() -> None:
     result = run_cli("inspect")
     assert result.returncode == 2 and "usage:" in result.stderr
+
+
+def test_help_and_version_exit_0() -> None:
+    assert run_cli("--help").returncode == 0
+    version = run_cli("--version")
+    assert version.returncode == 0 and version.stdout.startswith("weightport ")
+
+
+def test_reader_going_away_is_not_an_error() -> None:
+    """`weightport inspect FILE --json | true`: the reader is gone before anything is written;
+    no traceback, status 0."""
+    import os
+    import subprocess
+    import sys
+
+    from conftest import FIXTURES, ROOT
+
+    child = subprocess.Popen([sys.executable, "-m", "weightport", "inspect", str(FIXTURES / "seq__k3.keras"), "--json"],
+                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, cwd=ROOT, env=dict(os.environ, PYTHONPATH=str(ROOT)))
+    child.stdout.close()
+    assert child.wait(timeout=120) == 0
+    assert b"Traceback" not in child.stderr.read()
