@@ -52,7 +52,8 @@ def test_writeback_is_started_on_the_output(monkeypatch, tmp_path: Path) -> None
     monkeypatch.setattr(transfer, "_sync_file_range", spy)
     monkeypatch.setattr(transfer, "WRITEBACK_BYTES", 1)
     weightport.convert(FIXTURES / "seq__k3.keras", tmp_path / "out.h5")
-    assert calls and all(flags == transfer._SYNC_FILE_RANGE_WRITE and size > 0 for _, offset, size, flags in calls)
+    assert calls and all(flags == transfer._SYNC_FILE_RANGE_WRITE and size > 0 for _, _, size, flags in calls)
+    assert all(offset % 4096 == 0 and size % 4096 == 0 for _, offset, size, _ in calls)  # whole pages only
     assert len({fd for fd, *_ in calls}) == 1
 
 
@@ -64,10 +65,16 @@ CASES = [  # (rule, params, source shape, target shape)
     ("dense-to-conv", {"window": [2, 3], "order": "chw"}, (24, 5), (2, 3, 4, 5)),
     ("conv-to-dense", {"order": "chw"}, (2, 3, 4, 5), (24, 5)),
     ("kernel-flip", {}, (2, 3, 4, 5), (2, 3, 4, 5)),
+    ("reshape-singleton", {"shape": [6, 1, 1]}, (6,), (6, 1, 1)),  # the row length changes (channels-first alpha)
+    ("reshape-singleton", {"shape": [1, 6]}, (6, 1), (1, 6)),
+    ("reshape-singleton", {"shape": [1, 1]}, (), (1, 1)),
 ]
 
 
-@pytest.mark.parametrize("rule, params, shape, target", CASES, ids=[f"{c[0]}-{c[1].get('order', '')}" for c in CASES])
+IDS = [f"{c[0]}-{c[1].get('order', '')}-{'x'.join(map(str, c[2]))}" for c in CASES]
+
+
+@pytest.mark.parametrize("rule, params, shape, target", CASES, ids=IDS)
 @pytest.mark.parametrize("src_dtype", ["<f4", ">f4", "<f2"])
 @pytest.mark.parametrize("block", [8, 24, 64, 1 << 20])
 def test_raw_moves_give_what_the_rule_gives(monkeypatch, tmp_path: Path, rule, params, shape, target, src_dtype, block) -> None:
@@ -110,7 +117,7 @@ def test_any_run_strides(monkeypatch, tmp_path: Path, block) -> None:
     with open(tmp_path / "src.bin", "rb") as src, open(tmp_path / "out.bin", "wb+") as out:
         out.write(np.full_like(source, np.nan).tobytes())
         out.flush()
-        mover = transfer._Mover(src.fileno(), 0, source.dtype, transfer.Output(out.fileno()), 0, source.dtype, 3)
+        mover = transfer._Mover(src.fileno(), 0, source.dtype, transfer.Output(out.fileno()), 0, source.dtype, 3, "src.bin")
         for run in runs:
             mover.move(run)
         out.seek(0)
@@ -118,12 +125,13 @@ def test_any_run_strides(monkeypatch, tmp_path: Path, block) -> None:
         np.testing.assert_array_equal(np.frombuffer(out.read(), "<f4").reshape(12, 3), expected)
 
 
-@pytest.mark.parametrize("rule, params, shape, target", CASES, ids=[f"{c[0]}-{c[1].get('order', '')}" for c in CASES])
-@pytest.mark.parametrize("block", [8, 24, 1 << 20])
+@pytest.mark.parametrize("rule, params, shape, target", CASES, ids=IDS)
+@pytest.mark.parametrize("block", [8, 24, 100, 1 << 20])
 def test_pieces_give_what_the_rule_gives(monkeypatch, tmp_path: Path, rule, params, shape, target, block) -> None:
     """A compressed output is filled through h5py a piece of whole rows at a time (one row per
-    piece when rows are bigger than the block, a few rows, or the whole tensor): exactly the
-    rule applied in memory, from a contiguous or a compressed source."""
+    piece when rows are bigger than the block, a few rows with a shorter last piece, or the whole
+    tensor), each piece one chunk: exactly the rule applied in memory, from a contiguous or a
+    compressed source, reporting every byte to the progress callback."""
     import h5py
     import numpy as np
 
@@ -132,9 +140,24 @@ def test_pieces_give_what_the_rule_gives(monkeypatch, tmp_path: Path, rule, para
     expected = np.asarray(transfer.RULES[rule].apply(values, params), dtype="<f4")
     with h5py.File(tmp_path / "src.h5", "w") as f:
         f["plain"] = values
-        f.create_dataset("packed", data=values, chunks=True, compression="gzip")
+        if values.ndim:
+            f.create_dataset("packed", data=values, chunks=True, compression="gzip")
+    chunks = transfer.piece_shape(target, 4)
     with h5py.File(tmp_path / "src.h5", "r") as src, h5py.File(tmp_path / "out.h5", "w") as out:
-        for name in ("plain", "packed"):
-            written = out.create_dataset(name, shape=target, dtype="<f4", chunks=True, compression="lzf", shuffle=True)
-            transfer.write_pieces(rule, params, src[name], written, "src.h5")
+        for name in src:
+            written = out.create_dataset(name, shape=target, dtype="<f4", chunks=chunks, compression="lzf", shuffle=True)
+            reported = []
+            transfer.write_pieces(rule, params, src[name], written, "src.h5", reported.append)
             np.testing.assert_array_equal(written[()], expected)
+            assert sum(reported) == expected.nbytes
+
+
+def test_a_source_shorter_than_its_tensor_is_a_clear_error(tmp_path: Path) -> None:
+    """A file truncated or rewritten under the conversion: the file named, not an internal error."""
+    import numpy as np
+
+    (tmp_path / "src.bin").write_bytes(b"\0" * 40)  # 10 float32 where 12 are expected
+    with open(tmp_path / "src.bin", "rb") as src, open(tmp_path / "out.bin", "wb+") as out:
+        mover = transfer._Mover(src.fileno(), 0, np.dtype("<f4"), transfer.Output(out.fileno()), 0, np.dtype("<f4"), 3, "src.bin")
+        with pytest.raises(weightport.WeightportError, match="src.bin: changed or truncated while being read"):
+            mover.move(transfer.Run(0, 1, 0, 1, 4))

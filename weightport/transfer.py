@@ -19,8 +19,9 @@ each piece gathered from the source rows the rule maps it from.
 from __future__ import annotations
 
 import ctypes
+import mmap
 import os
-from typing import Iterator, List, Optional, Tuple
+from typing import Callable, Iterator, List, Optional, Tuple
 
 import h5py
 import numpy as np
@@ -37,7 +38,7 @@ WRITEBACK_BYTES = 32 << 20  # start the disk on what was written every this many
 _SYNC_FILE_RANGE_WRITE = 2
 
 
-def _sync_file_range() -> Optional[ctypes._CFuncPtr]:
+def _sync_file_range() -> Optional[Callable[[int, int, int, int], int]]:
     """libc's sync_file_range, or None where there is none (not Linux): then the fsync does it all."""
     try:
         function = ctypes.CDLL(None, use_errno=True).sync_file_range
@@ -49,27 +50,34 @@ def _sync_file_range() -> Optional[ctypes._CFuncPtr]:
 
 class Output:
     """The output file being filled: its descriptor, the one buffer every move goes through,
-    and the writeback started so far."""
+    and the writeback started so far (none with `writeback` False: a file about to be copied
+    into an archive need not reach the disk)."""
 
-    def __init__(self, fd: int) -> None:
+    def __init__(self, fd: int, writeback: bool = True) -> None:
         self.fd = fd
         self.buffer = memoryview(bytearray(BLOCK_BYTES))
-        self._start_writeback = _sync_file_range()
-        self._pending: Optional[Tuple[int, int]] = None  # the byte range written since writeback was last started
+        self._start_writeback = _sync_file_range() if writeback else None
+        self._unstarted = 0  # bytes written since writeback was last started
+        self._span: Optional[Tuple[int, int]] = None  # the byte range they lie in
 
     def write(self, offset: int, data: np.ndarray) -> None:
-        """Write a contiguous array's bytes at `offset`; every `WRITEBACK_BYTES` or so, start
-        writeback of the range written since the last start."""
+        """Write a contiguous array's bytes at `offset`; after every `WRITEBACK_BYTES` written,
+        start writeback of the whole pages of the range they lie in (a partly written last page
+        may still get more bytes, so it waits for the next start, or the fsync)."""
         view = memoryview(data.reshape(-1).view(np.uint8))
-        low, high = self._pending or (offset, offset)
-        self._pending = min(low, offset), max(high, offset + len(view))
+        start, end = offset, offset + len(view)
         while view:
             written = os.pwrite(self.fd, view, offset)
             view, offset = view[written:], offset + written
-        low, high = self._pending
-        if high - low >= WRITEBACK_BYTES and self._start_writeback is not None:
-            self._start_writeback(self.fd, low, high - low, _SYNC_FILE_RANGE_WRITE)  # errors only cost speed
-            self._pending = None
+        if self._start_writeback is None:
+            return
+        low, high = self._span or (start, end)
+        self._span, self._unstarted = (min(low, start), max(high, end)), self._unstarted + end - start
+        if self._unstarted >= WRITEBACK_BYTES:
+            low, high = self._span[0] - self._span[0] % mmap.PAGESIZE, self._span[1] - self._span[1] % mmap.PAGESIZE
+            if high > low:
+                self._start_writeback(self.fd, low, high - low, _SYNC_FILE_RANGE_WRITE)  # errors only cost speed
+            self._span, self._unstarted = None, 0
 
 
 def raw_location(view: ModelView, dataset: h5py.Dataset) -> Optional[Tuple[str, int]]:
@@ -102,7 +110,7 @@ def transfer(rule_name: str, params: dict, dataset: h5py.Dataset, source: Option
             values = dataset[()]
         output.write(out_offset, np.ascontiguousarray(rule.apply(values, params), dtype=out_dtype))
         return
-    mover = _Mover(source[0], source[1], dataset.dtype, output, out_offset, out_dtype, rows_of(dataset.shape)[1])
+    mover = _Mover(source[0], source[1], dataset.dtype, output, out_offset, out_dtype, rows_of(dataset.shape)[1], source_file)
     for run in rule.runs(tuple(dataset.shape), params):
         mover.move(run)
 
@@ -112,8 +120,8 @@ class _Mover:
     Offsets are counted in elements; bytes only at the system calls."""
 
     def __init__(self, src_fd: int, src_offset: int, src_dtype: np.dtype, output: Output, dst_offset: int,
-                 dst_dtype: np.dtype, row: int) -> None:
-        self.src_fd, self.src_offset, self.src_dtype = src_fd, src_offset, src_dtype
+                 dst_dtype: np.dtype, row: int, source_file: str) -> None:
+        self.src_fd, self.src_offset, self.src_dtype, self.source_file = src_fd, src_offset, src_dtype, source_file
         self.output, self.dst_offset, self.dst_dtype = output, dst_offset, dst_dtype
         self.row = row
         self.block = len(output.buffer) // max(src_dtype.itemsize, dst_dtype.itemsize)  # elements per buffer
@@ -157,9 +165,11 @@ class _Mover:
         """Read `count` source elements, from element `element` on, into the buffer at element `at`."""
         size = self.src_dtype.itemsize
         target = self.output.buffer[at * size:(at + count) * size]
-        got = os.preadv(self.src_fd, [target], self.src_offset + element * size)
+        at_byte = self.src_offset + element * size
+        got = os.preadv(self.src_fd, [target], at_byte)
         if got != len(target):
-            raise OSError(f"short read: {got} of {len(target)} bytes at offset {self.src_offset + element * size}")
+            raise WeightportError(self.source_file, f"changed or truncated while being read ({got} of {len(target)} bytes at offset {at_byte})",
+                                  "convert again once the file is complete and no longer being written")
 
     def _converted(self, count: int) -> np.ndarray:
         """The buffer's first `count` elements in the output's dtype."""
@@ -170,30 +180,42 @@ class _Mover:
         self.output.write(self.dst_offset + element * self.dst_dtype.itemsize, values)
 
 
-def write_pieces(rule_name: str, params: dict, dataset: h5py.Dataset, target: h5py.Dataset, source_file: str) -> None:
+def write_pieces(rule_name: str, params: dict, dataset: h5py.Dataset, target: h5py.Dataset, source_file: str,
+                 advance: Optional[Callable[[int], None]] = None) -> None:
     """Write the target tensor made by `rule_name` from `dataset` into the h5py dataset `target`
-    (chunked, compressed), a piece of whole rows at a time. Vectors, scalars and the in-memory
-    rules are written whole."""
+    (chunked, compressed), a piece of whole rows at a time, calling `advance(bytes)` after each.
+    Vectors, scalars, the in-memory rules and reshapes that change the row length (a vector
+    alpha to (1, 1, n) or (n, 1, 1): small) are written whole."""
     rule = RULES[rule_name]
     if dataset.size == 0:
         return
-    if rule.runs is None or target.ndim < 2:
+    if rule.runs is None or target.ndim < 2 or dataset.ndim < 1 or dataset.shape[-1] != target.shape[-1]:
         with damaged_hdf5(source_file):
             values = dataset[()]
         target[()] = np.asarray(rule.apply(values, params), dtype=target.dtype)
+        if advance is not None:
+            advance(target.nbytes)
         return
     source_rows = _source_rows(rule.runs(tuple(dataset.shape), params), rows_of(target.shape)[0])
     for index, first, count in _pieces(target.shape, target.dtype.itemsize):
+        rows = np.arange(first, first + count) if source_rows is None else source_rows[first:first + count]
         with damaged_hdf5(source_file):
-            values = read_rows(dataset, source_rows[first:first + count])
-        target[index] = values.astype(target.dtype).reshape((-1,) + target.shape[len(index):])
+            values = read_rows(dataset, rows).astype(target.dtype)
+        target[index] = values.reshape((-1,) + target.shape[len(index):])
+        if advance is not None:
+            advance(values.nbytes)
 
 
-def _source_rows(runs: List[Run], rows: int) -> np.ndarray:
-    """For every target row, the source row it comes from."""
-    mapping = np.empty(rows, np.int64)
+def _source_rows(runs: List[Run], rows: int) -> Optional[np.ndarray]:
+    """For every target row, the source row it comes from (one int64 a row); None when every
+    row stays where it is, the common case."""
+    if runs == [Run(0, 1, 0, 1, rows)]:
+        return None
+    mapping = np.full(rows, -1, np.int64)
     for run in runs:
         mapping[run.dst_row:run.dst_row + run.count * run.dst_stride:run.dst_stride] = run.src_row + run.src_stride * np.arange(run.count)
+    if (mapping < 0).any():
+        raise RuntimeError("the rule's runs leave target rows unfilled")
     return mapping
 
 
