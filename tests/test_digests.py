@@ -1,30 +1,56 @@
-"""The provenance hash: started early, right, and never stale."""
+"""The provenance hash: started early, right, never stale, and stopped when a conversion fails."""
 
 from __future__ import annotations
 
 import hashlib
+import importlib
 import os
 from pathlib import Path
 
 import pytest
 
+import weightport
+from conftest import FIXTURES
 from weightport import digests
 
+writers = importlib.import_module("weightport.writers")
 
-def test_started_hash_is_the_files_sha256(tmp_path: Path) -> None:
+
+def _started(path: Path) -> list:
+    real = os.path.realpath(path)
+    return [h for k, h in digests._pending.items() if k[0] == real]
+
+
+def test_started_hash_is_taken_by_sha256(tmp_path: Path) -> None:
     path = tmp_path / "w.h5"
     path.write_bytes(os.urandom(3 * digests.BLOCK_BYTES + 17))  # several blocks and a partial one
     digests.start(str(path))
+    assert len(_started(path)) == 1  # a thread is on it
     assert digests.sha256(str(path)) == hashlib.sha256(path.read_bytes()).hexdigest()
+    assert _started(path) == []
 
 
 def test_a_file_changed_after_the_start_is_hashed_again(tmp_path: Path) -> None:
     path = tmp_path / "w.h5"
     path.write_bytes(b"before")
     digests.start(str(path))
-    digests._pending[digests._key(str(path), path.stat())].done.wait()
+    stale = _started(path)[0]
+    stale.done.wait()
     path.write_bytes(b"after, longer")  # another size (and mtime): another file as far as the hash goes
     assert digests.sha256(str(path)) == hashlib.sha256(b"after, longer").hexdigest()
+    assert _started(path) == [] and stale.stop.is_set()
+
+
+def test_an_error_in_the_thread_reaches_the_caller(monkeypatch, tmp_path: Path) -> None:
+    def broken(path, stop=None):
+        raise MemoryError("no room")
+
+    path = tmp_path / "w.h5"
+    path.write_bytes(b"x")
+    monkeypatch.setattr(digests, "_file_sha256", broken)
+    digests.start(str(path))
+    with pytest.raises(MemoryError):
+        digests.sha256(str(path))
 
 
 @pytest.mark.parametrize("kind", ["missing", "directory", "fifo"])
@@ -38,3 +64,24 @@ def test_start_leaves_what_is_not_a_regular_file_alone(tmp_path: Path, kind: str
     before = dict(digests._pending)
     digests.start(str(path))
     assert digests._pending == before
+
+
+def test_a_failed_conversion_stops_its_hash(monkeypatch, tmp_path: Path) -> None:
+    source = tmp_path / "src.keras"
+    source.write_bytes((FIXTURES / "seq__k3.keras").read_bytes())
+    hashes = []
+    real_start = digests.start
+
+    def start(path: str) -> None:
+        real_start(path)
+        hashes.extend(_started(Path(path)))
+
+    def fail(*args, **kwargs):
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(digests, "start", start)
+    monkeypatch.setattr(writers, "_fill", fail)
+    with pytest.raises(weightport.WeightportError, match="no space left"):
+        weightport.convert(source, tmp_path / "out.h5")
+    assert hashes and all(h.stop.is_set() for h in hashes)
+    assert _started(source) == []

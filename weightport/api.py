@@ -91,7 +91,8 @@ def convert(source: PathLike, out: PathLike, target: Optional[PathLike] = None, 
     model: the twin's config and weights, for `keras.models.load_model`). Other arguments as
     for `plan`; `force` replaces an existing `out`; `progress(done, total)` is called with byte
     counts as tensors are written. With `verify` the file is checked with numpy before it takes
-    `out`'s place (`plan.verification` holds the result; a failure raises `VerificationFailed`).
+    `out`'s place, as soon as its tensors are in place (the provenance attributes are added after;
+    `plan.verification` holds the result; a failure raises `VerificationFailed`).
     `compression` ("gzip", "gzip=LEVEL" with LEVEL 0-9, or "lzf") stores the tensors chunked and
     compressed (smaller, slower to write); by default they are contiguous, as Keras writes them.
     The output is written atomically: `out` is either left as it was or replaced by a complete,

@@ -39,7 +39,7 @@ def _window(text: str) -> List[int]:
 
 
 def _compression(text: str) -> str:
-    from .writers import compression_filter
+    from .compression import compression_filter
 
     try:
         compression_filter(text)

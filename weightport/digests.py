@@ -4,7 +4,8 @@ Hashing is the longest single piece of a conversion: SHA-256 runs at ~1.4 GB/s o
 here, so a 553 MB VGG16 file takes ~0.4 s, longer than copying it. Started when the command
 line names the file (`start`), it runs on a second core while Python imports numpy and h5py,
 reads and plans, and the writer (`sha256`) finds it done or nearly. A started hash belongs to
-the file as it was (device, inode, size, mtime): if the file changed since, it is hashed again.
+the file as it was (device, inode, size, mtime, ctime): if the file changed since, it is hashed
+again. A conversion that fails stops its hash (`discard`).
 """
 
 from __future__ import annotations
@@ -13,12 +14,12 @@ import hashlib
 import os
 import stat
 import threading
-from typing import Dict, Tuple
+from typing import Dict, Optional, Tuple
 
-__all__ = ["start", "sha256"]
+__all__ = ["start", "sha256", "discard"]
 
 BLOCK_BYTES = 1 << 20  # read into one buffer that stays in the CPU cache
-_Key = Tuple[str, int, int, int, int]
+_Key = Tuple[str, int, int, int, int, int]
 _pending: Dict[_Key, "_Hash"] = {}
 _lock = threading.Lock()
 
@@ -28,14 +29,15 @@ class _Hash:
 
     def __init__(self, path: str) -> None:
         self.done = threading.Event()
+        self.stop = threading.Event()
         self.hexdigest = ""
-        self.error: OSError | None = None
+        self.error: Optional[BaseException] = None
         threading.Thread(target=self._run, args=(path,), name="weightport-sha256", daemon=True).start()
 
     def _run(self, path: str) -> None:
         try:
-            self.hexdigest = _file_sha256(path)
-        except OSError as error:
+            self.hexdigest = _file_sha256(path, self.stop)
+        except BaseException as error:  # kept for the caller, who reports it; never printed from the thread
             self.error = error
         finally:
             self.done.set()
@@ -47,18 +49,18 @@ class _Hash:
         return self.hexdigest
 
 
-def _file_sha256(path: str) -> str:
+def _file_sha256(path: str, stop: Optional[threading.Event] = None) -> str:
     digest = hashlib.sha256()
     buffer = bytearray(BLOCK_BYTES)
     view = memoryview(buffer)
     with open(path, "rb", buffering=0) as fh:
-        while count := fh.readinto(buffer):
+        while (stop is None or not stop.is_set()) and (count := fh.readinto(buffer)):
             digest.update(view[:count])  # hashlib releases the GIL on large updates
     return digest.hexdigest()
 
 
 def _key(path: str, info: os.stat_result) -> _Key:
-    return os.path.realpath(path), info.st_dev, info.st_ino, info.st_size, info.st_mtime_ns
+    return os.path.realpath(path), info.st_dev, info.st_ino, info.st_size, info.st_mtime_ns, info.st_ctime_ns
 
 
 def start(path: str) -> None:
@@ -77,7 +79,29 @@ def start(path: str) -> None:
 
 
 def sha256(path: str) -> str:
-    """The hex SHA-256 of `path` as it is now: the started hash if the file is unchanged, else computed."""
+    """The hex SHA-256 of `path` as it is now: the started hash if the file is unchanged, else
+    computed here (and a hash started on an older state of the file is stopped)."""
+    key = _key(path, os.stat(path))
     with _lock:
-        pending = _pending.pop(_key(path, os.stat(path)), None)
+        pending = _pending.pop(key, None)
+    discard(path)
     return pending.result() if pending is not None else _file_sha256(path)
+
+
+def discard(path: str) -> None:
+    """Stop and forget every hash started for `path`."""
+    real = os.path.realpath(path)
+    with _lock:
+        for key in [k for k in _pending if k[0] == real]:
+            _pending.pop(key).stop.set()
+
+
+def _forget_after_fork() -> None:
+    """A forked child has none of the parent's threads: their hashes would never finish."""
+    global _lock
+    _lock = threading.Lock()
+    _pending.clear()
+
+
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_forget_after_fork)

@@ -20,7 +20,7 @@ def _terminal() -> bool:
 
 @contextlib.contextmanager
 def byte_progress(enabled: bool, label: str) -> Iterator[Optional[Callable[[int, int], None]]]:
-    """A `progress(done_bytes, total_bytes)` callback drawing a bar, or None when not shown."""
+    """A `progress(bytes_just_written, total_bytes)` callback drawing a bar, or None when not shown."""
     if not (enabled and _terminal()):
         yield None
         return

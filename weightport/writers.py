@@ -3,7 +3,8 @@
 `.weights.h5` gets the Keras 3 layout (`layers/<class>_N/vars/<i>`), `.h5`/`.hdf5` the legacy
 layout (`layer_names`, `weight_names`) that tf_keras and Keras 3 both load by position. The
 file is built in a temporary file beside the destination: first its structure with h5py
-(contiguous datasets allocated up front), then the tensor bytes streamed into place, then the
+(contiguous datasets allocated up front, or chunked compressed ones with `--compression`), then
+the tensor bytes streamed into place (raw byte moves, or pieces through h5py), then the
 provenance attributes; it is flushed, fsynced and renamed over the destination only when whole.
 """
 
@@ -23,12 +24,13 @@ import numpy as np
 from ._version import __version__
 from . import digests
 from .atomic import atomic_output
+from .compression import compression_filter
 from .errors import WeightportError
 from .planner import Plan, Step
 from .transfer import Output, piece_shape, raw_location, transfer, write_pieces
 from .view import ModelView
 
-__all__ = ["output_layout", "write", "compression_filter", "LAYOUTS", "COMPRESSIONS"]
+__all__ = ["output_layout", "write", "LAYOUTS"]
 
 LAYOUTS = {".weights.h5": "keras3", ".keras": "keras-archive", ".h5": "legacy", ".hdf5": "legacy"}
 HEADER_LIMIT = 64512  # Keras's HDF5_OBJECT_HEADER_LIMIT for one attribute
@@ -50,11 +52,11 @@ def write(plan: Plan, out: Path, views: Dict[str, ModelView], force: bool = Fals
 
     With `model_config` the output is a whole model: a `.keras` archive (config.json and
     model.weights.h5), or a legacy full-model `.h5` (`model_config`, `model_weights`).
-    `progress(done, total)` is called with byte counts after each tensor; `check(path)` is
+    `progress(done, total)` is called with byte counts as tensors are written; `check(path)` is
     given the temporary file before it replaces `out` (an `.h5` as soon as every tensor is in
-    place, before the provenance attributes; a `.keras` archive whole), and may refuse it by raising.
-    `compression` ("gzip", "gzip=LEVEL", "lzf") stores the tensors chunked and compressed, where
-    Keras itself writes them contiguous and uncompressed.
+    place, before the provenance attributes are added; a `.keras` archive whole), and may refuse
+    it by raising. `compression` ("gzip", "gzip=LEVEL", "lzf") stores the tensors chunked and
+    compressed, where Keras itself writes them contiguous and uncompressed.
     """
     layout = output_layout(out)
     filters = compression_filter(compression)
@@ -63,37 +65,27 @@ def write(plan: Plan, out: Path, views: Dict[str, ModelView], force: bool = Fals
         raise WeightportError(out, "a .keras output needs the twin's model config, and there is none",
                               "write *.weights.h5 or *.h5 instead, or convert from a file with a config")
     archive = layout == "keras-archive"
-    source = views[plan.source]
-    hashed = source.data_file or plan.source
+    hashed = views[plan.source].data_file or plan.source
     digests.start(hashed)  # on another core while the bytes are copied, if the caller has not started it
-    with atomic_output(out, parts=2 if archive else 1) as paths:
-        weights = paths[-1]
-        places, offsets = _structure(plan, "keras3" if archive else layout, weights, out, model_config if layout == "legacy" else None, filters)
-        if filters:
-            _fill_pieces(plan, places, weights, views, progress)
-        else:
-            _fill(plan, offsets, weights, views, progress)
-        _fsync(weights)  # the last tensor bytes go to disk
-        if check is not None and not archive:
-            check(weights)  # every tensor is in place: proved while the source's hash finishes
-        _provenance(plan, weights, digests.sha256(hashed))
-        if archive:
-            _archive(weights, paths[0], model_config, keras_version)
-            if check is not None:
-                check(paths[0])  # the archive as Keras will open it
-
-
-COMPRESSIONS = ("gzip", "lzf")
-
-
-def compression_filter(text: Optional[str]) -> Optional[Tuple[str, Optional[int]]]:
-    """("gzip", level) or ("lzf", None) from "gzip", "gzip=LEVEL" (0-9) or "lzf"; None for None."""
-    if text is None:
-        return None
-    name, sep, level = text.partition("=")
-    if name not in COMPRESSIONS or (sep and (name != "gzip" or not level.isdigit() or int(level) > 9)):
-        raise WeightportError(None, f"unknown compression '{text}'", "give gzip, gzip=LEVEL (0-9) or lzf")
-    return name, int(level) if sep else None
+    try:
+        with atomic_output(out, parts=2 if archive else 1) as paths:
+            weights = paths[-1]
+            places, offsets = _structure(plan, "keras3" if archive else layout, weights, out, model_config if layout == "legacy" else None, filters)
+            if filters:
+                _fill_pieces(plan, places, weights, views, progress)
+            else:
+                _fill(plan, offsets, weights, views, progress, writeback=not archive)
+            if not archive:
+                _fsync(weights)  # the last tensor bytes go to disk
+                if check is not None:
+                    check(weights)  # every tensor is in place: proved while the source's hash finishes
+            _provenance(plan, weights, digests.sha256(hashed))
+            if archive:
+                _archive(weights, paths[0], model_config, keras_version)  # the weights file is read into the archive, never synced itself
+                if check is not None:
+                    check(paths[0])  # the archive as Keras will open it
+    finally:
+        digests.discard(hashed)  # a failed conversion stops its hash (a finished one has taken it already)
 
 
 def _fsync(path: Path) -> None:
@@ -232,21 +224,20 @@ def _sizes(plan: Plan) -> List[int]:
 def _fill_pieces(plan: Plan, places: List[str], tmp: Path, views: Dict[str, ModelView],
                  progress: Optional[Callable[[int, int], None]] = None) -> None:
     """Fill chunked (compressed) datasets through h5py, a piece at a time."""
-    datasets, sizes = _source_datasets(views), _sizes(plan)
-    total = sum(sizes)
+    datasets, total = _source_datasets(views), sum(_sizes(plan))
+    advance = (lambda size: progress(size, total)) if progress is not None else None
     with h5py.File(tmp, "r+") as f:
-        for step, place, size in zip(plan.steps, places, sizes, strict=True):
-            write_pieces(step.rule, step.params, datasets[(step.source_file, step.source_path)], f[place], step.source_file)
-            if progress is not None:
-                progress(size, total)
+        for step, place in zip(plan.steps, places, strict=True):
+            write_pieces(step.rule, step.params, datasets[(step.source_file, step.source_path)], f[place], step.source_file, advance)
 
 
 def _fill(plan: Plan, offsets: List[Optional[int]], tmp: Path, views: Dict[str, ModelView],
-          progress: Optional[Callable[[int, int], None]] = None) -> None:
+          progress: Optional[Callable[[int, int], None]] = None, writeback: bool = True) -> None:
+    """Fill contiguous datasets with raw byte moves, a tensor at a time."""
     datasets, sizes = _source_datasets(views), _sizes(plan)
     total = sum(sizes)
     with _open_fds(views) as fds, open(tmp, "rb+") as out:
-        output = Output(out.fileno())
+        output = Output(out.fileno(), writeback)
         for step, offset, size in zip(plan.steps, offsets, sizes, strict=True):
             view = views[step.source_file]
             dataset = datasets[(step.source_file, step.source_path)]
