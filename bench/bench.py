@@ -158,7 +158,7 @@ def vgg_rows(cache: Path, out: Path, skip_keras: bool) -> list[Command]:
                  convert_row(f"convert vgg16_weights.h5 -> .weights.h5 ({mode})", legacy, out / "fcn.weights.h5", flat, verify, floor, True)]
     rows.append(convert_row("convert vgg16.keras -> .weights.h5 (no-verify)", keras_file, out / "fcn_k.weights.h5", [], False, floor, True))
     for compression in ("lzf", "gzip"):
-        rows.append(convert_row(f"convert vgg16_weights.h5 -> .h5 (--compression {compression})", legacy, out / f"fcn_{compression}.h5",
+        rows.append(convert_row(f"convert vgg16_weights.h5 -> .h5 (verify, --compression {compression})", legacy, out / f"fcn_{compression}.h5",
                                 flat + ["--compression", compression], True, floor, False))
     rows += floor_rows(legacy, out, "vgg16_weights.h5")
     if not skip_keras:

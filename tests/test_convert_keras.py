@@ -167,6 +167,8 @@ def test_compressed_outputs_load_and_reproduce(writer: str, tmp_path: Path) -> N
     outputs = [tmp_path / "gzip.weights.h5", tmp_path / "lzf.h5"]
     for out, compression in zip(outputs, ("gzip=9", "lzf")):
         weightport.convert(full, out, compression=compression)
+        with weightport.read(out) as view:
+            assert {t.dataset.compression for t in view.tensors} == {compression.split("=")[0]}
     for reader in KERAS.values():
         for out in outputs:
             fcn = case.fcn(reader)

@@ -28,8 +28,9 @@ __all__ = ["PairCheck", "Verification", "VerificationFailed", "verify_plan"]
 BLOCK_BYTES = 1 << 20  # float64 working blocks: the check adds a few MiB of memory, whatever the model
 SAMPLES = 3
 FULL_CHECK_VALUES = 1 << 19  # tensors up to this many values are checked whole (<= 4 MiB as float64)
-SAMPLED_ROWS = 64  # larger ones: this many random rows (window positions), compared exactly; a
-# wrong order, transposition or shift moves nearly every row, so a few dozen rows catch it
+SAMPLED_ROWS = 64  # larger ones: this many random rows (window positions) and the first and last,
+# compared exactly; a wrong order, transposition or shift moves nearly every row, so a few dozen
+# catch it (a byte mover's edge cases are covered by its own tests, tests/test_transfer.py)
 
 
 @dataclass
@@ -161,7 +162,7 @@ def _check_rows(step: Step, source: h5py.Dataset, target: h5py.Dataset, dtype: n
     dims = dict(zip(axes, conv[:-1])) if len(conv) >= 3 else {"w": 1, "c": conv[0]}
     src_order, tgt_order = _ROW_ORDERS[step.rule](step.params, rank)
     rows = int(np.prod([dims[a] for a in axes], dtype=np.int64))
-    picked = rng.choice(rows, size=min(SAMPLED_ROWS, rows), replace=False)
+    picked = np.union1d([0, rows - 1], rng.choice(rows, size=min(SAMPLED_ROWS, rows), replace=False))  # the edges always
     position = dict(zip(axes, np.unravel_index(picked, [dims[a] for a in axes])))
     src_index = np.ravel_multi_index([position[a] for a in src_order], [dims[a] for a in src_order])
     tgt_index = np.ravel_multi_index([position[a] for a in tgt_order], [dims[a] for a in tgt_order])
