@@ -26,7 +26,7 @@ when present, else `os.wait4` (this process imports nothing heavy, so a vfork'd 
 no large high-water mark).
 The source files are made once (bench/make_sources.py) and cached in `bench/cache/`.
 
-    python bench/bench.py [--repeat N] [--big-gb G] [--cache DIR] [--skip-keras] [--markdown]
+    python bench/bench.py [--repeat N] [--big-gb G] [--cache DIR] [--skip-keras] [--markdown] [--drop-caches]
 """
 
 from __future__ import annotations
@@ -196,6 +196,16 @@ def run_once(command: Command, env: dict[str, str]) -> tuple[float, int]:
     return seconds, rss
 
 
+def drop_caches() -> None:
+    """Write back and drop the clean page cache, so the runs find free memory (the warm-up run
+    of each command then reads its source back in)."""
+    os.sync()
+    try:
+        Path("/proc/sys/vm/drop_caches").write_text("1\n")
+    except OSError as exc:
+        raise SystemExit(f"--drop-caches: cannot drop the page cache ({exc}); run as root on Linux, or leave it out") from None
+
+
 def measure(commands: list[Command], repeat: int, env: dict[str, str]) -> None:
     """One untimed warm-up of each command, then `repeat` rounds, the order rotating each round."""
     for command in commands:
@@ -283,6 +293,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--cache", type=Path, default=HERE / "cache", help="where the source files are made and kept")
     parser.add_argument("--skip-keras", action="store_true", help="leave out the Keras route")
     parser.add_argument("--markdown", action="store_true", help="print the table as Markdown")
+    parser.add_argument("--drop-caches", action="store_true",
+                        help="first empty the page cache (root, Linux): with it full, every new page of an output "
+                             "waits for reclaim and even `cp` times swing several-fold")
     args = parser.parse_args(argv)
     if args.repeat < 1 or args.big_gb < 0:
         parser.error("--repeat must be >= 1 and --big-gb >= 0")
@@ -295,6 +308,8 @@ def main(argv: list[str] | None = None) -> None:
     out = cache / "out"
     out.mkdir(parents=True, exist_ok=True)
     big = make_sources(cache, args.big_gb)
+    if args.drop_caches:
+        drop_caches()
     commands = vgg_rows(cache, out, args.skip_keras) + (big_rows(big, out, args.big_gb) if big else [])
     sources = {name: cache / name for name in ("vgg16_weights.h5", "vgg16.weights.h5", "vgg16.keras")}
     if big:
