@@ -85,3 +85,14 @@ def test_a_failed_conversion_stops_its_hash(monkeypatch, tmp_path: Path) -> None
         weightport.convert(source, tmp_path / "out.h5")
     assert hashes and all(h.stop.is_set() for h in hashes)
     assert _started(source) == []
+
+
+def test_a_refused_command_line_conversion_leaves_no_hash(tmp_path: Path) -> None:
+    """`main` (in-process, as tests and embedders call it) stops the hash it started when the
+    conversion is refused before anything is written."""
+    from weightport.cli import main
+
+    source = tmp_path / "src.h5"
+    source.write_text("not weights\n" * 1000)  # a regular file, so hashed, then refused
+    assert main(["convert", str(source), "-o", str(tmp_path / "out.h5"), "--quiet"]) == 2
+    assert _started(source) == []

@@ -93,8 +93,8 @@ def _convert_single(args: argparse.Namespace, source: str, out: str) -> int:
     from .verification import VerificationFailed
     from .writers import output_layout
 
-    layout = output_layout(Path(out))
     try:
+        layout = output_layout(Path(out))
         with byte_progress(enabled=not args.quiet, label=Path(out).name) as progress:
             built = convert(source, out, args.target, force=args.force, full_model=args.full_model, progress=progress,
                             verify=not args.no_verify, compression=args.compression, **_plan_options(args))
@@ -102,6 +102,8 @@ def _convert_single(args: argparse.Namespace, source: str, out: str) -> int:
         print(verification_table(failed.result))
         print(f"weightport: {out} not written: what was converted did not pass verification", file=sys.stderr)
         return 1
+    finally:
+        digests.discard(source)  # refused before writing: the hash is not needed
     if not args.quiet:
         print(plan_table(built, layout))
         print(f"wrote {out} ({layout} layout)")
