@@ -104,3 +104,17 @@ def test_reader_going_away_is_not_an_error() -> None:
     child.stdout.close()
     assert child.wait(timeout=120) == 0
     assert b"Traceback" not in child.stderr.read()
+
+
+def test_a_profiler_still_reports() -> None:
+    """The console script skips the interpreter's teardown, but not under a profiler, which
+    prints after the program returns."""
+    import os
+    import subprocess
+    import sys
+
+    from conftest import FIXTURES, ROOT
+
+    done = subprocess.run([sys.executable, "-m", "cProfile", "-m", "weightport", "inspect", str(FIXTURES / "seq__k3.keras")],
+                          capture_output=True, text=True, cwd=ROOT, env=dict(os.environ, PYTHONPATH=str(ROOT)), timeout=300)
+    assert done.returncode == 0 and "function calls" in done.stdout
