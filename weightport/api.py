@@ -29,11 +29,13 @@ PathLike = Union[str, Path]
 
 @contextlib.contextmanager
 def planned(source: PathLike, target: Optional[PathLike] = None, config: Optional[PathLike] = None,
-            flatten: Optional[Sequence[int]] = None, options: Optional[PlanOptions] = None) -> Iterator[Tuple[Plan, Dict[str, ModelView]]]:
-    """The plan and the open views its steps read from (closed on exit)."""
+            flatten: Optional[Sequence[int]] = None, options: Optional[PlanOptions] = None,
+            opened: Optional[ModelView] = None) -> Iterator[Tuple[Plan, Dict[str, ModelView]]]:
+    """The plan and the open views its steps read from (closed on exit, but for `opened`: the
+    source's view, already open, which convert's check reuses)."""
     options = options or PlanOptions()
     with contextlib.ExitStack() as stack:
-        src = stack.enter_context(read(source, config=config))
+        src = opened if opened is not None else stack.enter_context(read(source, config=config))
         views = {src.path: src}
         if target is not None:
             tgt = stack.enter_context(read(target))
@@ -109,7 +111,7 @@ def convert(source: PathLike, out: PathLike, target: Optional[PathLike] = None, 
         model_config = _whole_model_config(views, str(source), target, flatten, options, layout) if full_model or layout == "keras-archive" else None
 
         def check(written: Path) -> None:
-            built.verification = _verify(source, written, config, flatten, options)
+            built.verification = _verify(source, written, config, flatten, options, opened=views[str(source)])
             if not built.verification.ok:
                 raise VerificationFailed(built.verification)
 
@@ -154,8 +156,8 @@ def verify(source: PathLike, out: PathLike, *, config: Optional[PathLike] = None
 
 
 def _verify(source: PathLike, out: PathLike, config: Optional[PathLike], flatten: Optional[Sequence[int]], options: PlanOptions,
-            atol: float = 1e-6, rtol: float = 1e-5) -> Verification:
-    with planned(source, out, config, flatten, options) as (built, views):
+            atol: float = 1e-6, rtol: float = 1e-5, opened: Optional[ModelView] = None) -> Verification:
+    with planned(source, out, config, flatten, options, opened) as (built, views):
         return verify_plan(built, views, views[str(out)], atol=atol, rtol=rtol)
 
 
