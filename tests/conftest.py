@@ -7,7 +7,7 @@ import os
 import subprocess
 import sys
 from pathlib import Path
-from typing import List
+from typing import List, Sequence
 
 import pytest
 
@@ -16,10 +16,15 @@ FIXTURES = ROOT / "fixtures"
 SHARED_FILES = ROOT.parent / "shared" / "keras-files"
 
 
-def run_cli(*args: str, cwd: Path = ROOT) -> subprocess.CompletedProcess:
-    """Run `python -m weightport ARGS` in a fresh interpreter, as a user would."""
-    env = dict(os.environ, PYTHONPATH=str(ROOT))
-    return subprocess.run([sys.executable, "-m", "weightport", *args], capture_output=True, text=True, cwd=cwd, env=env, timeout=300)
+def cli_command(*args: str, python: Sequence[str] = ()) -> dict:
+    """The Popen arguments of `python [PYTHON...] -m weightport ARGS`, with this checkout importable."""
+    return dict(args=[sys.executable, *python, "-m", "weightport", *args], env=dict(os.environ, PYTHONPATH=str(ROOT)))
+
+
+def run_cli(*args: str, cwd: Path = ROOT, python: Sequence[str] = (), stdout=subprocess.PIPE) -> subprocess.CompletedProcess:
+    """Run `python -m weightport ARGS` in a fresh interpreter, as a user would (`python`: options
+    before `-m`, such as `-m cProfile`; `stdout`: where its output goes, captured by default)."""
+    return subprocess.run(**cli_command(*args, python=python), stdout=stdout, stderr=subprocess.PIPE, text=True, cwd=cwd, timeout=300)
 
 
 def shared_files() -> List[Path]:

@@ -2,13 +2,15 @@
 
 from __future__ import annotations
 
+import os
+import subprocess
 from pathlib import Path
 
 import h5py
 import numpy as np
 import pytest
 
-from conftest import run_cli
+from conftest import FIXTURES, ROOT, cli_command, run_cli
 
 
 def _plain_hdf5(path: Path) -> None:
@@ -93,28 +95,32 @@ def test_help_and_version_exit_0() -> None:
 def test_reader_going_away_is_not_an_error() -> None:
     """`weightport inspect FILE --json | true`: the reader is gone before anything is written;
     no traceback, status 0."""
-    import os
-    import subprocess
-    import sys
-
-    from conftest import FIXTURES, ROOT
-
-    child = subprocess.Popen([sys.executable, "-m", "weightport", "inspect", str(FIXTURES / "seq__k3.keras"), "--json"],
-                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, cwd=ROOT, env=dict(os.environ, PYTHONPATH=str(ROOT)))
+    child = subprocess.Popen(**cli_command("inspect", str(FIXTURES / "seq__k3.keras"), "--json"), stdout=subprocess.PIPE, stderr=subprocess.PIPE, cwd=ROOT)
     child.stdout.close()
     assert child.wait(timeout=120) == 0
     assert b"Traceback" not in child.stderr.read()
 
 
+def test_output_that_cannot_be_written_is_an_error() -> None:
+    """`weightport plan SRC --json > /dev/full`: the JSON never arrives, so the status says so."""
+    if not Path("/dev/full").exists():
+        pytest.skip("no /dev/full on this system")
+    with open("/dev/full", "w") as full:
+        done = run_cli("plan", str(FIXTURES / "seq__k3.keras"), "--json", stdout=full)
+    assert done.returncode == 2
+    assert done.stderr.strip().splitlines()[-1].startswith("weightport: error: cannot write standard output: No space left")
+
+
+def test_closed_standard_output_is_no_traceback() -> None:
+    """`weightport plan SRC >&-`: nowhere to print the plan; a clear status, no traceback."""
+    done = subprocess.run(**cli_command("plan", str(FIXTURES / "seq__k3.keras")), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+                          text=True, cwd=ROOT, timeout=300, pass_fds=(), preexec_fn=lambda: os.close(1))
+    assert "Traceback" not in done.stderr
+    assert done.returncode in (0, 1, 2)
+
+
 def test_a_profiler_still_reports() -> None:
     """The console script skips the interpreter's teardown, but not under a profiler, which
     prints after the program returns."""
-    import os
-    import subprocess
-    import sys
-
-    from conftest import FIXTURES, ROOT
-
-    done = subprocess.run([sys.executable, "-m", "cProfile", "-m", "weightport", "inspect", str(FIXTURES / "seq__k3.keras")],
-                          capture_output=True, text=True, cwd=ROOT, env=dict(os.environ, PYTHONPATH=str(ROOT)), timeout=300)
+    done = run_cli("inspect", str(FIXTURES / "seq__k3.keras"), python=("-m", "cProfile"))
     assert done.returncode == 0 and "function calls" in done.stdout

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import atexit
+import contextlib
 import os
 import sys
 import traceback
@@ -20,12 +21,27 @@ from .errors import WeightportError
 __all__ = ["main", "run"]
 
 
+def _out(text: str) -> None:
+    """Print to standard output. A reader gone away (`| head`) is left to `main`; an output that
+    cannot be written (a full disk, /dev/full) is reported like any file weightport cannot write."""
+    try:
+        print(text)
+    except BrokenPipeError:
+        raise
+    except OSError as exc:
+        raise _unwritable(exc) from None
+
+
+def _unwritable(exc: OSError) -> WeightportError:
+    return WeightportError(None, f"cannot write standard output: {exc.strerror or exc}", "free some space, or send the output elsewhere")
+
+
 def _cmd_inspect(args: argparse.Namespace) -> int:
     from .readers import read
     from .report import view_json, view_table
 
     with read(args.file, config=args.config) as view:
-        print(view_json(view) if args.json else view_table(view))
+        _out(view_json(view) if args.json else view_table(view))
     return 0
 
 
@@ -66,7 +82,7 @@ def _cmd_plan(args: argparse.Namespace) -> int:
     from .report import plan_json, plan_table
 
     built = plan(args.source, args.target, **_plan_options(args))
-    print(plan_json(built) if args.json else plan_table(built))
+    _out(plan_json(built) if args.json else plan_table(built))
     return 0
 
 
@@ -83,33 +99,38 @@ def _cmd_convert(args: argparse.Namespace) -> int:
 
 
 def _convert_single(args: argparse.Namespace, source: str, out: str) -> int:
-    from pathlib import Path
-
     from . import digests
 
     digests.start(source)  # the provenance hash runs on the other core while numpy and h5py import
+    try:
+        return _convert_and_report(args, source, out)
+    finally:
+        digests.discard(source)  # the writer took it if it got that far; otherwise it is not needed
+
+
+def _convert_and_report(args: argparse.Namespace, source: str, out: str) -> int:
+    from pathlib import Path
+
     from .api import convert
     from .progress import byte_progress
     from .report import plan_table, verification_table
     from .verification import VerificationFailed
     from .writers import output_layout
 
+    layout = output_layout(Path(out))
     try:
-        layout = output_layout(Path(out))
         with byte_progress(enabled=not args.quiet, label=Path(out).name) as progress:
             built = convert(source, out, args.target, force=args.force, full_model=args.full_model, progress=progress,
                             verify=not args.no_verify, compression=args.compression, **_plan_options(args))
     except VerificationFailed as failed:
-        print(verification_table(failed.result))
+        _out(verification_table(failed.result))
         print(f"weightport: {out} not written: what was converted did not pass verification", file=sys.stderr)
         return 1
-    finally:
-        digests.discard(source)  # refused before writing: the hash is not needed
     if not args.quiet:
-        print(plan_table(built, layout))
-        print(f"wrote {out} ({layout} layout)")
+        _out(plan_table(built, layout))
+        _out(f"wrote {out} ({layout} layout)")
         if built.verification is not None:
-            print(verification_table(built.verification))
+            _out(verification_table(built.verification))
     return 0
 
 
@@ -130,7 +151,11 @@ def _convert_many(args: argparse.Namespace, out_dir) -> int:
         outcomes = run_jobs(jobs, options, verify=not args.no_verify, workers=args.jobs, debug=args.debug, on_done=report)
     failed = [o for o in outcomes if o.status]
     if not args.quiet or failed:
-        print(f"{len(outcomes) - len(failed)} of {len(outcomes)} files converted", file=sys.stderr if failed else sys.stdout)
+        summary = f"{len(outcomes) - len(failed)} of {len(outcomes)} files converted"
+        if failed:
+            print(summary, file=sys.stderr)
+        else:
+            _out(summary)
     return exit_status(outcomes)
 
 
@@ -139,12 +164,12 @@ def _cmd_verify(args: argparse.Namespace) -> int:
     from .report import verification_json, verification_table
 
     result = verify(args.source, args.out, atol=args.atol, rtol=args.rtol, **_plan_options(args))
-    print(verification_json(result) if args.json else verification_table(result))
+    _out(verification_json(result) if args.json else verification_table(result))
     if args.keras and result.ok:
         from .keras_check import check_end_to_end
 
         ok, report = check_end_to_end(args.source, args.out, config=args.config, atol=args.atol, rtol=args.rtol)
-        print(report)
+        _out(report)
         return 0 if ok else 1
     return 0 if result.ok else 1
 
@@ -236,23 +261,44 @@ def run() -> NoReturn:
     """The console script and `python -m weightport`: `main`, then straight out of the process.
 
     By then every file weightport wrote is closed, fsynced and renamed, and every input closed;
-    after the atexit handlers (a coverage tool saves its data there), `os._exit` skips the
+    after the atexit handlers and a checked flush of standard output, `os._exit` skips the
     interpreter's teardown of numpy and h5py, ~30-40 ms of a ~0.6 s VGG16 conversion. Under a
-    profiler or a debugger, which report after the program returns, it exits normally. Tests
-    call `main`, which returns."""
+    profiler, a tracer or a debugger (sys.setprofile, sys.settrace or sys.monitoring), which
+    report after the program returns, it exits normally. `main` itself returns."""
     try:
         status = main()
     except SystemExit as done:  # argparse: --help, --version, usage errors
         status = done.code if isinstance(done.code, int) else (0 if done.code is None else _say(done.code))
-    if sys.getprofile() is not None or sys.gettrace() is not None:
+    if _observed():
         sys.exit(status)
     atexit._run_exitfuncs()
+    status = _flush_stdio(status)
+    os._exit(status)
+
+
+def _observed() -> bool:
+    """Whether a profiler, tracer or debugger watches this process."""
+    if sys.getprofile() is not None or sys.gettrace() is not None:
+        return True
+    monitoring = getattr(sys, "monitoring", None)  # Python 3.12+: cProfile, coverage and debuggers may use it instead
+    return monitoring is not None and any(monitoring.get_tool(tool) for tool in range(6))
+
+
+def _flush_stdio(status: int) -> int:
+    """Flush what is still buffered: a reader gone away (`| head`) is not an error, a full or
+    failing output is (exit 2, as for any output weightport cannot write)."""
     for stream in (sys.stdout, sys.stderr):
+        if stream is None:  # started with the descriptor closed
+            continue
         try:
             stream.flush()
-        except (BrokenPipeError, OSError):  # a reader that went away (`| head`) is not an error
+        except BrokenPipeError:
             pass
-    os._exit(status)
+        except OSError as exc:
+            with contextlib.suppress(OSError):
+                print(f"weightport: error: {_unwritable(exc).line()}", file=sys.__stderr__)
+            status = status or 2
+    return status
 
 
 def _say(message: object) -> int:

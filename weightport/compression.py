@@ -20,6 +20,6 @@ def compression_filter(text: Optional[str]) -> Optional[Tuple[str, Optional[int]
     if text is None:
         return None
     name, sep, level = text.lower().partition("=")
-    if name not in COMPRESSIONS or (sep and (name != "gzip" or not level.isdigit() or int(level) > 9)):
+    if name not in COMPRESSIONS or (sep and (name != "gzip" or not (level.isascii() and level.isdecimal()) or int(level) > 9)):
         raise WeightportError(None, f"unknown compression '{text}'", "give gzip, gzip=LEVEL (0-9) or lzf")
     return name, int(level) if sep else None
