@@ -96,3 +96,29 @@ def test_a_refused_command_line_conversion_leaves_no_hash(tmp_path: Path) -> Non
     source.write_text("not weights\n" * 1000)  # a regular file, so hashed, then refused
     assert main(["convert", str(source), "-o", str(tmp_path / "out.h5"), "--quiet"]) == 2
     assert _started(source) == []
+
+
+@pytest.mark.parametrize("when, how", [("_structure", "replaced"), ("_fsync", "rewritten")])
+def test_a_source_changed_during_the_conversion_is_refused(monkeypatch, tmp_path: Path, when: str, how: str) -> None:
+    """A checkpoint saved again (renamed over the same name, or rewritten in place) while it is
+    converted: before the bytes are copied, or after. The output would not match the recorded
+    SHA-256, so nothing is written and the file is named."""
+    source, other = tmp_path / "src.keras", tmp_path / "other.keras"
+    source.write_bytes((FIXTURES / "seq__k3.keras").read_bytes())
+    other.write_bytes((FIXTURES / "seq__k3.keras").read_bytes() + b"\0")
+    real = getattr(writers, when)
+
+    def then_change(*args, **kwargs):
+        result = real(*args, **kwargs)
+        if how == "replaced":
+            os.replace(other, source)
+        else:
+            with open(source, "ab") as fh:
+                fh.write(b"\0")
+        return result
+
+    monkeypatch.setattr(writers, when, then_change)
+    out = tmp_path / "out.h5"
+    with pytest.raises(weightport.WeightportError, match="src.keras: changed while being converted"):
+        weightport.convert(source, out)
+    assert not [path for path in tmp_path.iterdir() if "out.h5" in path.name]  # no output, no temporary

@@ -17,6 +17,7 @@ import zlib
 from pathlib import Path
 from typing import IO, Optional, Union
 
+from . import digests
 from .config import ModelConfig, parse_model_config
 from .errors import WeightportError
 from .hdf5 import check_readable, damaged_hdf5, open_h5
@@ -101,6 +102,7 @@ def read_archive(path: Union[str, Path], config: Optional[ModelConfig] = None) -
         with damaged_hdf5(path):
             view = read_keras3(f, path, config, layout="keras-archive", keras_version=version)
         view.data_file, view.data_base = str(path), getattr(fileobj, "start", None)
+        view.data_identity = digests.identity(str(path), archive.fp.fileno())
         view._resources.enter_context(opened.pop_all())
     return view
 

@@ -16,7 +16,9 @@ import stat
 import threading
 from typing import Dict, Optional, Tuple
 
-__all__ = ["start", "sha256", "discard"]
+from .errors import WeightportError
+
+__all__ = ["start", "sha256", "discard", "identity", "changed"]
 
 BLOCK_BYTES = 1 << 20  # read into one buffer that stays in the CPU cache
 _Key = Tuple[str, int, int, int, int, int]
@@ -69,6 +71,18 @@ def _key(path: str, info: os.stat_result) -> _Key:
     return os.path.realpath(path), info.st_dev, info.st_ino, info.st_size, info.st_mtime_ns, info.st_ctime_ns
 
 
+def identity(path: str, fd: Optional[int] = None) -> _Key:
+    """Which file `path` names, as it is: through the open descriptor `fd` when given (the file
+    actually being read, even if the name now points elsewhere)."""
+    return _key(path, os.fstat(fd) if fd is not None else os.stat(path))
+
+
+def changed(path: str) -> WeightportError:
+    """The refusal when a source is replaced or rewritten while it is converted."""
+    return WeightportError(path, "changed while being converted (rewritten or replaced since it was read)",
+                           "convert again once the file is no longer being written; nothing was written")
+
+
 def start(path: str) -> None:
     """Begin hashing `path` in the background. Anything but a regular file (missing, a
     directory, a pipe that would never end) is left alone, for the reader to report."""
@@ -84,10 +98,15 @@ def start(path: str) -> None:
             _pending[key] = _Hash(path)
 
 
-def sha256(path: str) -> str:
+def sha256(path: str, expected: Optional[_Key] = None) -> str:
     """The hex SHA-256 of `path` as it is now: the started hash if the file is unchanged, else
-    computed here (and a hash started on an older state of the file is stopped)."""
+    computed here (and a hash started on an older state of the file is stopped). With
+    `expected` (the `identity` of the file that was read), a file that is no longer that one is
+    refused: its hash would not describe what was converted."""
     key = _key(path, os.stat(path))
+    if expected is not None and key != expected:
+        discard(path)
+        raise changed(path)
     with _lock:
         pending = _pending.pop(key, None)
     discard(path)

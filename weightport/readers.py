@@ -9,6 +9,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Optional, Union
 
+from . import digests
 from .archive import is_archive, read_archive
 from .config import ModelConfig, load_config_file
 from .errors import WeightportError
@@ -51,6 +52,7 @@ def read(path: PathLike, config: Optional[Union[PathLike, ModelConfig]] = None) 
         raise
     view._resources.callback(f.close)
     view.data_file = str(path)
+    view.data_identity = digests.identity(str(path), f.id.get_vfd_handle())
     return view
 
 

@@ -104,6 +104,7 @@ class ModelView:
     config: Optional["ModelConfig"] = field(default=None, repr=False)
     data_file: Optional[str] = None  # the file on disk whose bytes the datasets live in
     data_base: Optional[int] = 0  # where the HDF5 image starts in it (a .keras member); None: not in place
+    data_identity: Optional[tuple] = None  # that file as it was opened (digests.identity): a replaced or rewritten file is noticed
     _resources: contextlib.ExitStack = field(default_factory=contextlib.ExitStack, repr=False)
 
     @property

@@ -65,7 +65,8 @@ def write(plan: Plan, out: Path, views: Dict[str, ModelView], force: bool = Fals
         raise WeightportError(out, "a .keras output needs the twin's model config, and there is none",
                               "write *.weights.h5 or *.h5 instead, or convert from a file with a config")
     archive = layout == "keras-archive"
-    hashed = views[plan.source].data_file or plan.source
+    source = views[plan.source]
+    hashed = source.data_file or plan.source
     digests.start(hashed)  # on another core while the bytes are copied, if the caller has not started it
     try:
         with atomic_output(out, parts=2 if archive else 1) as paths:
@@ -79,7 +80,7 @@ def write(plan: Plan, out: Path, views: Dict[str, ModelView], force: bool = Fals
                 _fsync(weights)  # the last tensor bytes go to disk
                 if check is not None:
                     check(weights)  # every tensor is in place: proved while the source's hash finishes
-            _provenance(plan, weights, digests.sha256(hashed))
+            _provenance(plan, weights, digests.sha256(hashed, source.data_identity))  # refused if no longer the file read
             if archive:
                 _archive(weights, paths[0], model_config, keras_version)  # the weights file is read into the archive, never synced itself
                 if check is not None:
@@ -260,6 +261,8 @@ def _open_fds(views: Dict[str, ModelView]) -> Iterator[Dict[str, int]]:
         for view in views.values():
             if view.data_file and view.data_file not in fds:
                 fds[view.data_file] = os.open(view.data_file, os.O_RDONLY)
+                if view.data_identity is not None and digests.identity(view.data_file, fds[view.data_file]) != view.data_identity:
+                    raise digests.changed(view.data_file)  # the raw bytes would come from another file than the one planned
         yield fds
     finally:
         for fd in fds.values():
