@@ -40,3 +40,14 @@ def test_version_names_the_package() -> None:
 
     result = _probe("--version")
     assert result.stdout.strip() == f"weightport {__version__}"
+
+
+def test_a_bad_compression_is_refused_before_numpy_and_h5py_import(tmp_path) -> None:
+    """The option is checked by argparse with weightport.compression alone, so the refusal is
+    quick and the source's hash would not wait behind the imports."""
+    probe = PROBE.replace('("tensorflow", "keras", "tf_keras", "jax", "torch")', '("numpy", "h5py")')
+    env = dict(os.environ, PYTHONPATH=str(ROOT))
+    result = subprocess.run([sys.executable, "-c", probe, "convert", str(FIXTURES / "seq__k3.keras"), "-o", str(tmp_path / "x.h5"),
+                             "--compression", "zstd"], capture_output=True, text=True, env=env, timeout=120)
+    assert result.returncode == 2 and "unknown compression 'zstd'" in result.stderr
+    assert "HEAVY:\n" in result.stderr, result.stderr

@@ -161,3 +161,28 @@ def test_a_source_shorter_than_its_tensor_is_a_clear_error(tmp_path: Path) -> No
         mover = transfer._Mover(src.fileno(), 0, np.dtype("<f4"), transfer.Output(out.fileno()), 0, np.dtype("<f4"), 3, "src.bin")
         with pytest.raises(weightport.WeightportError, match="src.bin: changed or truncated while being read"):
             mover.move(transfer.Run(0, 1, 0, 1, 4))
+
+
+@pytest.mark.parametrize("compression", [None, "lzf"])
+def test_progress_is_told_every_byte_as_it_goes(monkeypatch, tmp_path: Path, compression) -> None:
+    """`progress(bytes_written, total)`: increments that add up to the total, several per tensor
+    when tensors take several blocks (a 4 GB kernel moves the bar as it goes)."""
+    monkeypatch.setattr(transfer, "BLOCK_BYTES", 256)
+    calls = []
+    built = weightport.convert(FIXTURES / "seq__k3.keras", tmp_path / "out.h5", compression=compression,
+                               progress=lambda size, total: calls.append((size, total)))
+    total = {t for _, t in calls}
+    assert len(total) == 1 and sum(size for size, _ in calls) == total.pop()
+    assert len(calls) > len(built.steps)
+
+
+def test_no_writeback_for_the_weights_inside_an_archive(monkeypatch, tmp_path: Path) -> None:
+    """A .keras output's weights file is copied into the archive and deleted: starting its
+    writeback would only send to disk what is thrown away (the archive itself is fsynced)."""
+    calls = []
+    monkeypatch.setattr(transfer, "_sync_file_range", lambda: lambda *args: calls.append(args) or 0)
+    monkeypatch.setattr(transfer, "WRITEBACK_BYTES", 1)
+    weightport.convert(FIXTURES / "seq__k3.keras", tmp_path / "out.keras")
+    assert calls == []
+    weightport.convert(FIXTURES / "seq__k3.keras", tmp_path / "out.h5")
+    assert calls  # the same conversion to an .h5 does start it

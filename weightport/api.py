@@ -91,10 +91,11 @@ def convert(source: PathLike, out: PathLike, target: Optional[PathLike] = None, 
     `out`'s name picks the format: `.weights.h5` (Keras 3 layout), `.h5`/`.hdf5` (legacy
     layout; with `full_model` a whole legacy model, config included), `.keras` (a whole Keras 3
     model: the twin's config and weights, for `keras.models.load_model`). Other arguments as
-    for `plan`; `force` replaces an existing `out`; `progress(done, total)` is called with byte
-    counts as tensors are written. With `verify` the file is checked with numpy before it takes
-    `out`'s place, as soon as its tensors are in place (the provenance attributes are added after;
-    `plan.verification` holds the result; a failure raises `VerificationFailed`).
+    for `plan`; `force` replaces an existing `out`; `progress(bytes_written, total)` is called as
+    the tensor bytes go in. With `verify` the file is checked with numpy before it takes `out`'s
+    place: an `.h5` as soon as its tensors are in place (the provenance attributes are added
+    after), a `.keras` archive whole; `plan.verification` holds the result, and a failure raises
+    `VerificationFailed`.
     `compression` ("gzip", "gzip=LEVEL" with LEVEL 0-9, or "lzf") stores the tensors chunked and
     compressed (smaller, slower to write); by default they are contiguous, as Keras writes them.
     The output is written atomically: `out` is either left as it was or replaced by a complete,

@@ -71,8 +71,12 @@ def run_jobs(jobs: List[Job], options: Dict[str, Any], verify: bool, workers: in
         return outcomes
     with concurrent.futures.ProcessPoolExecutor(max_workers=workers) as pool:
         futures = [pool.submit(convert_one, job, options, verify, debug) for job in jobs]
-        for future in concurrent.futures.as_completed(futures):
-            done(future.result())
+        try:
+            for future in concurrent.futures.as_completed(futures):
+                done(future.result())
+        except BaseException:  # Ctrl-C, a reader gone away: the queued files are not started
+            pool.shutdown(wait=True, cancel_futures=True)
+            raise
     return outcomes
 
 

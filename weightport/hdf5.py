@@ -52,8 +52,10 @@ def open_h5(path: Union[str, Path], fileobj: Optional[IO[bytes]] = None) -> h5py
             raise WeightportError(path, "not an HDF5 file", "give a Keras weights file (.h5, .hdf5, .weights.h5) or a .keras archive")
     try:
         # no chunk cache: HDF5 keeps one per open dataset and a view keeps every dataset open, so
-        # it would grow with the number of tensors; Keras writes no chunks, and weightport's own
-        # compressed chunks are read in blocks of about a chunk (at worst twice each)
+        # it would grow with the number of tensors. Keras writes no chunks; weightport's own
+        # compressed chunks are verified in blocks of about a chunk (each read once or twice). Only
+        # a chunked source read for a permuted rule (chw) decompresses a chunk once per piece it
+        # touches: slow, but bounded in memory
         return h5py.File(fileobj if fileobj is not None else str(path), "r", rdcc_nbytes=0)
     except (OSError, ValueError) as exc:
         reason = str(exc).split("(")[-1].rstrip(")") if "(" in str(exc) else str(exc)

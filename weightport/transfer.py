@@ -53,30 +53,33 @@ class Output:
     and the writeback started so far (none with `writeback` False: a file about to be copied
     into an archive need not reach the disk)."""
 
-    def __init__(self, fd: int, writeback: bool = True) -> None:
+    def __init__(self, fd: int, writeback: bool = True, advance: Optional[Callable[[int], None]] = None) -> None:
         self.fd = fd
         self.buffer = memoryview(bytearray(BLOCK_BYTES))
         self._start_writeback = _sync_file_range() if writeback else None
+        self._advance = advance  # told every byte count written (a progress bar)
         self._unstarted = 0  # bytes written since writeback was last started
         self._span: Optional[Tuple[int, int]] = None  # the byte range they lie in
 
     def write(self, offset: int, data: np.ndarray) -> None:
         """Write a contiguous array's bytes at `offset`; after every `WRITEBACK_BYTES` written,
         start writeback of the whole pages of the range they lie in (a partly written last page
-        may still get more bytes, so it waits for the next start, or the fsync)."""
+        may still get more bytes, so it waits for the next start, or the fsync; scattered writes
+        may see a page started and written again, which only costs speed)."""
         view = memoryview(data.reshape(-1).view(np.uint8))
         start, end = offset, offset + len(view)
         while view:
             written = os.pwrite(self.fd, view, offset)
             view, offset = view[written:], offset + written
+        if self._advance is not None:
+            self._advance(end - start)
         if self._start_writeback is None:
             return
         low, high = self._span or (start, end)
         self._span, self._unstarted = (min(low, start), max(high, end)), self._unstarted + end - start
-        if self._unstarted >= WRITEBACK_BYTES:
-            low, high = self._span[0] - self._span[0] % mmap.PAGESIZE, self._span[1] - self._span[1] % mmap.PAGESIZE
-            if high > low:
-                self._start_writeback(self.fd, low, high - low, _SYNC_FILE_RANGE_WRITE)  # errors only cost speed
+        low, high = self._span[0] - self._span[0] % mmap.PAGESIZE, self._span[1] - self._span[1] % mmap.PAGESIZE
+        if self._unstarted >= WRITEBACK_BYTES and high > low:
+            self._start_writeback(self.fd, low, high - low, _SYNC_FILE_RANGE_WRITE)  # errors only cost speed
             self._span, self._unstarted = None, 0
 
 

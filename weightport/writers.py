@@ -52,7 +52,7 @@ def write(plan: Plan, out: Path, views: Dict[str, ModelView], force: bool = Fals
 
     With `model_config` the output is a whole model: a `.keras` archive (config.json and
     model.weights.h5), or a legacy full-model `.h5` (`model_config`, `model_weights`).
-    `progress(done, total)` is called with byte counts as tensors are written; `check(path)` is
+    `progress(bytes_written, total)` is called as the tensor bytes go in; `check(path)` is
     given the temporary file before it replaces `out` (an `.h5` as soon as every tensor is in
     place, before the provenance attributes are added; a `.keras` archive whole), and may refuse
     it by raising. `compression` ("gzip", "gzip=LEVEL", "lzf") stores the tensors chunked and
@@ -218,15 +218,22 @@ def _source_datasets(views: Dict[str, ModelView]) -> Dict[Tuple[str, str], h5py.
 
 
 def _sizes(plan: Plan) -> List[int]:
-    """Every target tensor's size in bytes, for the progress bar."""
+    """Every target tensor's size in bytes."""
     return [int(np.prod(s.target_shape, dtype=np.int64)) * np.dtype(s.target_dtype).itemsize for s in plan.steps]
+
+
+def _advance(plan: Plan, progress: Optional[Callable[[int, int], None]]) -> Optional[Callable[[int], None]]:
+    """`progress(bytes_written, total)` with the plan's total bound, for the writers to call."""
+    if progress is None:
+        return None
+    total = sum(_sizes(plan))
+    return lambda size: progress(size, total)
 
 
 def _fill_pieces(plan: Plan, places: List[str], tmp: Path, views: Dict[str, ModelView],
                  progress: Optional[Callable[[int, int], None]] = None) -> None:
     """Fill chunked (compressed) datasets through h5py, a piece at a time."""
-    datasets, total = _source_datasets(views), sum(_sizes(plan))
-    advance = (lambda size: progress(size, total)) if progress is not None else None
+    datasets, advance = _source_datasets(views), _advance(plan, progress)
     with h5py.File(tmp, "r+") as f:
         for step, place in zip(plan.steps, places, strict=True):
             write_pieces(step.rule, step.params, datasets[(step.source_file, step.source_path)], f[place], step.source_file, advance)
@@ -235,11 +242,10 @@ def _fill_pieces(plan: Plan, places: List[str], tmp: Path, views: Dict[str, Mode
 def _fill(plan: Plan, offsets: List[Optional[int]], tmp: Path, views: Dict[str, ModelView],
           progress: Optional[Callable[[int, int], None]] = None, writeback: bool = True) -> None:
     """Fill contiguous datasets with raw byte moves, a tensor at a time."""
-    datasets, sizes = _source_datasets(views), _sizes(plan)
-    total = sum(sizes)
+    datasets = _source_datasets(views)
     with _open_fds(views) as fds, open(tmp, "rb+") as out:
-        output = Output(out.fileno(), writeback)
-        for step, offset, size in zip(plan.steps, offsets, sizes, strict=True):
+        output = Output(out.fileno(), writeback, _advance(plan, progress))
+        for step, offset, size in zip(plan.steps, offsets, _sizes(plan), strict=True):
             view = views[step.source_file]
             dataset = datasets[(step.source_file, step.source_path)]
             location = raw_location(view, dataset)
@@ -250,8 +256,6 @@ def _fill(plan: Plan, offsets: List[Optional[int]], tmp: Path, views: Dict[str, 
                     raise RuntimeError(f"dataset for {step.target_name} was not allocated")
                 continue
             transfer(step.rule, step.params, dataset, source, output, offset, dtype, step.source_file)
-            if progress is not None:
-                progress(size, total)
 
 
 @contextlib.contextmanager
