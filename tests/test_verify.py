@@ -95,3 +95,25 @@ def test_big_tensors_are_checked_by_sampled_rows(monkeypatch, tmp_path: Path) ->
     swapped = _converted(tmp_path, name="swapped.h5", source_order="chw")
     failed = [p.source_layer for p in weightport.verify(SEQ, swapped).pairs if not p.ok]
     assert failed == ["dense"]
+
+
+@pytest.mark.parametrize("edge", [0, -1])
+def test_sampled_rows_always_include_the_first_and_the_last(monkeypatch, tmp_path: Path, edge: int) -> None:
+    """A mover that drops the first or the last block of a tensor is caught even with a single
+    random row: the edges are always compared."""
+    import importlib
+
+    import numpy as np
+
+    verification = importlib.import_module("weightport.verification")
+    monkeypatch.setattr(verification, "FULL_CHECK_VALUES", 16)
+    monkeypatch.setattr(verification, "SAMPLED_ROWS", 1)
+    out = _converted(tmp_path, name="edge.h5")
+    with h5py.File(out, "r+") as f:
+        kernels = []
+        f.visititems(lambda name, obj: kernels.append(obj) if isinstance(obj, h5py.Dataset) and obj.ndim == 4 else None)
+        kernel = max(kernels, key=lambda ds: ds.shape[:-1])  # the flatten-fed Dense, now the window-sized conv
+        index = (edge,) * 3
+        kernel[index] = np.asarray(kernel[index]) + 1.0
+    failed = [p for p in weightport.verify(SEQ, out).pairs if not p.ok]
+    assert len(failed) == 1 and any("rows sampled" in check for check in failed[0].checks)
