@@ -225,14 +225,19 @@ def test_whole_legacy_model_with_bn_and_dropout_head(tmp_path: Path) -> None:
     assert np.asarray(fcn(np.zeros((1, 20, 20, 3), "float32"))).shape == (1, 5, 5, 3)
 
 
-@pytest.mark.parametrize("writer", sorted(KERAS))
-def test_verify_with_keras_end_to_end(writer: str, tmp_path: Path) -> None:
-    K, source, full, _ = _saved("chw", writer, 9, tmp_path)
-    out = tmp_path / "out.h5"
+def _verified_with_keras(name: str, writer: str, seed: int, out: Path) -> tuple:
+    """(the case's full source file, `verify --keras` output) for a right conversion into `out`."""
+    _, _, full, _ = _saved(name, writer, seed, out.parent)
     weightport.convert(full, out)
     result = run_cli("verify", str(full), str(out), "--keras")
     assert result.returncode == 0, result.stderr[-2000:]
     assert "agree end to end" in result.stdout
+    return full, result.stdout
+
+
+@pytest.mark.parametrize("writer", sorted(KERAS))
+def test_verify_with_keras_end_to_end(writer: str, tmp_path: Path) -> None:
+    full, _ = _verified_with_keras("chw", writer, 9, tmp_path / "out.h5")
     wrong = tmp_path / "wrong.h5"
     weightport.convert(full, wrong, source_order="hwc")
     result = run_cli("verify", str(full), str(wrong), "--keras")
@@ -241,9 +246,5 @@ def test_verify_with_keras_end_to_end(writer: str, tmp_path: Path) -> None:
 
 @pytest.mark.parametrize("writer", sorted(KERAS))
 def test_verify_with_keras_per_location_for_pooling_heads(writer: str, tmp_path: Path) -> None:
-    K, source, full, _ = _saved("gap", writer, 13, tmp_path)
-    out = tmp_path / "out.weights.h5"
-    weightport.convert(full, out)
-    result = run_cli("verify", str(full), str(out), "--keras")
-    assert result.returncode == 0, result.stderr[-2000:]
-    assert "agree end to end" in result.stdout and "agree per location" in result.stdout
+    _, report = _verified_with_keras("gap", writer, 13, tmp_path / "out.weights.h5")
+    assert "agree per location" in report

@@ -17,15 +17,16 @@ try:
     code = main(sys.argv[1:])
 except SystemExit as exc:
     code = exc.code
-heavy = sorted(m for m in ("tensorflow", "keras", "tf_keras", "jax", "torch") if m in sys.modules)
+heavy = sorted(m for m in HEAVY if m in sys.modules)
 print("HEAVY:" + ",".join(heavy), file=sys.stderr)
 sys.exit(code)
 """
 
 
-def _probe(*args: str) -> subprocess.CompletedProcess:
+def _probe(*args: str, heavy: tuple = ("tensorflow", "keras", "tf_keras", "jax", "torch")) -> subprocess.CompletedProcess:
+    """Run the CLI with ARGS; stderr ends with `HEAVY:` and which of the `heavy` modules it imported."""
     env = dict(os.environ, PYTHONPATH=str(ROOT))
-    return subprocess.run([sys.executable, "-c", PROBE, *args], capture_output=True, text=True, env=env, timeout=120)
+    return subprocess.run([sys.executable, "-c", f"HEAVY = {heavy!r}\n{PROBE}", *args], capture_output=True, text=True, env=env, timeout=120)
 
 
 @pytest.mark.parametrize("args", [["--version"], ["--help"], ["inspect", "--help"], ["inspect", str(FIXTURES / "seq__k3.keras")], ["inspect", str(FIXTURES / "seq__tfk.h5"), "--json"]], ids=" ".join)
@@ -45,9 +46,6 @@ def test_version_names_the_package() -> None:
 def test_a_bad_compression_is_refused_before_numpy_and_h5py_import(tmp_path) -> None:
     """The option is checked by argparse with weightport.compression alone, so the refusal is
     quick and the source's hash would not wait behind the imports."""
-    probe = PROBE.replace('("tensorflow", "keras", "tf_keras", "jax", "torch")', '("numpy", "h5py")')
-    env = dict(os.environ, PYTHONPATH=str(ROOT))
-    result = subprocess.run([sys.executable, "-c", probe, "convert", str(FIXTURES / "seq__k3.keras"), "-o", str(tmp_path / "x.h5"),
-                             "--compression", "zstd"], capture_output=True, text=True, env=env, timeout=120)
+    result = _probe("convert", str(FIXTURES / "seq__k3.keras"), "-o", str(tmp_path / "x.h5"), "--compression", "zstd", heavy=("numpy", "h5py"))
     assert result.returncode == 2 and "unknown compression 'zstd'" in result.stderr
     assert "HEAVY:\n" in result.stderr, result.stderr

@@ -109,13 +109,19 @@ def transfer(rule_name: str, params: dict, dataset: h5py.Dataset, source: Option
     if dataset.size == 0:
         return
     if rule.runs is None or source is None:
-        with damaged_hdf5(source_file):
-            values = dataset[()]
-        output.write(out_offset, np.ascontiguousarray(rule.apply(values, params), dtype=out_dtype))
+        output.write(out_offset, _whole(rule_name, params, dataset, source_file, out_dtype))
         return
     mover = _Mover(source[0], source[1], dataset.dtype, output, out_offset, out_dtype, rows_of(dataset.shape)[1], source_file)
     for run in rule.runs(tuple(dataset.shape), params):
         mover.move(run)
+
+
+def _whole(rule_name: str, params: dict, dataset: h5py.Dataset, source_file: str, dtype: np.dtype) -> np.ndarray:
+    """The whole target tensor in memory, for what is not moved in place (small tensors, the
+    in-memory rules, tensors stored chunked or compressed in the source)."""
+    with damaged_hdf5(source_file):
+        values = dataset[()]
+    return np.ascontiguousarray(RULES[rule_name].apply(values, params), dtype=dtype)
 
 
 class _Mover:
@@ -193,9 +199,7 @@ def write_pieces(rule_name: str, params: dict, dataset: h5py.Dataset, target: h5
     if dataset.size == 0:
         return
     if rule.runs is None or target.ndim < 2 or dataset.ndim < 1 or dataset.shape[-1] != target.shape[-1]:
-        with damaged_hdf5(source_file):
-            values = dataset[()]
-        target[()] = np.asarray(rule.apply(values, params), dtype=target.dtype)
+        target[()] = _whole(rule_name, params, dataset, source_file, target.dtype)
         if advance is not None:
             advance(target.nbytes)
         return
