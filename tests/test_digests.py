@@ -1,16 +1,20 @@
-"""The provenance hash: started early, right, never stale, and stopped when a conversion fails."""
+"""The provenance hash: started early, right, never stale, stopped when a conversion fails, and
+checked by `verify`."""
 
 from __future__ import annotations
 
 import hashlib
 import importlib
+import json
 import os
 from pathlib import Path
 
+import blake3
+import h5py
 import pytest
 
 import weightport
-from conftest import FIXTURES
+from conftest import FIXTURES, run_cli
 from weightport import digests
 
 writers = importlib.import_module("weightport.writers")
@@ -21,13 +25,14 @@ def _started(path: Path) -> list:
     return [h for k, h in digests._pending.items() if k[0] == real]
 
 
-def test_started_hash_is_taken_by_sha256(tmp_path: Path) -> None:
+def test_started_hash_is_taken_by_source_digest(tmp_path: Path) -> None:
     path = tmp_path / "w.h5"
     path.write_bytes(os.urandom(3 * digests.BLOCK_BYTES + 17))  # several blocks and a partial one
     digests.start(str(path))
     assert len(_started(path)) == 1  # a thread is on it
-    assert digests.sha256(str(path)) == hashlib.sha256(path.read_bytes()).hexdigest()
+    assert digests.source_digest(str(path)) == blake3.blake3(path.read_bytes()).hexdigest()
     assert _started(path) == []
+    assert digests.file_digest(str(path), "weightport_source_sha256") == hashlib.sha256(path.read_bytes()).hexdigest()
 
 
 def test_a_file_changed_after_the_start_is_hashed_again(tmp_path: Path) -> None:
@@ -37,20 +42,20 @@ def test_a_file_changed_after_the_start_is_hashed_again(tmp_path: Path) -> None:
     stale = _started(path)[0]
     stale.done.wait()
     path.write_bytes(b"after, longer")  # another size (and mtime): another file as far as the hash goes
-    assert digests.sha256(str(path)) == hashlib.sha256(b"after, longer").hexdigest()
+    assert digests.source_digest(str(path)) == blake3.blake3(b"after, longer").hexdigest()
     assert _started(path) == [] and stale.stop.is_set()
 
 
 def test_an_error_in_the_thread_reaches_the_caller(monkeypatch, tmp_path: Path) -> None:
-    def broken(path, stop=None):
+    def broken(path, attribute=None, stop=None):
         raise MemoryError("no room")
 
     path = tmp_path / "w.h5"
     path.write_bytes(b"x")
-    monkeypatch.setattr(digests, "_file_sha256", broken)
+    monkeypatch.setattr(digests, "file_digest", broken)
     digests.start(str(path))
     with pytest.raises(MemoryError):
-        digests.sha256(str(path))
+        digests.source_digest(str(path))
 
 
 @pytest.mark.parametrize("kind", ["missing", "directory", "fifo"])
@@ -122,3 +127,42 @@ def test_a_source_changed_during_the_conversion_is_refused(monkeypatch, tmp_path
     with pytest.raises(weightport.WeightportError, match="src.keras: changed while being converted"):
         weightport.convert(source, out)
     assert not [path for path in tmp_path.iterdir() if "out.h5" in path.name]  # no output, no temporary
+
+
+@pytest.mark.parametrize("suffix", [".h5", ".keras"])
+def test_verify_checks_the_recorded_source_digest(tmp_path: Path, suffix: str) -> None:
+    """`verify SRC OUT` recomputes SRC's BLAKE3 and compares it with the one OUT records: the
+    right source passes; another file with the very same weights (so every numeric check
+    passes) fails, exit 1, both digests shown."""
+    source, twin = tmp_path / "src.keras", tmp_path / "twin.keras"
+    source.write_bytes((FIXTURES / "seq__k3.keras").read_bytes())
+    twin.write_bytes(source.read_bytes() + b"\0")  # the same archive, one byte longer: other bytes, same weights
+    out = tmp_path / f"out{suffix}"
+    weightport.convert(source, out)
+    right = run_cli("verify", str(source), str(out))
+    expected = blake3.blake3(source.read_bytes()).hexdigest()
+    assert right.returncode == 0 and f"source blake3: {expected}, as OUT records" in right.stdout, right.stdout
+    wrong = run_cli("verify", str(twin), str(out), "--json")
+    doc = json.loads(wrong.stdout)
+    assert wrong.returncode == 1 and not doc["ok"] and all(p["ok"] for p in doc["pairs"])
+    assert doc["source_digest"] == {"attribute": "weightport_source_blake3", "recorded": expected,
+                                    "actual": blake3.blake3(twin.read_bytes()).hexdigest(), "ok": False}
+
+
+def test_verify_checks_an_older_outputs_sha256_and_passes_an_output_without_one(tmp_path: Path) -> None:
+    """Outputs of earlier weightport versions record SHA-256: checked by that algorithm. A file
+    with no record (written by Keras, say) is verified on its numbers alone."""
+    source, out = FIXTURES / "seq__k3.keras", tmp_path / "out.h5"
+    weightport.convert(source, out)
+    with h5py.File(out, "r+") as f:
+        del f.attrs["weightport_source_blake3"]
+        f.attrs["weightport_source_sha256"] = hashlib.sha256(source.read_bytes()).hexdigest()
+    result = weightport.verify(source, out)
+    assert result.ok and result.digest.attribute == "weightport_source_sha256" and result.digest.ok
+    with h5py.File(out, "r+") as f:
+        f.attrs["weightport_source_sha256"] = "0" * 64
+    assert not weightport.verify(source, out).ok
+    with h5py.File(out, "r+") as f:
+        del f.attrs["weightport_source_sha256"]
+    result = weightport.verify(source, out)
+    assert result.ok and result.digest is None

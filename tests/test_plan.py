@@ -3,10 +3,10 @@ and the output rules (no overwrite without --force, inputs never change)."""
 
 from __future__ import annotations
 
-import hashlib
 import json
 from pathlib import Path
 
+import blake3
 import h5py
 import numpy as np
 
@@ -106,7 +106,8 @@ def test_provenance_and_values(tmp_path: Path) -> None:
     with h5py.File(out, "r") as f:
         assert f.attrs["weightport_version"] == weightport.__version__
         assert f.attrs["weightport_source"] == SEQ.name
-        assert f.attrs["weightport_source_sha256"] == hashlib.sha256(SEQ.read_bytes()).hexdigest()
+        assert f.attrs["weightport_source_blake3"] == blake3.blake3(SEQ.read_bytes()).hexdigest()
+        assert "weightport_source_sha256" not in f.attrs
         rules = json.loads(f.attrs["weightport_rules"])
         assert [r["rule"] for r in rules][2] == "dense-to-conv"
         kernel = f["layers/conv2d_1/vars/0"][()]

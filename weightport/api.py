@@ -11,6 +11,7 @@ import tempfile
 from pathlib import Path
 from typing import Any, Callable, Dict, Iterator, List, Optional, Sequence, Tuple, Union
 
+from . import digests
 from .errors import WeightportError
 from .head import analyze_head
 from .planner import Plan, PlanOptions, make_plan
@@ -18,7 +19,7 @@ from .readers import read
 from .target import target_from_view
 from .twin import derive_twin
 from .twinconfig import open_input_size, twin_config
-from .verification import Verification, VerificationFailed, verify_plan
+from .verification import Verification, VerificationFailed, check_source_digest, verify_plan
 from .view import ModelView
 from .writers import output_layout, write
 
@@ -147,19 +148,29 @@ def verify(source: PathLike, out: PathLike, *, config: Optional[PathLike] = None
 
     Each layer pair of `source` and `out` (paired as `plan` pairs them, with `out` as the
     target) is run on random inputs on both sides; `Verification.ok` is True when every
-    pair agrees within `atol` or `rtol`. Options as for `plan`, describing the source.
+    pair agrees within `atol` or `rtol` and the source digest `out` records (if any) is
+    `source`'s, computed on a second thread meanwhile. Options as for `plan`, describing the source.
 
     Example:
         >>> weightport.verify("vgg16.keras", "fcn.weights.h5").ok  # doctest: +SKIP
         True
     """
-    return _verify(source, out, config, flatten, _options(source_order, flip_kernels, maps, skips), atol, rtol)
+    digests.start(str(source))
+    try:
+        return _verify(source, out, config, flatten, _options(source_order, flip_kernels, maps, skips), atol, rtol, digest=True)
+    finally:
+        digests.discard(str(source))
 
 
 def _verify(source: PathLike, out: PathLike, config: Optional[PathLike], flatten: Optional[Sequence[int]], options: PlanOptions,
-            atol: float = 1e-6, rtol: float = 1e-5, opened: Optional[ModelView] = None) -> Verification:
+            atol: float = 1e-6, rtol: float = 1e-5, opened: Optional[ModelView] = None, digest: bool = False) -> Verification:
+    """The numeric check; with `digest`, also OUT's recorded source digest (convert's own check
+    leaves it out: it is the one computing it)."""
     with planned(source, out, config, flatten, options, opened) as (built, views):
-        return verify_plan(built, views, views[str(out)], atol=atol, rtol=rtol)
+        result = verify_plan(built, views, views[str(out)], atol=atol, rtol=rtol)
+        if digest:
+            result.digest = check_source_digest(views[str(source)], views[str(out)])
+        return result
 
 
 def convert_into_model(source: PathLike, model: Any, **options: Any) -> Plan:

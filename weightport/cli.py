@@ -160,6 +160,9 @@ def _convert_many(args: argparse.Namespace, out_dir) -> int:
 
 
 def _cmd_verify(args: argparse.Namespace) -> int:
+    from . import digests
+
+    digests.start(args.source)  # SRC's digest, to check against OUT's record, runs while numpy and h5py import
     from .api import verify
     from .report import verification_json, verification_table
 

@@ -105,4 +105,17 @@ def verification_table(result: Verification) -> str:
     failed = [p for p in result.pairs if not p.ok]
     verdict = (f"verified: {len(result.pairs)} layer pairs within atol {result.atol:g} or rtol {result.rtol:g}" if not failed else
                f"FAILED: {len(failed)} of {len(result.pairs)} layer pairs differ: " + ", ".join(f"{p.source_layer} -> {p.target_layer}" for p in failed))
-    return "\n".join(lines + ["", verdict])
+    if result.digest is not None and not result.digest.ok:
+        verdict = ("FAILED: " if not failed else verdict + "; and ") + "OUT was converted from another file than SRC (source digest differs)"
+    return "\n".join(lines + _digest_lines(result) + ["", verdict])
+
+
+def _digest_lines(result: Verification) -> List[str]:
+    """The provenance check of `verify`: what OUT records of its source against SRC's digest."""
+    check = result.digest
+    if check is None:
+        return []
+    algorithm = check.attribute.rsplit("_", 1)[-1]
+    if check.ok:
+        return ["", f"source {algorithm}: {check.actual}, as OUT records ({check.attribute})"]
+    return ["", f"source {algorithm}: {check.actual}, but OUT records {check.recorded} ({check.attribute}): DIFFERS"]

@@ -13,17 +13,18 @@ with the wrong one.
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass
-from typing import Any, Dict, List, Tuple
+from typing import Any, Dict, List, Optional, Tuple
 
 import h5py
 import numpy as np
 
+from . import digests
 from .hdf5 import damaged_hdf5, read_rows
 from .planner import Plan, Step
 from .rules import canonical_order
 from .view import ModelView
 
-__all__ = ["PairCheck", "Verification", "VerificationFailed", "verify_plan"]
+__all__ = ["PairCheck", "DigestCheck", "Verification", "VerificationFailed", "verify_plan", "check_source_digest"]
 
 BLOCK_BYTES = 1 << 20  # float64 working blocks: the check adds a few MiB of memory, whatever the model
 SAMPLES = 3
@@ -46,19 +47,35 @@ class PairCheck:
 
 
 @dataclass
+class DigestCheck:
+    """The source digest OUT records (its provenance attribute) against SRC's own."""
+
+    attribute: str  # weightport_source_blake3, or weightport_source_sha256 in older outputs
+    recorded: str
+    actual: str
+
+    @property
+    def ok(self) -> bool:
+        return self.recorded == self.actual
+
+
+@dataclass
 class Verification:
-    """Every pair's check and the tolerances used."""
+    """Every pair's check, the tolerances used and, from `verify`, the source digest's check
+    (None when not made, or when OUT records no digest)."""
 
     pairs: List[PairCheck]
     atol: float
     rtol: float
+    digest: Optional[DigestCheck] = None
 
     @property
     def ok(self) -> bool:
-        return all(pair.ok for pair in self.pairs)
+        return all(pair.ok for pair in self.pairs) and (self.digest is None or self.digest.ok)
 
     def to_dict(self) -> Dict[str, Any]:
-        return {"ok": self.ok, "atol": self.atol, "rtol": self.rtol, "pairs": [asdict(p) for p in self.pairs]}
+        digest = None if self.digest is None else {**asdict(self.digest), "ok": self.digest.ok}
+        return {"ok": self.ok, "atol": self.atol, "rtol": self.rtol, "pairs": [asdict(p) for p in self.pairs], "source_digest": digest}
 
 
 class VerificationFailed(Exception):
@@ -68,6 +85,21 @@ class VerificationFailed(Exception):
         self.result = result
         failed = ", ".join(f"{p.source_layer} -> {p.target_layer}" for p in result.pairs if not p.ok)
         super().__init__(f"verification failed for {failed}")
+
+
+def check_source_digest(source: ModelView, out: ModelView) -> Optional[DigestCheck]:
+    """OUT's recorded source digest (the first provenance attribute it has, BLAKE3 or an older
+    output's SHA-256) against the digest of SRC as it is now; None when OUT records none (not
+    written by weightport). The hash of SRC is taken from `digests.start` if one was started."""
+    attrs = out.tensors[0].dataset.file.attrs  # a view always has a tensor; the provenance is on its file's root
+    attribute = next((name for name in digests.RECORDED if name in attrs), None)
+    if attribute is None:
+        return None
+    recorded = attrs[attribute]
+    recorded = recorded.decode("ascii", "replace") if isinstance(recorded, bytes) else str(recorded)
+    path = source.data_file or source.path
+    actual = digests.source_digest(path) if attribute == digests.ATTRIBUTE else digests.file_digest(path, attribute)
+    return DigestCheck(attribute, recorded, actual)
 
 
 def verify_plan(plan: Plan, views: Dict[str, ModelView], out: ModelView, atol: float = 1e-6, rtol: float = 1e-5,

@@ -80,7 +80,7 @@ def write(plan: Plan, out: Path, views: Dict[str, ModelView], force: bool = Fals
                 _fsync(weights)  # the last tensor bytes go to disk
                 if check is not None:
                     check(weights)  # every tensor is in place: proved while the source's hash finishes
-            _provenance(plan, weights, digests.sha256(hashed, source.data_identity))  # refused if no longer the file read
+            _provenance(plan, weights, digests.source_digest(hashed, source.data_identity))  # refused if no longer the file read
             if archive:
                 _archive(weights, paths[0], model_config, keras_version)  # the weights file is read into the archive, never synced itself
                 if check is not None:
@@ -275,13 +275,13 @@ def _open_fds(views: Dict[str, ModelView]) -> Iterator[Dict[str, int]]:
 
 # --- provenance ---------------------------------------------------------------------------
 
-def _provenance(plan: Plan, tmp: Path, source_sha256: str) -> None:
+def _provenance(plan: Plan, tmp: Path, source_digest: str) -> None:
     """Record who wrote the file, from what, and by which rule each tensor was made."""
     rules = [{"target": step.target_keras3 or step.target_name, "source": step.source_path, "source_file": Path(step.source_file).name,
               "rule": step.rule, "params": step.params} for step in plan.steps]
     with h5py.File(tmp, "r+") as f:
         f.attrs["weightport_version"] = __version__
         f.attrs["weightport_source"] = Path(plan.source).name
-        f.attrs["weightport_source_sha256"] = source_sha256
+        f.attrs[digests.ATTRIBUTE] = source_digest
         f.attrs["weightport_target"] = Path(plan.target.label).name
         f.attrs["weightport_rules"] = json.dumps(rules)
