@@ -117,3 +117,22 @@ def test_sampled_rows_always_include_the_first_and_the_last(monkeypatch, tmp_pat
         kernel[index] = np.asarray(kernel[index]) + 1.0
     failed = [p for p in weightport.verify(SEQ, out).pairs if not p.ok]
     assert len(failed) == 1 and any("rows sampled" in check for check in failed[0].checks)
+
+
+def test_bytes_identical_is_the_quick_proof_and_any_change_goes_to_the_numbers(tmp_path: Path) -> None:
+    """Tensors whose rule keeps every element in place are proved by comparing bytes; a tensor
+    whose bytes differ is checked numerically instead: within the tolerance it passes as a
+    numeric check, beyond it the pair fails."""
+    import numpy as np
+
+    out = _converted(tmp_path)
+    assert {c for p in weightport.verify(SEQ, out).pairs for c in p.checks} == {"bytes identical"}
+    with h5py.File(out, "r+") as f:
+        bias = f["dense_1/dense_1/bias:0"]
+        bias[0] = np.nextafter(bias[0], np.float32(np.inf))  # one ulp: other bytes, same number within rtol
+    pair = {p.source_layer: p for p in weightport.verify(SEQ, out).pairs}["dense_1"]
+    assert pair.ok and "values equal" in pair.checks and 0 < pair.max_abs < 1e-6
+    with h5py.File(out, "r+") as f:
+        f["dense_1/dense_1/bias:0"][0] += 1.0
+    result = weightport.verify(SEQ, out)
+    assert not result.ok and [p.source_layer for p in result.pairs if not p.ok] == ["dense_1"]

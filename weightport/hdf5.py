@@ -141,7 +141,7 @@ def checked_tensor(dataset: h5py.Dataset, root: h5py.File, file: Union[str, Path
     `MAX_COMPRESSION` times the file's size), which would otherwise make numpy allocate it.
     """
     name = dataset.name
-    if dataset.file.id != root.id:
+    if h5py.h5i.get_file_id(dataset.id) != root.id:  # what dataset.file.id is, without building a File per tensor
         raise WeightportError(file, f"tensor {name} is a link into another file ({dataset.file.filename})", "weights must be stored in the file itself")
     dtype = dataset.dtype
     if dtype.kind not in _NUMERIC or dtype.fields is not None or dtype.subdtype is not None:

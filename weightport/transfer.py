@@ -18,20 +18,22 @@ each piece gathered from the source rows the rule maps it from.
 
 from __future__ import annotations
 
+import contextlib
 import ctypes
 import mmap
 import os
-from typing import Callable, Iterator, List, Optional, Tuple
+from typing import Callable, Dict, Iterable, Iterator, List, Optional, Tuple
 
 import h5py
 import numpy as np
 
+from . import digests
 from .errors import WeightportError
 from .hdf5 import damaged_hdf5, read_rows
 from .rules import RULES, Run, rows_of
 from .view import ModelView
 
-__all__ = ["BLOCK_BYTES", "Output", "piece_shape", "raw_location", "transfer", "write_pieces"]
+__all__ = ["BLOCK_BYTES", "Output", "keeps_order", "open_data_files", "piece_shape", "raw_location", "transfer", "write_pieces"]
 
 BLOCK_BYTES = 1 << 20  # small enough to stay in the CPU cache between the read and the write
 WRITEBACK_BYTES = 32 << 20  # start the disk on what was written every this many bytes
@@ -83,18 +85,46 @@ class Output:
             self._span, self._unstarted = None, 0
 
 
-def raw_location(view: ModelView, dataset: h5py.Dataset) -> Optional[Tuple[str, int]]:
-    """(file, byte offset) of a dataset stored contiguously in place, else None."""
+@contextlib.contextmanager
+def open_data_files(views: Iterable[ModelView]) -> Iterator[Dict[str, Tuple[int, int]]]:
+    """{data file: (read-only descriptor, size)} for the files the views' datasets live in, each
+    opened once; a file that is no longer the one its view was read from is refused."""
+    files: Dict[str, Tuple[int, int]] = {}
+    try:
+        for view in views:
+            if view.data_file and view.data_file not in files:
+                fd = os.open(view.data_file, os.O_RDONLY)
+                files[view.data_file] = (fd, os.fstat(fd).st_size)
+                if view.data_identity is not None and digests.identity(view.data_file, fd) != view.data_identity:
+                    raise digests.changed(view.data_file)  # the raw bytes would come from another file than the one planned
+        yield files
+    finally:
+        for fd, _ in files.values():
+            os.close(fd)
+
+
+def raw_location(view: ModelView, dataset: h5py.Dataset, files: Dict[str, Tuple[int, int]]) -> Optional[Tuple[int, int]]:
+    """(open descriptor, byte offset) of a dataset stored contiguously in place in one of `files`
+    (from `open_data_files`), else None."""
     offset = dataset.id.get_offset()
     if offset is None or view.data_base is None or view.data_file is None:
         return None
-    if dataset.id.get_storage_size() != dataset.size * dataset.dtype.itemsize:
+    nbytes = dataset.size * dataset.dtype.itemsize
+    if dataset.id.get_storage_size() != nbytes:
         return None
+    fd, size = files[view.data_file]
     start = view.data_base + offset
-    if start + dataset.size * dataset.dtype.itemsize > os.path.getsize(view.data_file):
+    if start + nbytes > size:
         raise WeightportError(view.path, f"tensor {dataset.name} ends past the end of the file (truncated file)",
                               "the file is damaged; save or download it again")
-    return view.data_file, start
+    return fd, start
+
+
+def keeps_order(rule_name: str, shape: Tuple[int, ...], params: dict) -> bool:
+    """Whether the rule leaves every element where it is (a copy, a reshape, a Dense kernel to a
+    1x1 or an hwc-flattened window's conv): the target's bytes are then the source's, same dtype."""
+    runs = RULES[rule_name].runs
+    return runs is not None and runs(shape, params) == [Run(0, 1, 0, 1, rows_of(shape)[0])]
 
 
 def transfer(rule_name: str, params: dict, dataset: h5py.Dataset, source: Optional[Tuple[int, int]],

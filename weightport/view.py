@@ -8,6 +8,7 @@ Tensors hold an h5py dataset, not an array: building the view reads no tensor da
 from __future__ import annotations
 
 import contextlib
+import math
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Dict, List, Optional, Tuple
 
@@ -28,18 +29,16 @@ class Tensor:
     role: Optional[str]  # what it is for the layer (`kernel`, `bias`, `gamma` ...), None if unknown
     path: str  # absolute HDF5 path of the dataset inside its file
     dataset: h5py.Dataset = field(repr=False)
+    # asked of every tensor many times over (pairing, planning, checks): read from HDF5 once
+    shape: Tuple[int, ...] = field(init=False)
+    dtype: np.dtype = field(init=False)
+    size: int = field(init=False)
 
-    @property
-    def shape(self) -> Tuple[int, ...]:
-        return tuple(int(n) for n in self.dataset.shape)
-
-    @property
-    def dtype(self) -> np.dtype:
-        return self.dataset.dtype
-
-    @property
-    def size(self) -> int:
-        return int(np.prod(self.shape, dtype=np.int64))
+    def __post_init__(self) -> None:
+        dsid = self.dataset.id
+        self.shape = tuple(int(n) for n in dsid.shape)
+        self.dtype = dsid.dtype
+        self.size = math.prod(self.shape)
 
     def read(self) -> np.ndarray:
         """The whole tensor; callers that stream use `dataset` slices instead."""

@@ -10,13 +10,12 @@ provenance attributes; it is flushed, fsynced and renamed over the destination o
 
 from __future__ import annotations
 
-import contextlib
 import json
 import os
 import time
 import zipfile
 from pathlib import Path
-from typing import Callable, Dict, Iterator, List, Optional, Tuple
+from typing import Callable, Dict, List, Optional, Tuple
 
 import h5py
 import numpy as np
@@ -27,7 +26,7 @@ from .atomic import atomic_output
 from .compression import compression_filter
 from .errors import WeightportError
 from .planner import Plan, Step
-from .transfer import Output, piece_shape, raw_location, transfer, write_pieces
+from .transfer import Output, open_data_files, piece_shape, raw_location, transfer, write_pieces
 from .view import ModelView
 
 __all__ = ["output_layout", "write", "LAYOUTS"]
@@ -243,34 +242,17 @@ def _fill(plan: Plan, offsets: List[Optional[int]], tmp: Path, views: Dict[str, 
           progress: Optional[Callable[[int, int], None]] = None, writeback: bool = True) -> None:
     """Fill contiguous datasets with raw byte moves, a tensor at a time."""
     datasets = _source_datasets(views)
-    with _open_fds(views) as fds, open(tmp, "rb+") as out:
+    with open_data_files(views.values()) as files, open(tmp, "rb+") as out:
         output = Output(out.fileno(), writeback, _advance(plan, progress))
         for step, offset, size in zip(plan.steps, offsets, _sizes(plan), strict=True):
-            view = views[step.source_file]
             dataset = datasets[(step.source_file, step.source_path)]
-            location = raw_location(view, dataset)
-            source = (fds[location[0]], location[1]) if location else None
+            source = raw_location(views[step.source_file], dataset, files)
             dtype = np.dtype(step.target_dtype).newbyteorder("<")
             if offset is None:
                 if size:
                     raise RuntimeError(f"dataset for {step.target_name} was not allocated")
                 continue
             transfer(step.rule, step.params, dataset, source, output, offset, dtype, step.source_file)
-
-
-@contextlib.contextmanager
-def _open_fds(views: Dict[str, ModelView]) -> Iterator[Dict[str, int]]:
-    fds: Dict[str, int] = {}
-    try:
-        for view in views.values():
-            if view.data_file and view.data_file not in fds:
-                fds[view.data_file] = os.open(view.data_file, os.O_RDONLY)
-                if view.data_identity is not None and digests.identity(view.data_file, fds[view.data_file]) != view.data_identity:
-                    raise digests.changed(view.data_file)  # the raw bytes would come from another file than the one planned
-        yield fds
-    finally:
-        for fd in fds.values():
-            os.close(fd)
 
 
 # --- provenance ---------------------------------------------------------------------------
