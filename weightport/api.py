@@ -8,12 +8,13 @@ from __future__ import annotations
 
 import contextlib
 import tempfile
+from dataclasses import replace
 from pathlib import Path
 from typing import Any, Callable, Dict, Iterator, List, Optional, Sequence, Tuple, Union
 
 from . import digests
 from .errors import WeightportError
-from .head import analyze_head
+from .head import HeadRole, analyze_head
 from .planner import Plan, PlanOptions, make_plan
 from .readers import read
 from .target import target_from_view
@@ -44,21 +45,47 @@ def planned(source: PathLike, target: Optional[PathLike] = None, config: Optiona
             head = analyze_head(src, flatten, options.source_order) if (src.config is not None or flatten) else {}
             built = make_plan(src, target_from_view(tgt), head, options, target_view=tgt)
         else:
-            if options.maps:
-                raise WeightportError(src.path, "--map pairs source layers with a --target's layers", "give --target, or drop --map")
-            head = analyze_head(src, flatten, options.source_order)
-            twin = derive_twin(src, head, options.skips)
-            built = make_plan(src, twin, head, PlanOptions(options.source_order, options.flip_kernels))
+            built = _twin_plan(src, flatten, options)
         yield built, views
 
 
-def _options(source_order: Optional[str], flip_kernels: bool, maps: Optional[Dict[str, str]], skips: Optional[List[str]]) -> PlanOptions:
-    return PlanOptions(source_order, flip_kernels, dict(maps or {}), list(skips or []))
+def _twin_plan(src: ModelView, flatten: Optional[Sequence[int]], options: PlanOptions) -> Plan:
+    """The plan into the derived twin; the layers `--skip` or `--drop` names are left out of it."""
+    for given, flag in ((options.maps, "--map"), (options.units, "--units"), (options.align, "--align")):
+        if given:
+            raise WeightportError(src.path, f"{flag} pairs source layers with a --target's layers", f"give --target, or leave out {flag}")
+    head = analyze_head(src, flatten, options.source_order)
+    pooled = _score_map_poolings(src, head) if options.score_map else []
+    left_out = [*options.skips, *options.drops]
+    built = make_plan(src, derive_twin(src, head, left_out), head, PlanOptions(options.source_order, options.flip_kernels, drops=left_out))
+    built.notes += [f"{name}: taken out (--score-map): the head runs at every location, giving (rows, cols, classes)" for name in pooled]
+    return built
+
+
+def _score_map_poolings(src: ModelView, head: Dict[str, HeadRole]) -> List[str]:
+    """The global poolings `--score-map` takes out (refused for a head that has none)."""
+    pooled = sorted({role.pooling for role in head.values() if role.pooling})
+    if not pooled:
+        raise WeightportError(src.path, "--score-map takes out a global pooling, and this head has none",
+                              "leave out --score-map: a Flatten head's twin already gives a score map")
+    return pooled
+
+
+def _derived_only(options: PlanOptions, target: Optional[PathLike]) -> None:
+    if options.score_map and target is not None:
+        raise WeightportError(target, "--score-map rewrites the derived twin, and --target gives the model instead",
+                              "leave out --target, or build the target without its pooling")
+
+
+def _options(source_order: Optional[str], flip_kernels: bool, maps: Optional[Dict[str, str]], skips: Optional[List[str]],
+             drops: Optional[List[str]], units: Optional[Dict[str, Any]], align: bool, score_map: bool) -> PlanOptions:
+    return PlanOptions(source_order, flip_kernels, dict(maps or {}), list(skips or []), list(drops or []), dict(units or {}), align, score_map)
 
 
 def plan(source: PathLike, target: Optional[PathLike] = None, *, config: Optional[PathLike] = None,
          flatten: Optional[Sequence[int]] = None, source_order: Optional[str] = None, flip_kernels: bool = False,
-         maps: Optional[Dict[str, str]] = None, skips: Optional[List[str]] = None) -> Plan:
+         maps: Optional[Dict[str, str]] = None, skips: Optional[List[str]] = None, drops: Optional[List[str]] = None,
+         units: Optional[Dict[str, Any]] = None, align: bool = False, score_map: bool = False) -> Plan:
     """Plan a conversion without writing anything.
 
     Args:
@@ -69,7 +96,11 @@ def plan(source: PathLike, target: Optional[PathLike] = None, *, config: Optiona
         flatten: the window (H, W, C) that fed the first Dense when the source has no config.
         source_order: "hwc" or "chw", the order the source's Flatten saw its input (default: from the config).
         flip_kernels: the source's conv kernels were trained by Theano (flip them spatially).
-        maps: {source layer: target layer} pairs to force; skips: target layers to leave out.
+        maps: {source layer: target layer} pairs to force; skips: target layers to leave out (they
+            keep the target file's values); drops: source layers to leave out.
+        units: {source layer: SPEC}, the output units kept, SPEC "START:STOP" or "0,5,9" (or a list of ints).
+        align: pair unequal layer lists by the one order-preserving alignment in which every pair is exact.
+        score_map: (derived twin) take a global-pooling head's pooling out: the twin gives (rows, cols, classes).
 
     Returns:
         A `Plan`; `plan.to_dict()` is the `plan --json` document.
@@ -78,20 +109,24 @@ def plan(source: PathLike, target: Optional[PathLike] = None, *, config: Optiona
         >>> p = weightport.plan("vgg16.keras")  # doctest: +SKIP
         >>> [(s.target_layer, s.rule) for s in p.steps][-6:]  # doctest: +SKIP
     """
-    with planned(source, target, config, flatten, _options(source_order, flip_kernels, maps, skips)) as (built, _):
+    options = _options(source_order, flip_kernels, maps, skips, drops, units, align, score_map)
+    _derived_only(options, target)
+    with planned(source, target, config, flatten, options) as (built, _):
         return built
 
 
 def convert(source: PathLike, out: PathLike, target: Optional[PathLike] = None, *, force: bool = False,
             full_model: bool = False, config: Optional[PathLike] = None, flatten: Optional[Sequence[int]] = None,
             source_order: Optional[str] = None, flip_kernels: bool = False, maps: Optional[Dict[str, str]] = None,
-            skips: Optional[List[str]] = None, progress: Optional[Callable[[int, int], None]] = None,
+            skips: Optional[List[str]] = None, drops: Optional[List[str]] = None, units: Optional[Dict[str, Any]] = None,
+            align: bool = False, score_map: bool = False, progress: Optional[Callable[[int, int], None]] = None,
             verify: bool = True, compression: Optional[str] = None) -> Plan:
     """Plan, write and (by default) verify the conversion to `out`.
 
     `out`'s name picks the format: `.weights.h5` (Keras 3 layout), `.h5`/`.hdf5` (legacy
     layout; with `full_model` a whole legacy model, config included), `.keras` (a whole Keras 3
-    model: the twin's config and weights, for `keras.models.load_model`). Other arguments as
+    model: the twin's config and weights, for `keras.models.load_model`; with `score_map` the
+    twin without its global pooling). Other arguments as
     for `plan`; `force` replaces an existing `out`; `progress(bytes_written, total)` is called as
     the tensor bytes go in. With `verify` the file is checked with numpy before it takes `out`'s
     place: an `.h5` as soon as its tensors are in place (the provenance attributes are added
@@ -105,15 +140,18 @@ def convert(source: PathLike, out: PathLike, target: Optional[PathLike] = None, 
     Example:
         >>> weightport.convert("vgg16.keras", "fcn.keras")  # doctest: +SKIP
     """
-    options = _options(source_order, flip_kernels, maps, skips)
+    options = _options(source_order, flip_kernels, maps, skips, drops, units, align, score_map)
+    _derived_only(options, target)
     layout = output_layout(Path(out))
     if full_model and layout != "legacy":
         raise WeightportError(out, "--full-model is for a legacy .h5 output", "name the output *.h5, or *.keras for a whole Keras 3 model")
     with planned(source, target, config, flatten, options) as (built, views):
         model_config = _whole_model_config(views, str(source), target, flatten, options, layout) if full_model or layout == "keras-archive" else None
 
+        checked = options if target is not None else replace(options, skips=[], drops=[*options.skips, *options.drops])
+
         def check(written: Path) -> None:
-            built.verification = _verify(source, written, config, flatten, options, opened=views[str(source)])
+            built.verification = _verify(source, written, config, flatten, checked, opened=views[str(source)])
             if not built.verification.ok:
                 raise VerificationFailed(built.verification)
 
@@ -136,14 +174,15 @@ def _whole_model_config(views: Dict[str, ModelView], source: str, target: Option
         return model.config.raw
     src = model
     head = analyze_head(src, flatten, options.source_order)
-    config = twin_config(src, head)
+    config = twin_config(src, head, per_location=options.score_map)
     open_input_size(config, src, head)
     return config
 
 
 def verify(source: PathLike, out: PathLike, *, config: Optional[PathLike] = None, flatten: Optional[Sequence[int]] = None,
            source_order: Optional[str] = None, flip_kernels: bool = False, maps: Optional[Dict[str, str]] = None,
-           skips: Optional[List[str]] = None, atol: float = 1e-6, rtol: float = 1e-5) -> Verification:
+           skips: Optional[List[str]] = None, drops: Optional[List[str]] = None, units: Optional[Dict[str, Any]] = None,
+           align: bool = False, score_map: bool = False, atol: float = 1e-6, rtol: float = 1e-5) -> Verification:
     """Prove numerically, with numpy only, that `out` is `source` converted.
 
     Each layer pair of `source` and `out` (paired as `plan` pairs them, with `out` as the
@@ -157,7 +196,8 @@ def verify(source: PathLike, out: PathLike, *, config: Optional[PathLike] = None
     """
     digests.start(str(source))
     try:
-        return _verify(source, out, config, flatten, _options(source_order, flip_kernels, maps, skips), atol, rtol, digest=True)
+        return _verify(source, out, config, flatten, _options(source_order, flip_kernels, maps, skips, drops, units, align, score_map),
+                       atol, rtol, digest=True)
     finally:
         digests.discard(str(source))
 

@@ -72,9 +72,19 @@ def _pair(text: str) -> Tuple[str, str]:
     return src, dst
 
 
+def _units(text: str) -> Tuple[str, str]:
+    """`LAYER=SPEC`; the SPEC itself is checked with the other options (`planner.PlanOptions`)."""
+    layer, sep, spec = text.rpartition("=")
+    if not sep or not layer:
+        raise argparse.ArgumentTypeError(f"'{text}' is not SRC_LAYER=SPEC")
+    return layer, spec
+
+
 def _plan_options(args: argparse.Namespace) -> dict:
+    """The target options as the API takes them (which checks them: `planner.PlanOptions`)."""
     return dict(config=args.config, flatten=args.flatten, source_order=args.source_order, flip_kernels=args.flip_kernels,
-                maps=dict(args.map or []), skips=list(args.skip or []))
+                maps=dict(args.map or []), skips=list(args.skip or []), drops=list(args.drop or []), units=dict(args.units or []),
+                align=args.align, score_map=args.score_map)
 
 
 def _cmd_plan(args: argparse.Namespace) -> int:
@@ -171,7 +181,7 @@ def _cmd_verify(args: argparse.Namespace) -> int:
     if args.keras and result.ok:
         from .keras_check import check_end_to_end
 
-        ok, report = check_end_to_end(args.source, args.out, config=args.config, atol=args.atol, rtol=args.rtol)
+        ok, report = check_end_to_end(args.source, args.out, config=args.config, atol=args.atol, rtol=args.rtol, score_map=args.score_map)
         _out(report)
         return 0 if ok else 1
     return 0 if result.ok else 1
@@ -187,7 +197,15 @@ def _add_target_options(parser: argparse.ArgumentParser, target: bool = True, ma
     parser.add_argument("--source-order", choices=("hwc", "chw"), help="order in which SRC's Flatten saw its input (default: from the config; hwc)")
     parser.add_argument("--flip-kernels", action="store_true", help="SRC's conv kernels were trained by Theano (true convolution): flip them spatially")
     parser.add_argument("--map", metavar="SRC_LAYER=DST_LAYER", type=_pair, action="append", help="pair these two layers (repeatable)")
-    parser.add_argument("--skip", metavar="DST_LAYER", action="append", help="leave this target layer out of the pairing (repeatable)")
+    parser.add_argument("--skip", metavar="DST_LAYER", action="append",
+                        help="leave this target layer out of the pairing: it keeps the target's values (repeatable)")
+    parser.add_argument("--drop", metavar="SRC_LAYER", action="append", help="leave this source layer out of the pairing: not written (repeatable)")
+    parser.add_argument("--align", action="store_true",
+                        help="pair unequal layer lists by the one order-preserving alignment whose every pair a rule makes exact")
+    parser.add_argument("--units", metavar="SRC_LAYER=SPEC", type=_units, action="append",
+                        help="keep only these output units of the layer: START:STOP or a list like 0,5,9 (repeatable)")
+    parser.add_argument("--score-map", action="store_true",
+                        help="derived twin: take a global-pooling head's pooling out, so it outputs (rows, cols, classes)")
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -81,7 +81,8 @@ def analyze_head(view: ModelView, flatten: Optional[Sequence[int]] = None, sourc
         roles = _from_order(view, tuple(flatten), source_order)
     else:
         raise WeightportError(view.path, "weights-only file with no model config: the window that fed the first Dense is unknown",
-                              "give --flatten H,W,C (the shape before the Flatten), or --config model.json")
+                              "give --flatten H,W,C (the shape before the Flatten; for a global-pooling head --flatten 1,1,C, "
+                              "C the pooled channels), or --config model.json")
     if not any(role.kind in ("window", "1x1") for role in roles.values()):
         raise WeightportError(view.path, "nothing to convert: no Dense layer after a Flatten or a global pooling",
                               "weightport turns classifier heads into convolutions; this model has none")

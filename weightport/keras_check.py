@@ -62,20 +62,27 @@ def _inputs(model: Any, rng: np.random.Generator) -> np.ndarray:
 
 
 def check_end_to_end(source: PathLike, out: PathLike, config: Optional[PathLike] = None, atol: float = 1e-6,
-                     rtol: float = 1e-5) -> Tuple[bool, str]:
-    """(ok, a one-line report) comparing the source model and the twin on random inputs."""
+                     rtol: float = 1e-5, score_map: bool = False) -> Tuple[bool, str]:
+    """(ok, a one-line report per comparison) of the source model and the twin on random inputs.
+    With `score_map`, OUT is the twin without its global pooling (`convert --score-map`): only
+    the per-location comparison applies, with OUT's own config when it is a whole model."""
     with read(source, config=config) as src, read(out) as converted:
         K = _keras_for(src)
         head = analyze_head(src)
+        poolings = [role.pooling for role in head.values() if role.pooling]
+        if score_map and not poolings:
+            raise WeightportError(source, "--score-map: this head has no global pooling to take out", "verify without --score-map")
         whole_source = src.kind == "full-model" and config is None
         source_model = _build(K, source, src, None if whole_source else json.dumps(src.config.raw) if src.config else None)
-        twin = _build(K, out, converted, None if converted.kind == "full-model" else json.dumps(twin_config(src, head)))
         x = _inputs(source_model, np.random.default_rng(0))
-        worst = _worst(source_model.predict(x, verbose=0), twin.predict(x, verbose=0))
-        results = [_verdict(K, "source and twin models", "end to end", worst, atol, rtol)]
-        poolings = [role.pooling for role in head.values() if role.pooling]
+        results = []
+        if not score_map:
+            twin = _build(K, out, converted, None if converted.kind == "full-model" else json.dumps(twin_config(src, head)))
+            worst = _worst(source_model.predict(x, verbose=0), twin.predict(x, verbose=0))
+            results.append(_verdict(K, "source and twin models", "end to end", worst, atol, rtol))
         if poolings:
-            per_location = _build(K, out, converted, json.dumps(twin_config(src, head, per_location=True)))
+            own = score_map and converted.kind == "full-model"
+            per_location = _build(K, out, converted, None if own else json.dumps(twin_config(src, head, per_location=True)))
             worst_map = _worst(_head_per_location(K, source_model, poolings[0], x), per_location.predict(x, verbose=0))
             results.append(_verdict(K, "the source's head at every location and the twin's score map", "per location", worst_map, atol, rtol))
     return all(ok for ok, _ in results), "\n".join(line for _, line in results)

@@ -1,9 +1,11 @@
 """The plan: which source tensor fills which target tensor, by which named rule.
 
 Layers are paired by position (class by class where a Keras 3 `.weights.h5` leaves the order
-across classes unknown), `--map` and `--skip` state deliberate differences, and each tensor
-gets exactly one rule that makes it exact, or the pair is refused with both shapes named.
-The plan is plain data: printed, saved as JSON and reviewed before anything is written.
+across classes unknown, or by an order-preserving alignment with `--align`), `--map`, `--drop`
+and `--skip` state deliberate differences, and each tensor gets exactly one rule that makes it
+exact (`--units` first keeps some output units), or the pair is refused with both shapes named.
+The plan is plain data (the steps and the alignment of the two layer lists): printed, saved as
+JSON and reviewed before anything is written.
 """
 
 from __future__ import annotations
@@ -14,6 +16,8 @@ from typing import Any, Deque, Dict, List, Optional, Tuple
 
 import numpy as np
 
+from . import units
+from .align import Ambiguous, align
 from .errors import WeightportError
 from .head import HeadRole, is_conv_kernel, is_th_kernel, layer_class, parse_source_order
 from .roles import guess_class
@@ -21,7 +25,7 @@ from .rules import RULES, canonical_order
 from .target import Target, TargetLayer, TargetTensor
 from .view import Layer, ModelView, Tensor
 
-__all__ = ["PlanOptions", "Step", "Plan", "make_plan"]
+__all__ = ["PlanOptions", "Step", "AlignRow", "Plan", "make_plan"]
 
 ASSUMED_ORDERS = {"write-order", "path"}
 
@@ -34,6 +38,21 @@ class PlanOptions:
     flip_kernels: bool = False
     maps: Dict[str, str] = field(default_factory=dict)  # source layer -> target layer
     skips: List[str] = field(default_factory=list)  # target layers left out of the pairing
+    drops: List[str] = field(default_factory=list)  # source layers left out of the pairing
+    units: Dict[str, units.Spec] = field(default_factory=dict)  # source layer -> the output units kept
+    align: bool = False  # pair the layer lists by an order-preserving alignment
+    score_map: bool = False  # derived twin: a global-pooling head's pooling taken out
+
+    def __post_init__(self) -> None:
+        """Checked here, once, whether the options come from the API or the command line."""
+        self.units = {layer: _unit_spec(layer, spec) for layer, spec in self.units.items()}
+
+
+def _unit_spec(layer: str, spec: units.Spec) -> str:
+    try:
+        return units.normalize(spec)
+    except ValueError as exc:
+        raise WeightportError(None, f"--units {layer}={spec}: {exc}", "give START:STOP (a slice) or a list like 0,5,9") from None
 
 
 @dataclass
@@ -56,6 +75,17 @@ class Step:
 
 
 @dataclass
+class AlignRow:
+    """One row of the two layer lists side by side: a pair, a source layer left out (dropped), or
+    a target layer that keeps the target file's values (kept); `by` says what decided it."""
+
+    source_layer: Optional[str]
+    target_layer: Optional[str]
+    status: str  # paired | dropped | kept
+    by: str  # position | class | align | map | drop | skip
+
+
+@dataclass
 class Plan:
     """Every step, in target order, plus the target structure the writers lay out."""
 
@@ -63,6 +93,7 @@ class Plan:
     target: Target
     steps: List[Step]
     notes: List[str]
+    alignment: List[AlignRow] = field(default_factory=list)
     verification: Optional[Any] = None  # set by `convert`: the Verification of what was written
 
     def to_dict(self) -> Dict[str, Any]:
@@ -72,6 +103,7 @@ class Plan:
             "target": self.target.label,
             "steps": [asdict(step) for step in self.steps],
             "notes": self.notes,
+            "alignment": [asdict(row) for row in self.alignment],
             "total_steps": len(self.steps),
             "total_values": int(sum(np.prod(s.target_shape, dtype=np.int64) for s in self.steps)),
         }
@@ -81,7 +113,7 @@ def make_plan(source: ModelView, target: Target, head: Dict[str, HeadRole], opti
               target_view: Optional[ModelView] = None) -> Plan:
     """Pair source and target layers and pick one rule per tensor."""
     classwise = source.order in ASSUMED_ORDERS or (target_view is not None and target_view.order in ASSUMED_ORDERS)
-    pairs = _pair(source, target, options, classwise)
+    pairs, alignment = _pair(source, target, options, classwise, head)
     notes = [f"{source.path}: layer order from {source.order} ({source.order_note})"]
     if classwise:
         notes.append("layers paired class by class (the k-th Conv2D with the k-th ...), the source's Dense layers "
@@ -93,12 +125,17 @@ def make_plan(source: ModelView, target: Target, head: Dict[str, HeadRole], opti
             steps.extend(_keep_steps(tgt, target_view))
         else:
             steps.extend(_layer_steps(source, src, tgt, head.get(src.name), options))
-    return Plan(source=source.path, target=target, steps=steps, notes=notes)
+    return Plan(source=source.path, target=target, steps=steps, notes=notes, alignment=alignment)
 
 
 # --- pairing ------------------------------------------------------------------------------
 
-def _pair(source: ModelView, target: Target, options: PlanOptions, classwise: bool) -> List[Tuple[Optional[Layer], TargetLayer]]:
+Pairs = List[Tuple[Optional[Layer], TargetLayer]]
+
+
+def _pair(source: ModelView, target: Target, options: PlanOptions, classwise: bool, head: Dict[str, HeadRole]) -> Tuple[Pairs, List[AlignRow]]:
+    """Every target layer with its source layer (None: it keeps the target's values), and the
+    two lists side by side."""
     by_src = {layer.name: layer for layer in source.layers}
     by_tgt = {layer.name: layer for layer in target.layers}
     for src, tgt in options.maps.items():
@@ -106,11 +143,44 @@ def _pair(source: ModelView, target: Target, options: PlanOptions, classwise: bo
         _known(target.label, tgt, by_tgt, "--map target layer")
     for tgt in options.skips:
         _known(target.label, tgt, by_tgt, "--skip target layer")
+    for src in options.drops:
+        _known(source.path, src, by_src, "--drop source layer")
+    for src, spec in options.units.items():
+        _known(source.path, src, by_src, "--units source layer")
+        _check_units(source.path, by_src[src], spec)
     fixed = {tgt: by_src[src] for src, tgt in options.maps.items()}
-    free_src = [l for l in source.layers if l.name not in options.maps]
+    free_src = [l for l in source.layers if l.name not in options.maps and l.name not in options.drops]
     free_tgt = [t for t in target.layers if t.name not in fixed and t.name not in options.skips]
-    match = _classwise(source, target, free_src, free_tgt) if classwise else _positional(source, target, free_src, free_tgt)
-    return [(fixed.get(t.name) or match.get(t.name), t) for t in target.layers]
+    if options.align:
+        match = _aligned(source, target, free_src, free_tgt, head, options)
+    else:
+        match = _classwise(source, target, free_src, free_tgt) if classwise else _positional(source, target, free_src, free_tgt)
+    pairs = [(fixed.get(t.name) or match.get(t.name), t) for t in target.layers]
+    return pairs, _side_by_side(source, pairs, options, "align" if options.align else "class" if classwise else "position")
+
+
+def _side_by_side(source: ModelView, pairs: Pairs, options: PlanOptions, how: str) -> List[AlignRow]:
+    """The alignment rows in both lists' order, as a diff shows them: the source layers left out
+    between two pairs (dropped), then the target layers between them that keep their values."""
+    position = {layer.name: i for i, layer in enumerate(source.layers)}
+    paired = {src.name for src, _ in pairs if src is not None}
+    left = deque(l.name for l in source.layers if l.name not in paired)
+    following = len(position)  # the source position of the next pair, scanning backwards
+    upto: List[int] = []
+    for src, _ in reversed(pairs):
+        following = position[src.name] if src is not None else following
+        upto.append(following)
+    rows: List[AlignRow] = []
+    for (src, tgt), limit in zip(pairs, reversed(upto), strict=True):
+        while left and position[left[0]] < limit:
+            name = left.popleft()
+            rows.append(AlignRow(name, None, "dropped", "drop" if name in options.drops else how))
+        if src is None:
+            rows.append(AlignRow(None, tgt.name, "kept", "skip" if tgt.name in options.skips else how))
+        else:
+            rows.append(AlignRow(src.name, tgt.name, "paired", "map" if src.name in options.maps else how))
+    rows += [AlignRow(name, None, "dropped", "drop" if name in options.drops else how) for name in left]
+    return rows
 
 
 def _known(file: str, name: str, layers: Dict[str, Any], what: str) -> None:
@@ -145,7 +215,7 @@ def _classwise(source: ModelView, target: Target, src: List[Layer], tgt: List[Ta
     match: Dict[str, Layer] = {}
     for layer in tgt:
         cls = _target_class(layer)
-        pool = pools[cls] if pools[cls] else pools["Dense"] if (cls or "").startswith("Conv") else pools[cls]
+        pool = pools[cls] if pools[cls] else _stand_in(pools, cls)
         if not pool:
             raise _mismatch(source, target, src, tgt, f"target layer '{layer.name}' ({cls}) has no source layer of its class left")
         match[layer.name] = pool.popleft()
@@ -153,6 +223,39 @@ def _classwise(source: ModelView, target: Target, src: List[Layer], tgt: List[Ta
     if left:
         raise _mismatch(source, target, src, tgt, f"source layer(s) {', '.join(left[:5])} have no target layer")
     return match
+
+
+def _aligned(source: ModelView, target: Target, src: List[Layer], tgt: List[TargetLayer], head: Dict[str, HeadRole],
+             options: PlanOptions) -> Dict[str, Layer]:
+    """`--align`: the one order-preserving alignment pairing the most layers, where a pair is
+    allowed only when a rule makes every tensor of it exact (shapes, roles, the head's window)."""
+    def allowed(i: int, j: int) -> bool:
+        if len(src[i].weights) != len(tgt[j].weights) or not _compatible(layer_class(src[i]), _target_class(tgt[j])):
+            return False
+        try:
+            _layer_steps(source, src[i], tgt[j], head.get(src[i].name), options)
+        except WeightportError:
+            return False
+        return True
+
+    try:
+        pairs = align(len(src), len(tgt), allowed)
+    except Ambiguous as doubt:
+        names = [src[i].name for i in doubt.sources[:6]], [tgt[j].name for j in doubt.targets[:6]]
+        raise WeightportError(source.path, f"--align: alignments that pair the layers differently are equally good; in doubt: "
+                                           f"source {', '.join(names[0]) or '-'}, target {', '.join(names[1]) or '-'}",
+                              "pair those layers yourself with --map SRC=DST (or leave them out with --drop / --skip)") from None
+    return {tgt[j].name: src[i] for i, j in pairs}
+
+
+def _stand_in(pools: Dict[Optional[str], Deque[Layer]], cls: Optional[str]) -> Deque[Layer]:
+    """A Dense and a convolution stand in for each other (dense-to-conv, conv-to-dense): a
+    target convolution takes the source's next Dense, a target Dense the next convolution left."""
+    if (cls or "").startswith("Conv"):
+        return pools["Dense"]
+    if cls == "Dense":
+        return next((pool for name, pool in list(pools.items()) if (name or "").startswith("Conv") and pool), pools[cls])
+    return pools[cls]
 
 
 def _describe(layer: Any) -> str:
@@ -174,7 +277,8 @@ def _mismatch(source: ModelView, target: Target, src: List[Layer], tgt: List[Tar
         diverged = diverged or bad
         mark = ">>" if bad else "  "
         rows.append(f"{mark} {left[i] if a else '(none)':<{width}}  {right[i] if b else '(none)'}")
-    return WeightportError(source.path, problem, "pair them with --map SRC=DST, leave target layers out with --skip DST", detail="\n".join(rows))
+    return WeightportError(source.path, problem, "align them with --align, pair them with --map SRC=DST, leave source layers out with "
+                           "--drop SRC and target layers with --skip DST", detail="\n".join(rows))
 
 
 # --- rules --------------------------------------------------------------------------------
@@ -183,8 +287,33 @@ def _layer_steps(source: ModelView, src: Layer, tgt: TargetLayer, role: Optional
     if len(src.weights) != len(tgt.weights):
         raise WeightportError(source.path, f"layer pair {src.name} -> {tgt.name}: {len(src.weights)} tensors in the source, {len(tgt.weights)} in the target",
                               "pair the layers differently with --map, or --skip the target layer")
-    return [_step(source.path, src, t, tgt, i, _rule(source.path, src, t, tt, role, options))
+    spec = options.units.get(src.name)
+    return [_step(source.path, src, t, tgt, i, _chosen(source.path, src, t, tt, role, options, spec))
             for i, (t, tt) in enumerate(zip(src.weights, tgt.weights, strict=True))]
+
+
+_WITH_UNITS = {"Dense", "Conv1D", "Conv2D", "Conv3D"}  # layers whose tensors all end in the output units
+
+
+def _check_units(file: str, src: Layer, spec: str) -> None:
+    """A layer whose tensors all end in its output units, and a SPEC within them."""
+    if layer_class(src) not in _WITH_UNITS or not src.weights or any(is_th_kernel(src, t) for t in src.weights):
+        raise WeightportError(file, f"--units {src.name}={spec}: {src.name} ({layer_class(src) or 'unknown class'}) has no output units to choose",
+                              "--units takes a Dense or Conv layer (its kernel's last axis and its bias)")
+    try:
+        units.resolve(spec, src.weights[0].shape[-1])
+    except ValueError as exc:
+        raise WeightportError(file, f"--units {src.name}={spec}: {exc}", "units are numbered from 0; inspect shows the layer's size") from None
+
+
+def _chosen(file: str, src: Layer, tensor: Tensor, wanted: TargetTensor, role: Optional[HeadRole], options: PlanOptions,
+            spec: Optional[str]) -> Tuple[str, Dict[str, Any]]:
+    """The pair's rule, after `--units` keeps some output units (the named rule `units`)."""
+    if spec is None:
+        return _rule(file, src, tensor, tensor.shape, wanted, role, options)
+    kept = len(units.resolve(spec, tensor.shape[-1]))
+    name, params = _rule(file, src, tensor, tensor.shape[:-1] + (kept,), wanted, role, options)
+    return "units", {"units": spec, "rule": name, "params": params}
 
 
 def _step(file: str, src: Layer, tensor: Tensor, tgt: TargetLayer, index: int, rule: Tuple[str, Dict[str, Any]]) -> Step:
@@ -205,10 +334,11 @@ def _keep_steps(tgt: TargetLayer, target_view: Optional[ModelView]) -> List[Step
     return [_step(target_view.path, layer, t, tgt, i, ("copy", {})) for i, t in enumerate(layer.weights)]
 
 
-def _rule(file: str, src: Layer, tensor: Tensor, wanted: TargetTensor, role: Optional[HeadRole],
+def _rule(file: str, src: Layer, tensor: Tensor, have: Tuple[int, ...], wanted: TargetTensor, role: Optional[HeadRole],
           options: PlanOptions) -> Tuple[str, Dict[str, Any]]:
-    """The one rule that makes `wanted` exactly from `tensor`, or a refusal naming both."""
-    have, want = tensor.shape, tuple(wanted.shape)
+    """The one rule that makes `wanted` exactly from `tensor` (of shape `have`, after --units),
+    or a refusal naming both."""
+    want = tuple(wanted.shape)
     is_kernel = is_conv_kernel(src, tensor)
     if is_th_kernel(src, tensor):
         params = {"flip": options.flip_kernels}

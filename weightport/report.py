@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from dataclasses import asdict
 from typing import List, Optional
 
 from .planner import Plan, Step
@@ -71,6 +72,9 @@ def plan_json(plan: Plan) -> str:
 
 
 def _rule_label(step: Step) -> str:
+    if step.rule == "units":
+        inner = Step(**{**asdict(step), "rule": step.params["rule"], "params": step.params["params"]})
+        return f"units {step.params['units']} > {_rule_label(inner)}"
     extra = step.params.get("order") if step.rule == "dense-to-conv" else "flip" if step.params.get("flip") else ""
     return f"{step.rule} {extra}".strip()
 
@@ -86,8 +90,27 @@ def plan_table(plan: Plan, layout: Optional[str] = None) -> str:
                      _clip(target, 56), _shape(step.target_shape), dtype])
     widths = [max(len(r[c]) for r in [header] + rows) for c in range(len(header))]
     lines = [f"source   {plan.source}", f"target   {plan.target.label}"] + [f"note     {n}" for n in plan.notes] + [""]
+    lines += alignment_table(plan)
     lines += ["  ".join(cell.ljust(w) for cell, w in zip(row, widths)).rstrip() for row in [header] + rows]
     return "\n".join(lines + ["", f"{len(plan.steps)} tensors, {plan.to_dict()['total_values']:,} values"])
+
+
+_STATUS = {"paired": "->", "dropped": "  ", "kept": "  "}
+
+
+def alignment_table(plan: Plan) -> List[str]:
+    """The two layer lists side by side (paired / dropped / kept from the target), when the
+    pairing is more than position by position; else nothing."""
+    if all(row.status == "paired" and row.by in ("position", "class") for row in plan.alignment):
+        return []
+    left = [_clip(row.source_layer or "", 40) for row in plan.alignment]
+    width = max([len("source layer")] + [len(cell) for cell in left])
+    lines = [f"{'source layer':<{width}}     target layer"]
+    for cell, row in zip(left, plan.alignment, strict=True):
+        right = {"paired": _clip(row.target_layer or "", 40), "dropped": "(dropped: not written)",
+                 "kept": f"{_clip(row.target_layer or '', 40)} (kept: the target's values)"}[row.status]
+        lines.append(f"{cell:<{width}}  {_STATUS[row.status]} {right}  [{row.by}]".rstrip())
+    return lines + [""]
 
 
 def verification_json(result: Verification) -> str:

@@ -19,6 +19,8 @@ from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
 
+from .units import select
+
 __all__ = ["Rule", "Run", "RULES", "SPATIAL", "canonical_order", "rows_of", "check_order"]
 
 Shape = Tuple[int, ...]
@@ -174,6 +176,11 @@ def _flip_runs(shape: Shape, params: Params) -> List[Run]:
     return _merge(runs)
 
 
+def _units(array: np.ndarray, params: Params) -> np.ndarray:
+    """Only the kept output units (last axis), then the rule that makes the pair exact."""
+    return RULES[params["rule"]].apply(select(array, params["units"]), params["params"])
+
+
 def _from_th(array: np.ndarray, params: Params) -> np.ndarray:
     """Keras 1 `th` kernel (out, in, *spatial) -> (*spatial, in, out), flipped if asked."""
     spatial = array.ndim - 2
@@ -188,5 +195,6 @@ RULES: Dict[str, Rule] = {rule.name: rule for rule in (
     Rule("dense-to-conv", "Dense kernel after Flatten -> Conv kernel covering the window; rows reordered from the flatten order", _dense_to_conv, _dense_to_conv_runs),
     Rule("conv-to-dense", "Conv kernel -> Dense kernel after Flatten in the given flatten order (inverse of dense-to-conv)", _conv_to_dense, _conv_to_dense_runs),
     Rule("kernel-flip", "Theano-trained kernel: spatial axes reversed (true convolution -> cross-correlation)", _flip, _flip_runs),
+    Rule("units", "only the output units --units keeps (kernel's last axis, bias), then the pair's own rule; done in memory", _units, None),
     Rule("kernel-from-th", "Keras 1 'th' kernel (out, in, *spatial) -> (*spatial, in, out), flipped with --flip-kernels", _from_th, None),
 )}

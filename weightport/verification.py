@@ -13,13 +13,13 @@ with the wrong one.
 from __future__ import annotations
 
 import os
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from typing import Any, Dict, List, Optional, Tuple
 
 import h5py
 import numpy as np
 
-from . import digests
+from . import digests, units
 from .hdf5 import damaged_hdf5, read_rows
 from .planner import Plan, Step
 from .rules import canonical_order
@@ -158,6 +158,8 @@ def _identical(step: Step, source: Tuple[ModelView, Tensor], target: Tuple[Model
 # --- the checks ---------------------------------------------------------------------------
 
 def _check(step: Step, source: h5py.Dataset, target: h5py.Dataset, rng: np.random.Generator) -> Tuple[str, float, float]:
+    if step.rule == "units":
+        return _check_units(step, source, target, rng)
     dtype = np.dtype(step.target_dtype)
     if max(source.size, target.size) > FULL_CHECK_VALUES and step.rule in _ROW_ORDERS and min(source.ndim, target.ndim) >= 2:
         return _check_rows(step, source, target, dtype, rng)
@@ -199,6 +201,16 @@ def _check_kernel(step: Step, source: h5py.Dataset, target: h5py.Dataset, dtype:
     want = np.tensordot(patches, kernel, axes=spatial + 1)
     name = "true convolution vs correlation" if flipped else "correlation"
     return (name,) + _errors(got, want)
+
+
+def _check_units(step: Step, source: h5py.Dataset, target: h5py.Dataset, rng: np.random.Generator) -> Tuple[str, float, float]:
+    """`--units`: the kept units of the source (a head layer: small), held in an in-memory HDF5
+    file, checked against the output by the pair's own rule."""
+    kept = units.select(source[()], step.params["units"])
+    with h5py.File(f"units-{id(step)}", "w", driver="core", backing_store=False) as memory:
+        inner = replace(step, rule=step.params["rule"], params=step.params["params"], source_shape=list(kept.shape))
+        name, worst, relative = _check(inner, memory.create_dataset("kept", data=kept), target, rng)
+    return f"units {step.params['units']}; {name}", worst, relative
 
 
 # Which row orders a rule relates: (source order, target order) over the window's axes.
