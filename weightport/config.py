@@ -10,12 +10,14 @@ sub-model stands, the way their weights are stored.
 from __future__ import annotations
 
 import json
+import os
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Dict, Iterator, List, Optional, Sequence, Set, Tuple, Union
 
 from .errors import WeightportError
+from .inputs import open_regular
 
 __all__ = [
     "ConfigLayer",
@@ -105,13 +107,11 @@ def to_snake_case(name: str) -> str:
 
 
 def load_config_file(path: Union[str, Path]) -> ModelConfig:
-    """Parse a sidecar JSON config (`model.to_json()` output, or a `.keras` `config.json`)."""
+    """Parse a sidecar JSON config (`model.to_json()` output, or a `.keras` `config.json`),
+    read from a regular file only (a FIFO or a device is refused unread)."""
     try:
-        text = Path(path).read_text(encoding="utf-8")
-    except FileNotFoundError:
-        raise WeightportError(path, "config file not found", "check the --config path") from None
-    except IsADirectoryError:
-        raise WeightportError(path, "is a directory, not a JSON config", "give the config file") from None
+        with os.fdopen(open_regular(path, role="config"), "rb") as fh:
+            text = fh.read().decode("utf-8")
     except (OSError, UnicodeDecodeError) as exc:
         raise WeightportError(path, f"cannot read config ({exc})", "give a JSON file") from None
     return parse_model_config(text, source=path)

@@ -12,17 +12,20 @@ import contextlib
 import math
 import os
 from pathlib import Path
-from typing import Any, IO, Iterator, List, Optional, Union
+from typing import Any, IO, Iterator, List, Optional, Tuple, Union
 
 import h5py
 import numpy as np
 
 from .errors import WeightportError
+from .inputs import open_regular
 
-__all__ = ["open_h5", "check_readable", "str_list_attr", "str_attr", "has_attr", "damaged_hdf5", "checked_tensor", "read_rows"]
+__all__ = ["open_h5", "check_readable", "member", "members", "str_list_attr", "str_attr", "has_attr", "damaged_hdf5", "checked_tensor", "read_rows"]
 
 _HDF5_SIGNATURE = b"\x89HDF\r\n\x1a\n"
 _HINT_DAMAGED = "the file may be truncated or damaged; save or download it again"
+_HINT_OUTSIDE = "weights must be stored in the file itself"
+_MAX_SOFT_LINKS = 16  # HDF5's own limit on a chain of soft links
 # A chunked, compressed tensor may legally declare more bytes than the file holds (zeros compress
 # well), but not this many times more: past it, reading it would only allocate memory for nothing.
 MAX_COMPRESSION = 1000
@@ -30,15 +33,13 @@ _NUMERIC = ("f", "i", "u")  # float, int, uint: what a Keras variable can hold
 
 
 def check_readable(path: Union[str, Path]) -> None:
-    """Refuse a missing path, a directory or an empty file with a message saying which."""
-    p = Path(path)
-    if not p.exists():
-        raise WeightportError(path, "no such file", "check the path")
-    if p.is_dir():
-        raise WeightportError(path, "is a directory, not a weights file", "give the .h5, .weights.h5 or .keras file inside it")
-    if not os.access(p, os.R_OK):
-        raise WeightportError(path, "permission denied", "make the file readable")
-    if p.stat().st_size == 0:
+    """Refuse a missing path, a directory, a special file or an empty file with a message saying which."""
+    fd = open_regular(path)
+    try:
+        empty = os.fstat(fd).st_size == 0
+    finally:
+        os.close(fd)
+    if empty:
         raise WeightportError(path, "empty file (0 bytes)", "the file was not written completely; save the weights again")
 
 
@@ -60,6 +61,79 @@ def open_h5(path: Union[str, Path], fileobj: Optional[IO[bytes]] = None) -> h5py
     except (OSError, ValueError) as exc:
         reason = str(exc).split("(")[-1].rstrip(")") if "(" in str(exc) else str(exc)
         raise WeightportError(path, f"damaged HDF5 file, cannot be opened ({reason})", "the file may be truncated; save or download it again") from None
+
+
+def member(group: h5py.Group, name: str, file: Union[str, Path]) -> Optional[Union[h5py.Group, h5py.Dataset]]:
+    """The group or dataset that `name` (a path relative to `group`, or absolute) names, or None
+    when nothing does; reached one link at a time, each link's type read before it is followed.
+
+    Only links inside the file are followed: hard links, and soft links (paths in this file) up
+    to `_MAX_SOFT_LINKS` of them. An external link (to another HDF5 file, a FIFO, /etc/passwd
+    ...) is refused without being opened, and so is a dataset whose values live in other files
+    (external raw storage, a virtual dataset), before HDF5 is asked anything that reads them."""
+    current: h5py.Group = group.file if name.startswith("/") else group
+    pending = _parts(name)
+    hops = 0
+    while pending:
+        part = pending.pop()
+        if not isinstance(current, h5py.Group):
+            return None
+        key = current._e(part)
+        if not current.id.links.exists(key):
+            return None
+        kind = current.id.links.get_info(key).type
+        where = _Where(current, part)
+        if kind == h5py.h5l.TYPE_HARD:
+            current = _open_hard(current, key, where, file)
+        elif kind == h5py.h5l.TYPE_SOFT:
+            hops += 1
+            if hops > _MAX_SOFT_LINKS:
+                raise WeightportError(file, f"{where}: soft links lead on through more than {_MAX_SOFT_LINKS} others (a loop)", _HINT_DAMAGED)
+            target = current._d(current.id.links.get_val(key))
+            current = current.file if target.startswith("/") else current
+            pending.extend(_parts(target))
+        elif kind == h5py.h5l.TYPE_EXTERNAL:
+            other, inside = current.id.links.get_val(key)
+            raise WeightportError(file, f"{where} is a link to {current._d(inside)} in another file ({current._d(other)}), which was not opened",
+                                  _HINT_OUTSIDE)
+        else:
+            raise WeightportError(file, f"{where} is a user-defined link (type {kind}), which was not followed", _HINT_OUTSIDE)
+    return current
+
+
+def members(group: h5py.Group, file: Union[str, Path]) -> Iterator[Tuple[str, Union[h5py.Group, h5py.Dataset, None]]]:
+    """(name, object) for each link of `group`, each object reached by `member`."""
+    for key in group:
+        yield key, member(group, key, file)
+
+
+class _Where:
+    """The path of link `part` of `group`, for a message: asked of HDF5 only when one is written."""
+
+    def __init__(self, group: h5py.Group, part: str) -> None:
+        self.group, self.part = group, part
+
+    def __str__(self) -> str:
+        return f"{self.group.name.rstrip('/')}/{self.part}"
+
+
+def _parts(path: str) -> List[str]:
+    """The components of an HDF5 path, last first (a stack to pop)."""
+    return [part for part in reversed(path.split("/")) if part and part != "."]
+
+
+def _open_hard(group: h5py.Group, key: bytes, where: _Where, file: Union[str, Path]) -> Optional[Union[h5py.Group, h5py.Dataset]]:
+    kind = h5py.h5o.get_info(group.id, key).type
+    if kind == h5py.h5o.TYPE_GROUP:
+        return h5py.Group(h5py.h5g.open(group.id, key))
+    if kind != h5py.h5o.TYPE_DATASET:
+        return None  # a named datatype: nothing weightport reads
+    dataset = h5py.h5d.open(group.id, key)  # opening reads the header only; h5py's Dataset may ask a virtual one its extent
+    plist = dataset.get_create_plist()
+    if plist.get_layout() == h5py.h5d.VIRTUAL or plist.get_external_count() > 0:
+        raise WeightportError(file, f"tensor {where} keeps its values in other files (HDF5 external or virtual storage), which were not opened",
+                              _HINT_OUTSIDE)
+    return h5py.Dataset(dataset, readonly=True)
 
 
 def has_attr(obj: Union[h5py.Group, h5py.Dataset], name: str) -> bool:
@@ -134,22 +208,17 @@ def _reason(exc: BaseException) -> str:
 def checked_tensor(dataset: h5py.Dataset, root: h5py.File, file: Union[str, Path]) -> h5py.Dataset:
     """`dataset` if it can be a Keras variable stored in this file, else a `WeightportError` naming it.
 
-    Refused before anything is read: values that are not numbers; bytes kept outside the file
-    (a link into another HDF5 file, external raw storage, a virtual dataset), which a damaged or
-    hostile file could point at any file on the machine; and a declared size the file cannot hold
+    Refused before anything is read (`member`, which opened it, has refused values kept in other
+    files): values that are not numbers; and a declared size the file cannot hold
     (contiguous data past the end of the file, or a compressed tensor claiming more than
     `MAX_COMPRESSION` times the file's size), which would otherwise make numpy allocate it.
     """
     name = dataset.name
-    if h5py.h5i.get_file_id(dataset.id) != root.id:  # what dataset.file.id is, without building a File per tensor
-        raise WeightportError(file, f"tensor {name} is a link into another file ({dataset.file.filename})", "weights must be stored in the file itself")
     dtype = dataset.dtype
     if dtype.kind not in _NUMERIC or dtype.fields is not None or dtype.subdtype is not None:
         raise WeightportError(file, f"tensor {name} holds {_dtype_name(dtype)} values, not numbers", "the file is damaged or was not written by Keras")
     plist = dataset.id.get_create_plist()
     layout = plist.get_layout()
-    if layout == h5py.h5d.VIRTUAL or plist.get_external_count() > 0:
-        raise WeightportError(file, f"tensor {name} keeps its values in other files (HDF5 external or virtual storage)", "weights must be stored in the file itself")
     declared = math.prod(int(n) for n in dataset.shape) * dtype.itemsize
     size = root.id.get_filesize()
     compressed = layout == h5py.h5d.CHUNKED and plist.get_nfilters() > 0

@@ -12,7 +12,7 @@ from __future__ import annotations
 import math
 import re
 from dataclasses import dataclass
-from typing import Dict, List, Optional, Sequence, Tuple
+from typing import Dict, List, Optional, Sequence, Set, Tuple
 
 import numpy as np
 
@@ -96,10 +96,23 @@ def _from_config(view: ModelView, config: ModelConfig, flatten: Optional[Sequenc
     vectors: Dict[str, Optional[HeadRole]] = {}  # layer -> what its 1-D output is, memoised
 
     def vector(name: str) -> Optional[HeadRole]:
-        """What the rank-1 output of `name` is: flattened window, pooled or Dense units."""
-        if name not in vectors:
-            vectors[name] = _vector(config.get(name), shapes, config, vector, view.path, flatten, source_order)
-        return vectors[name]
+        """What the rank-1 output of `name` is: flattened window, pooled or Dense units. Found
+        without recursion, so a chain of thousands of layers cannot exhaust the stack: back along
+        the first producers to the layer that starts the vector, then forward again."""
+        chain: List[ConfigLayer] = []
+        seen: Set[str] = set()
+        while name not in vectors:
+            spec = config.get(name)
+            if spec is None or not _carries(spec):
+                vectors[name] = _start(spec, shapes, config, view.path, flatten, source_order)
+                break
+            _refuse_cycle(spec, seen, view.path)
+            chain.append(spec)
+            name = spec.inbound[0]
+        feed = vectors[name]
+        for spec in reversed(chain):
+            feed = vectors[spec.name] = _carried(spec, feed)
+        return feed
 
     roles: Dict[str, HeadRole] = {}
     for layer in view.layers:
@@ -120,30 +133,52 @@ def _from_config(view: ModelView, config: ModelConfig, flatten: Optional[Sequenc
     return roles
 
 
-def _vector(spec: Optional[ConfigLayer], shapes, config: ModelConfig, vector, source: str,
-            flatten: Optional[Sequence[int]], source_order: Optional[str]) -> Optional[HeadRole]:
-    if spec is None:
+def _carries(spec: ConfigLayer) -> bool:
+    """Whether the layer's vector follows from its first producer's (a Dense, a pass-through or
+    per-unit layer) rather than starting one (a Flatten, a global pooling) or ending it."""
+    return bool(spec.inbound) and not _starts(spec) and (spec.class_name == "Dense" or spec.class_name in PASS_THROUGH or spec.class_name in PER_UNIT)
+
+
+def _starts(spec: ConfigLayer) -> bool:
+    target_shape = spec.config.get("target_shape")
+    pooled = _GLOBAL_POOLING.fullmatch(spec.class_name)
+    return bool(pooled and not spec.config.get("keepdims", False)) or spec.class_name == "Flatten" or (
+        spec.class_name == "Reshape" and isinstance(target_shape, list) and len(target_shape) == 1)
+
+
+def _start(spec: Optional[ConfigLayer], shapes, config: ModelConfig, source: str,
+           flatten: Optional[Sequence[int]], source_order: Optional[str]) -> Optional[HeadRole]:
+    """The vector a layer starts: a global pooling's or a Flatten's (None for any other layer)."""
+    if spec is None or not _starts(spec):
         return None
     pooled = _GLOBAL_POOLING.fullmatch(spec.class_name)
-    if pooled and not spec.config.get("keepdims", False):
+    if pooled:
         return HeadRole("1x1", int(pooled.group(2)), f"after {spec.class_name} '{spec.name}'",
                         data_format=spec.data_format or "channels_last", pooling=spec.name)
-    target_shape = spec.config.get("target_shape")
-    if spec.class_name == "Flatten" or (spec.class_name == "Reshape" and isinstance(target_shape, list) and len(target_shape) == 1):
-        return _window(spec, shapes, config, source, flatten, source_order)
-    feed = vector(spec.inbound[0]) if spec.inbound else None
+    return _window(spec, shapes, config, source, flatten, source_order)
+
+
+def _carried(spec: ConfigLayer, feed: Optional[HeadRole]) -> Optional[HeadRole]:
+    """The vector out of a layer that `_carries` its producer's `feed`."""
     if spec.class_name == "Dense" and feed is not None:
         return HeadRole("1x1", feed.rank, f"after Dense '{spec.name}'", data_format=feed.data_format)
-    if spec.class_name in PASS_THROUGH or spec.class_name in PER_UNIT:
-        return feed
-    return None
+    return feed
+
+
+def _refuse_cycle(spec: ConfigLayer, seen: Set[str], source: str) -> None:
+    """A layer met again while walking back through its producers feeds itself: the walk would never end."""
+    if spec.name in seen:
+        raise WeightportError(source, f"layer '{spec.name}' feeds itself in the model config (a cycle)", "the config is damaged; save the model again")
+    seen.add(spec.name)
 
 
 def _window(flat: ConfigLayer, shapes, config: ModelConfig, source: str, flatten: Optional[Sequence[int]], source_order: Optional[str]) -> Optional[HeadRole]:
     """The window a Flatten (or a Reshape to 1-D) sees, and the order it lists it in."""
     chain: List[ConfigLayer] = []
+    seen: Set[str] = set()
     anchor = config.get(flat.inbound[0]) if flat.inbound else None
     while anchor is not None and (anchor.class_name in PASS_THROUGH or anchor.class_name in ("Permute", "Reshape")):
+        _refuse_cycle(anchor, seen, source)
         chain.append(anchor)
         anchor = config.get(anchor.inbound[0]) if anchor.inbound else None
     if anchor is None:

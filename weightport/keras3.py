@@ -17,7 +17,7 @@ import h5py
 
 from .config import ModelConfig, to_snake_case
 from .errors import WeightportError
-from .hdf5 import checked_tensor, str_attr
+from .hdf5 import checked_tensor, member, members, str_attr
 from .roles import roles_for_class
 from .view import Layer, ModelView, Tensor
 
@@ -45,9 +45,9 @@ _ORDER_NOTE_NO_OFFSET = (
 )
 
 
-def is_keras3(f: h5py.File) -> bool:
+def is_keras3(f: h5py.File, path: Union[str, Path]) -> bool:
     """True for a Keras 3 weights file (a `layers` or `vars` group, no legacy attributes)."""
-    return isinstance(f.get("layers"), h5py.Group) or isinstance(f.get("vars"), h5py.Group)
+    return any(isinstance(member(f, name, path), h5py.Group) for name in ("layers", "vars"))
 
 
 def read_keras3(f: h5py.File, path: Union[str, Path], config: Optional[ModelConfig] = None,
@@ -79,28 +79,29 @@ def read_keras3(f: h5py.File, path: Union[str, Path], config: Optional[ModelConf
 def _walk(root: h5py.Group, path: Union[str, Path]) -> List[Tuple[str, h5py.Group]]:
     """(group path, vars group) for every group whose `vars` holds datasets. Iterative, and each
     group is entered once, so a damaged file whose groups nest thousands deep or link back to an
-    ancestor cannot make it recurse without end; a link into another file is refused."""
+    ancestor cannot make it recurse without end; a link into another file is refused (`member`)."""
     found: List[Tuple[str, h5py.Group]] = []
     seen = {root.id}
     pending = [root]
     while pending:
         group = pending.pop()
-        for key, child in group.items():
-            if (group.name == "/" and key in _ROOT_SKIP) or not isinstance(child, h5py.Group) or child.id in seen:
+        for key in group:
+            if group.name == "/" and key in _ROOT_SKIP:
+                continue
+            child = member(group, key, path)
+            if not isinstance(child, h5py.Group) or child.id in seen:
                 continue
             seen.add(child.id)
-            if child.file.id != root.file.id:
-                raise WeightportError(path, f"group {group.name.rstrip('/')}/{key} is a link into another file ({child.file.filename})",
-                                      "weights must be stored in the file itself")
             if key != "vars":
                 pending.append(child)
-            elif any(isinstance(v, h5py.Dataset) for v in child.values()):
+            elif any(isinstance(v, h5py.Dataset) for _, v in members(child, path)):
                 found.append((group.name.lstrip("/"), child))
     return found
 
 
 def _tensors(vars_group: h5py.Group, path: Union[str, Path], class_name: Optional[str], config: Optional[dict]) -> List[Tensor]:
-    keys = [k for k, v in vars_group.items() if isinstance(v, h5py.Dataset)]
+    datasets = {k: v for k, v in members(vars_group, path) if isinstance(v, h5py.Dataset)}
+    keys = list(datasets)
     if not all(k.isdigit() for k in keys):
         raise WeightportError(path, f"'{vars_group.name}' holds datasets not named 0, 1, ... ({', '.join(sorted(keys)[:4])})", "the file is damaged or was not written by Keras")
     keys.sort(key=int)
@@ -109,8 +110,8 @@ def _tensors(vars_group: h5py.Group, path: Union[str, Path], class_name: Optiona
         raise WeightportError(path, f"'{vars_group.name}' holds tensors {', '.join(keys[:6])} but not {', '.join(map(str, missing[:6]))}",
                               "a tensor is missing: the file is damaged; save the weights again")
     roles = roles_for_class(class_name, len(keys), config)
-    datasets = [checked_tensor(vars_group[key], vars_group.file, path) for key in keys]
-    return [Tensor(key, role, ds.name, ds) for key, ds, role in zip(keys, datasets, roles)]
+    checked = [checked_tensor(datasets[key], vars_group.file, path) for key in keys]
+    return [Tensor(key, role, ds.name, ds) for key, ds, role in zip(keys, checked, roles)]
 
 
 def _class_from_path(group_path: str) -> Optional[str]:
@@ -144,7 +145,7 @@ def _in_config_order(found: Dict[str, h5py.Group], config: ModelConfig, path: Un
 
 
 def _in_file_order(found: Dict[str, h5py.Group], path: Union[str, Path]) -> Tuple[List[Layer], str, str]:
-    addresses = {p: _written_at(g) for p, g in found.items()}
+    addresses = {p: _written_at(g, path) for p, g in found.items()}
     if all(a is not None for a in addresses.values()):
         ordered, order, note = _merge_by_address(found, addresses), "write-order", _ORDER_NOTE
     else:
@@ -168,11 +169,11 @@ def _merge_by_address(found: Dict[str, h5py.Group], addresses: Dict[str, int]) -
     return ordered
 
 
-def _written_at(vars_group: h5py.Group) -> Optional[int]:
+def _written_at(vars_group: h5py.Group, path: Union[str, Path]) -> Optional[int]:
     """The address of the layer's first dataset header: headers are laid down in creation order
     (unlike raw data, which HDF5 may place out of order in its small-data block)."""
     try:
-        addresses = [h5py.h5o.get_info(ds.id).addr for ds in vars_group.values() if isinstance(ds, h5py.Dataset)]
+        addresses = [h5py.h5o.get_info(ds.id).addr for _, ds in members(vars_group, path) if isinstance(ds, h5py.Dataset)]
     except (AttributeError, RuntimeError):
         return None
     return min(addresses) if addresses else None

@@ -16,7 +16,7 @@ import h5py
 
 from .config import ModelConfig, parse_model_config
 from .errors import WeightportError
-from .hdf5 import checked_tensor, has_attr, str_attr, str_list_attr
+from .hdf5 import checked_tensor, has_attr, member, str_attr, str_list_attr
 from .roles import role_from_name
 from .view import Layer, ModelView, Tensor
 
@@ -25,23 +25,23 @@ __all__ = ["is_legacy", "read_legacy"]
 _HINT_DAMAGED = "the file is damaged or was not written by Keras"
 
 
-def _weights_group(f: h5py.File) -> Optional[h5py.Group]:
+def _weights_group(f: h5py.File, path: Union[str, Path]) -> Optional[h5py.Group]:
     if has_attr(f, "layer_names"):
         return f
-    group = f.get("model_weights")
+    group = member(f, "model_weights", path)
     if isinstance(group, h5py.Group) and has_attr(group, "layer_names"):
         return group
     return None
 
 
-def is_legacy(f: h5py.File) -> bool:
+def is_legacy(f: h5py.File, path: Union[str, Path]) -> bool:
     """True for a legacy weights-only file or a full model with a `model_weights` group."""
-    return _weights_group(f) is not None
+    return _weights_group(f, path) is not None
 
 
 def read_legacy(f: h5py.File, path: Union[str, Path], config: Optional[ModelConfig] = None) -> ModelView:
     """Build the view of a legacy `.h5` file; `config` overrides the file's own `model_config`."""
-    group = _weights_group(f)
+    group = _weights_group(f, path)
     if group is None:
         raise WeightportError(path, "no layer_names attribute (not a legacy Keras weights file)", _HINT_DAMAGED)
     version = str_attr(group, "keras_version", path) or str_attr(f, "keras_version", path)
@@ -72,7 +72,7 @@ def read_legacy(f: h5py.File, path: Union[str, Path], config: Optional[ModelConf
 
 def _layers_of(group: h5py.Group, name: str, path: Union[str, Path], config: Optional[ModelConfig], root: h5py.File) -> List[Layer]:
     """The weighted layer(s) stored under one `layer_names` entry (several for a nested model)."""
-    entry = group.get(name)
+    entry = member(group, name, path)
     if not isinstance(entry, h5py.Group):
         raise WeightportError(path, f"layer '{name}' is listed in layer_names but has no group", _HINT_DAMAGED)
     weight_names = str_list_attr(entry, "weight_names", path)
@@ -81,7 +81,7 @@ def _layers_of(group: h5py.Group, name: str, path: Union[str, Path], config: Opt
     nested = _is_nested(name, weight_names, config)
     inner: Dict[str, List[Tuple[str, h5py.Dataset]]] = {}
     for weight_name in weight_names:
-        dataset = entry.get(weight_name)
+        dataset = member(entry, weight_name, path)
         if not isinstance(dataset, h5py.Dataset):
             raise WeightportError(path, f"weight '{weight_name}' of layer '{name}' is listed in weight_names but not stored", _HINT_DAMAGED)
         checked_tensor(dataset, root, path)

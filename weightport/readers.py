@@ -57,9 +57,9 @@ def read(path: PathLike, config: Optional[Union[PathLike, ModelConfig]] = None) 
 
 
 def _read_h5(f, path: PathLike, config: Optional[ModelConfig]) -> ModelView:
-    if is_legacy(f):
+    if is_legacy(f, path):
         view = read_legacy(f, path, config)
-    elif is_keras3(f):
+    elif is_keras3(f, path):
         view = read_keras3(f, path, config)
     else:
         raise WeightportError(path, "HDF5 file, but not a Keras weights file (no layer_names attribute, model_weights or layers group)",

@@ -1,0 +1,304 @@
+"""Hostile files (issue 11): nothing opened but what the user named, no hang, no code run, no
+forged output.
+
+Each case runs `python -m weightport` in a child process, as a user would, and holds it to the
+promise of the README's Errors section: exit 2, one line on stderr naming the file, nothing left
+beside OUT, and a bound on what refusing costs: under `CPU_SECONDS` of CPU time and `MAX_RSS_MIB`
+of memory (the child's own, from `wait4`). A hang (a blocking open or read, which Ctrl-C would not
+stop either) is caught by `HANG_SECONDS` of wall time: a refused file takes well under a second of
+it, but this machine's other work counts against wall time, not against CPU time.
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+import os
+import shutil
+import subprocess
+import threading
+import time
+import zipfile
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable, Dict, List, Optional
+
+import h5py
+import numpy as np
+import pytest
+
+from conftest import FIXTURES, cli_command
+
+CPU_SECONDS = 2.0
+MAX_RSS_MIB = 200
+HANG_SECONDS = 20.0
+
+
+@dataclass
+class Outcome:
+    status: int
+    stdout: str
+    stderr: str
+    cpu: float  # seconds of CPU time, user + system
+    rss_mib: float  # peak resident memory
+    wall: float
+
+
+def run_bounded(*args: str, cwd: Path) -> Outcome:
+    """Run the CLI in a child; its exit status, output and own resource use (wait4, not the
+    children's maximum over the whole test session). Fails the test on a hang."""
+    proc = subprocess.Popen(**cli_command(*args), stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.PIPE, cwd=cwd)
+    streams: Dict[str, bytes] = {}
+    readers = [threading.Thread(target=lambda name=name, fh=fh: streams.__setitem__(name, fh.read()))
+               for name, fh in (("out", proc.stdout), ("err", proc.stderr))]
+    for reader in readers:
+        reader.start()
+    start = time.monotonic()
+    while True:
+        pid, status, usage = os.wait4(proc.pid, os.WNOHANG)
+        if pid:
+            break
+        if time.monotonic() - start > HANG_SECONDS:
+            proc.kill()
+            os.wait4(proc.pid, 0)
+            proc.returncode = -9
+            pytest.fail(f"weightport {' '.join(args)} hung (no exit in {HANG_SECONDS} s)")
+        time.sleep(0.01)
+    wall = time.monotonic() - start
+    proc.returncode = os.waitstatus_to_exitcode(status)
+    for reader in readers:
+        reader.join()
+    return Outcome(proc.returncode, streams["out"].decode(errors="replace"), streams["err"].decode(errors="replace"),
+                   usage.ru_utime + usage.ru_stime, usage.ru_maxrss / 1024, wall)
+
+
+def assert_refused(*args: str, cwd: Path, names: Path, says: str, out: Optional[Path] = None) -> str:
+    """The command exits 2 with one line naming `names` and saying `says`, within the bounds,
+    and leaves nothing beside OUT (or beside the inputs in `cwd`). Returns the line."""
+    folder = out.parent if out is not None else cwd
+    before = sorted(os.listdir(folder))
+    outcome = run_bounded(*args, cwd=cwd)
+    assert outcome.status == 2, outcome
+    lines = outcome.stderr.splitlines()
+    assert len(lines) == 1, outcome.stderr
+    assert lines[0].startswith(f"weightport: error: {names}"), lines[0]
+    assert says in lines[0], lines[0]
+    assert outcome.cpu < CPU_SECONDS, f"{outcome.cpu:.2f} s of CPU to refuse it"
+    assert outcome.rss_mib < MAX_RSS_MIB, f"{outcome.rss_mib:.0f} MiB to refuse it"
+    assert sorted(os.listdir(folder)) == before, "something was left beside OUT"
+    return lines[0]
+
+
+def _copy(name: str, folder: Path) -> Path:
+    path = folder / name
+    shutil.copyfile(FIXTURES / name, path)
+    return path
+
+
+# --- nothing is opened but what the user named ------------------------------------------------
+
+def _fifo(folder: Path) -> Path:
+    path = folder / "pipe.h5"
+    os.mkfifo(path)  # nobody ever writes it: a reader blocks for ever
+    return path
+
+
+def _external_in_layers(folder: Path, at: Path) -> Path:
+    """A Keras 3 .weights.h5 whose layers/ group holds an external link to `at`."""
+    path = _copy("seq__k3.weights.h5", folder)
+    with h5py.File(path, "r+") as f:
+        f["layers/evil"] = h5py.ExternalLink(str(at), "/x")
+    return path
+
+
+def _external_in_layer_names(folder: Path, at: Path) -> Path:
+    """A legacy .h5 whose layer `dense`, named in layer_names, is an external link to `at`."""
+    path = _copy("seq__tfk_weights.h5", folder)
+    with h5py.File(path, "r+") as f:
+        del f["dense"]
+        f["dense"] = h5py.ExternalLink(str(at), "/x")
+    return path
+
+
+def _soft_to_external(folder: Path, at: Path) -> Path:
+    """A tensor that is a soft link (a path in this file) to an external link: followed one link
+    at a time, the external one is met and refused."""
+    path = _copy("seq__k3.weights.h5", folder)
+    with h5py.File(path, "r+") as f:
+        f["hidden"] = h5py.ExternalLink(str(at), "/x")
+        del f["layers/dense/vars/0"]
+        f["layers/dense/vars/0"] = h5py.SoftLink("/hidden")
+    return path
+
+
+def _virtual_tensor(folder: Path, at: Path) -> Path:
+    """A tensor that is a virtual dataset mapping `at` without limit: asking h5py its shape would
+    open `at` (a FIFO: for ever)."""
+    path = _copy("seq__k3.weights.h5", folder)
+    unlimited = h5py.h5s.UNLIMITED
+    with h5py.File(path, "r+") as f:
+        del f["layers/dense/vars/1"]
+        plist = h5py.h5p.create(h5py.h5p.DATASET_CREATE)
+        spaces = []
+        for _ in range(2):
+            space = h5py.h5s.create_simple((8,), (unlimited,))
+            space.select_hyperslab((0,), (unlimited,), stride=(8,), block=(8,))
+            spaces.append(space)
+        plist.set_virtual(spaces[0], str(at).encode(), b"x", spaces[1])
+        h5py.h5d.create(f["layers/dense/vars"].id, b"1", h5py.h5t.NATIVE_FLOAT, h5py.h5s.create_simple((8,), (unlimited,)), dcpl=plist)
+    return path
+
+
+def _external_storage(folder: Path, at: Path) -> Path:
+    """A tensor whose raw bytes are declared to live in `at` (HDF5 external storage)."""
+    path = _copy("seq__k3.weights.h5", folder)
+    with h5py.File(path, "r+") as f:
+        del f["layers/dense/vars/1"]
+        f["layers/dense/vars"].create_dataset("1", shape=(8,), dtype="f4", external=[(str(at), 0, 32)])
+    return path
+
+
+LINKS: Dict[str, Callable[[Path, Path], Path]] = {
+    "external link in layers/": _external_in_layers,
+    "external link named in layer_names": _external_in_layer_names,
+    "soft link to an external link": _soft_to_external,
+    "virtual dataset": _virtual_tensor,
+    "external storage": _external_storage,
+}
+SAYS = {"virtual dataset": "keeps its values in other files", "external storage": "keeps its values in other files"}
+
+
+@pytest.mark.parametrize("case", sorted(LINKS))
+@pytest.mark.parametrize("command", ["inspect", "convert"])
+def test_a_link_to_a_fifo_is_refused_before_it_is_followed(case: str, command: str, tmp_path: Path) -> None:
+    """A link to a FIFO blocked inspect and convert for ever (Ctrl-C could not stop it)."""
+    path = LINKS[case](tmp_path, _fifo(tmp_path))
+    out = tmp_path / "out" / "fcn.weights.h5"
+    out.parent.mkdir()
+    args = ["inspect", str(path)] if command == "inspect" else ["convert", str(path), "-o", str(out), "--flatten", "7,7,4"]
+    assert_refused(*args, cwd=tmp_path, names=path, says=SAYS.get(case, "in another file"), out=out)
+
+
+def test_an_external_link_to_etc_passwd_is_refused_not_opened(tmp_path: Path) -> None:
+    """`inspect` opened /etc/passwd through the link, skipped it and exited 0 without a word."""
+    path = _external_in_layers(tmp_path, Path("/etc/passwd"))
+    line = assert_refused("inspect", str(path), cwd=tmp_path, names=path, says="/layers/evil is a link to /x in another file (/etc/passwd)")
+    assert "weights must be stored in the file itself" in line
+
+
+def test_a_soft_link_inside_the_file_is_still_followed(tmp_path: Path) -> None:
+    """Links that stay in the file are legal HDF5 and still read: a tensor reached through a soft link."""
+    path = _copy("seq__k3.weights.h5", tmp_path)
+    with h5py.File(path, "r+") as f:
+        f.move("layers/dense/vars/0", "moved")
+        f["layers/dense/vars/0"] = h5py.SoftLink("/moved")
+    outcome = run_bounded("inspect", "--json", str(path), cwd=tmp_path)
+    assert outcome.status == 0, outcome.stderr
+    dense = [layer for layer in json.loads(outcome.stdout)["layers"] if layer["group"] == "/layers/dense/vars"][0]
+    assert dense["weights"][0]["shape"] == [196, 8]
+
+
+def test_a_soft_link_loop_is_refused(tmp_path: Path) -> None:
+    path = _copy("seq__k3.weights.h5", tmp_path)
+    with h5py.File(path, "r+") as f:
+        del f["layers/dense/vars/0"]
+        f["layers/dense/vars/0"] = h5py.SoftLink("/layers/dense/vars/0")
+    assert_refused("inspect", str(path), cwd=tmp_path, names=path, says="soft links lead on")
+
+
+# --- special files: refused for every input, unread -------------------------------------------
+
+def _special(kind: str, folder: Path) -> Path:
+    return _fifo(folder) if kind == "fifo" else Path("/dev/zero")
+
+
+ROLES = ["SRC", "--config", "--target", "verify OUT"]
+
+
+@pytest.mark.parametrize("kind, role", [(kind, role) for kind in ("fifo", "/dev/zero") for role in ROLES] + [("fifo", "sweep SRC")])
+def test_a_special_file_is_refused_for_every_input(kind: str, role: str, tmp_path: Path) -> None:
+    """`--config FIFO` hung; a FIFO or a device is refused as any input, nothing read from it."""
+    special = _special(kind, tmp_path)
+    good = _copy("seq__k3.keras", tmp_path)
+    out = tmp_path / "out" / "fcn.weights.h5"
+    out.parent.mkdir()
+    args = {
+        "SRC": ["convert", str(special), "-o", str(out)],
+        "--config": ["convert", str(_copy("seq__k3.weights.h5", tmp_path)), "--config", str(special), "-o", str(out)],
+        "--target": ["convert", str(good), "--target", str(special), "-o", str(out)],
+        "verify OUT": ["verify", str(good), str(special)],
+        "sweep SRC": ["convert", str(special), "--out-dir", str(out.parent)],
+    }[role]
+    kind_said = "is a FIFO (named pipe), not a regular file" if kind == "fifo" else "is a character device, not a regular file"
+    if role == "sweep SRC":  # a sweep reports each file on its line, then the count
+        before = sorted(os.listdir(out.parent))
+        outcome = run_bounded(*args, cwd=tmp_path)
+        assert outcome.status == 2 and f"weightport: error: {special}: {kind_said}" in outcome.stderr, outcome
+        assert outcome.cpu < CPU_SECONDS and outcome.rss_mib < MAX_RSS_MIB and sorted(os.listdir(out.parent)) == before
+        return
+    assert_refused(*args, cwd=tmp_path, names=special, says=kind_said, out=out)
+
+
+# --- graphs: cycles and depth -----------------------------------------------------------------
+
+def _functional(folder: Path, name: str, edit: Callable[[List[dict]], None]) -> Path:
+    """func_names__k3.keras with its config's layer list edited by `edit`."""
+    source = FIXTURES / "func_names__k3.keras"
+    with zipfile.ZipFile(source) as z:
+        config = json.loads(z.read("config.json"))
+        edit(config["config"]["layers"])
+        path = folder / name
+        with zipfile.ZipFile(path, "w") as out:
+            for info in z.infolist():
+                out.writestr(info, json.dumps(config) if info.filename == "config.json" else z.read(info))
+    return path
+
+
+def _feed(layer: dict, producer: str) -> None:
+    layer["inbound_nodes"][0]["args"][0]["config"]["keras_history"] = [producer, 0, 0]
+
+
+def _dropouts_before(layers: List[dict], consumer: str, names: List[str], first_producer: Optional[str] = None) -> None:
+    """Insert Dropout layers `names` in a chain before `consumer`; the first is fed by
+    `first_producer` (default: the consumer's own producer)."""
+    at = [layer["name"] for layer in layers].index(consumer)
+    template = next(layer for layer in layers if layer["class_name"] == "Dropout")
+    producer = first_producer or layers[at]["inbound_nodes"][0]["args"][0]["config"]["keras_history"][0]
+    chain = []
+    for name in names:
+        layer = copy.deepcopy(template)
+        layer["name"] = layer["config"]["name"] = name
+        _feed(layer, producer)
+        chain.append(layer)
+        producer = name
+    _feed(layers[at], producer)
+    layers[at:at] = chain
+
+
+def test_a_graph_cycle_is_refused_not_walked_for_ever(tmp_path: Path) -> None:
+    """A Dropout feeding itself before the Flatten made `plan` loop for ever, memory growing."""
+    path = _functional(tmp_path, "cycle.keras", lambda layers: _dropouts_before(layers, "my_flat", ["loop"], first_producer="loop"))
+    out = tmp_path / "out" / "fcn.weights.h5"
+    out.parent.mkdir()
+    for args in (["plan", str(path)], ["convert", str(path), "-o", str(out)]):
+        assert_refused(*args, cwd=tmp_path, names=path, says="layer 'loop' feeds itself in the model config", out=out)
+
+
+def test_a_cycle_between_dense_layers_is_refused(tmp_path: Path) -> None:
+    def edit(layers: List[dict]) -> None:
+        _dropouts_before(layers, "predictions", ["a", "b"])
+        _feed(layers[[layer["name"] for layer in layers].index("a")], "b")
+
+    path = _functional(tmp_path, "dense_cycle.keras", edit)
+    assert_refused("plan", str(path), cwd=tmp_path, names=path, says="feeds itself in the model config")
+
+
+def test_a_deep_graph_is_walked_without_recursion(tmp_path: Path) -> None:
+    """3,000 Dropouts between two Dense layers raised RecursionError (exit 1): walked iteratively,
+    the chain is planned like any other."""
+    path = _functional(tmp_path, "deep.keras", lambda layers: _dropouts_before(layers, "predictions", [f"deep{i}" for i in range(3000)]))
+    outcome = run_bounded("plan", "--json", str(path), cwd=tmp_path)
+    assert outcome.status == 0, outcome.stderr
+    steps = {step["target_layer"]: step for step in json.loads(outcome.stdout)["steps"] if step["role"] == "kernel"}
+    assert steps["predictions"]["rule"] == "dense-to-1x1" and steps["fc6"]["rule"] == "dense-to-conv"
+    assert outcome.cpu < CPU_SECONDS and outcome.rss_mib < MAX_RSS_MIB
