@@ -6,14 +6,16 @@ import importlib.util
 import os
 import subprocess
 import sys
+import time
 from pathlib import Path
-from typing import List, Sequence
+from typing import Callable, List, Sequence
 
 import pytest
 
 ROOT = Path(__file__).resolve().parent.parent
 FIXTURES = ROOT / "fixtures"
 SHARED_FILES = ROOT.parent / "shared" / "keras-files"
+BIG_ROWS = 7 * 7 * 64  # the big source's window, 7,7,64 (--flatten)
 
 
 def cli_command(*args: str, python: Sequence[str] = ()) -> dict:
@@ -57,3 +59,42 @@ def load_maker():
     sys.modules[spec.name] = module  # dataclasses look their module up while it loads
     spec.loader.exec_module(module)
     return module
+
+
+@pytest.fixture(scope="session")
+def big_source(tmp_path_factory) -> Path:
+    """A legacy weights-only classifier whose Dense kernel is ~200 MB (written in blocks): its
+    conversion is long enough to be caught mid-write. Convert it with `--flatten 7,7,64`."""
+    import h5py
+    import numpy as np
+
+    path = tmp_path_factory.mktemp("big") / "big_weights.h5"
+    units = 200 * 2**20 // (BIG_ROWS * 4)
+    with h5py.File(path, "w") as f:
+        f.attrs["keras_version"], f.attrs["backend"] = "2.21.0", "tensorflow"
+        f.attrs["layer_names"] = [b"conv", b"fc"]
+        for name, shapes in (("conv", [(3, 3, 3, 64), (64,)]), ("fc", [(BIG_ROWS, units), (units,)])):
+            names = [f"{name}/{role}:0" for role in ("kernel", "bias")]
+            f.create_group(name).attrs["weight_names"] = [n.encode() for n in names]
+            for n, shape in zip(names, shapes):
+                ds = f[name].create_dataset(n, shape=shape, dtype="float32")
+                for start in range(0, shape[0], 512):
+                    block = (min(512, shape[0] - start),) + shape[1:]
+                    ds[start:start + block[0]] = np.full(block, start % 7, "float32")
+    return path
+
+
+def temporaries(folder: Path) -> List[Path]:
+    """weightport's temporary files in `folder` (`.OUT.weightport-TOKEN.tmp*`)."""
+    return [p for p in folder.iterdir() if ".weightport-" in p.name]
+
+
+def wait_until(condition: Callable[[], object], timeout: float, what: str) -> object:
+    """Poll `condition` until it is true (returned) or `timeout` seconds pass (the test fails)."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        value = condition()
+        if value:
+            return value
+        time.sleep(0.002)
+    pytest.fail(f"timed out after {timeout} s waiting for {what}")

@@ -156,7 +156,8 @@ def convert(source: PathLike, out: PathLike, target: Optional[PathLike] = None, 
                 raise VerificationFailed(built.verification)
 
         write(built, Path(out), views, force=force, model_config=model_config, keras_version=views[str(source)].keras_version,
-              progress=progress, check=check if verify else None, compression=compression)
+              progress=progress, check=check if verify else None, compression=compression,
+              inputs=[str(config)] if config is not None else [])
         return built
 
 

@@ -8,14 +8,24 @@ can cross process boundaries.
 from __future__ import annotations
 
 import concurrent.futures
+import contextlib
+import ctypes
+import multiprocessing
+import os
+import signal
+import threading
 import traceback
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Dict, Iterable, List, Optional
 
+from . import interrupt
 from .errors import WeightportError
 
-__all__ = ["Job", "Outcome", "run_jobs", "out_path", "exit_status"]
+__all__ = ["Job", "Outcome", "run_jobs", "out_path", "exit_status", "check_outputs", "worker_count"]
+
+_PR_SET_PDEATHSIG = 1
+_WATCH_SECONDS = 0.5
 
 
 @dataclass(frozen=True)
@@ -55,9 +65,27 @@ def convert_one(job: Job, options: Dict[str, Any], verify: bool, debug: bool) ->
         return Outcome(job, 1, f"{detail}weightport: internal error: {job.source}: {type(exc).__name__}: {exc} (rerun with --debug)")
 
 
+def check_outputs(jobs: List[Job]) -> None:
+    """Refuse, before anything is converted, two inputs that would be written to the same output."""
+    seen: Dict[str, str] = {}
+    for job in jobs:
+        key = os.path.normcase(os.path.abspath(job.out))
+        if key in seen:
+            raise WeightportError(job.out, f"two inputs would be written here: {seen[key]} and {job.source}",
+                                  "convert them into different folders (one --out-dir each); nothing was converted")
+        seen[key] = job.source
+
+
+def worker_count(asked: int, files: int) -> int:
+    """`-j` capped at the number of files and of the cores this process may run on."""
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+    return max(1, min(asked, files, cores))
+
+
 def run_jobs(jobs: List[Job], options: Dict[str, Any], verify: bool, workers: int, debug: bool,
              on_done: Optional[Callable[[Outcome], None]] = None) -> List[Outcome]:
-    """Run every job, `workers` at a time, calling `on_done` as each finishes."""
+    """Run every job, `workers` at a time, calling `on_done` as each finishes. Interrupted, it
+    stops the workers (their current files cleaned up, the queued ones never started) and re-raises."""
     outcomes: List[Outcome] = []
 
     def done(outcome: Outcome) -> None:
@@ -69,15 +97,75 @@ def run_jobs(jobs: List[Job], options: Dict[str, Any], verify: bool, workers: in
         for job in jobs:
             done(convert_one(job, options, verify, debug))
         return outcomes
-    with concurrent.futures.ProcessPoolExecutor(max_workers=workers) as pool:
-        futures = [pool.submit(convert_one, job, options, verify, debug) for job in jobs]
+    context = multiprocessing.get_context()
+    stop = context.Event()
+    with concurrent.futures.ProcessPoolExecutor(max_workers=workers, mp_context=context, initializer=_start_worker,
+                                                initargs=(os.getpid(), stop)) as pool:
         try:
+            futures = [pool.submit(_work, job, options, verify, debug) for job in jobs]
             for future in concurrent.futures.as_completed(futures):
                 done(future.result())
-        except BaseException:  # Ctrl-C, a reader gone away: the queued files are not started
+        except BaseException:  # Ctrl-C, SIGTERM, a reader gone away: no file is started after this
+            stop.set()
             pool.shutdown(wait=True, cancel_futures=True)
             raise
     return outcomes
+
+
+# --- in a worker process ------------------------------------------------------------------
+
+class _Worker:
+    """A worker's state: its parent, whether it is converting a file, whether it was stopped."""
+
+    parent = 0
+    busy = False
+    stopped = False
+
+
+def _start_worker(parent: int, stop: Any) -> None:
+    """Pool initializer: the worker dies with the command and stops when the command stops.
+
+    Linux sends it SIGTERM when its parent dies (PR_SET_PDEATHSIG); a watcher thread also stops
+    it when `stop` is set or its parent is gone (another system, a parent killed before the prctl)."""
+    _Worker.parent = parent
+    with contextlib.suppress(OSError, AttributeError):
+        ctypes.CDLL(None, use_errno=True).prctl(_PR_SET_PDEATHSIG, signal.SIGTERM)
+    if os.getppid() != parent:
+        os._exit(128 + signal.SIGTERM)
+    interrupt.install(_worker_signal)
+    threading.Thread(target=_watch, args=(stop,), name="weightport-watch", daemon=True).start()
+
+
+def _watch(stop: Any) -> None:
+    while not stop.wait(_WATCH_SECONDS) and os.getppid() == _Worker.parent:
+        pass
+    os.kill(os.getpid(), signal.SIGTERM)
+
+
+def _worker_signal(signum: int, frame: object) -> None:
+    """Stop taking files; abandon the current one (cleaned up on the way out); with the parent
+    gone and nothing to clean up, exit at once."""
+    _Worker.stopped = True
+    if _Worker.busy:
+        _Worker.busy = False
+        raise interrupt.Interrupted(signum)
+    if os.getppid() != _Worker.parent:
+        os._exit(128 + signum)
+
+
+def _work(job: Job, options: Dict[str, Any], verify: bool, debug: bool) -> Outcome:
+    """`convert_one` in a worker, unless the command was stopped."""
+    if _Worker.stopped:
+        return Outcome(job, 2, f"weightport: {job.source}: not converted, the command was interrupted")
+    _Worker.busy = True
+    try:
+        return convert_one(job, options, verify, debug)
+    except KeyboardInterrupt as stop:
+        if os.getppid() != _Worker.parent:
+            os._exit(interrupt.exit_status(stop))  # its temporary is gone; nobody waits for the outcome
+        return Outcome(job, 2, f"weightport: {job.source}: not converted, the command was interrupted")
+    finally:
+        _Worker.busy = False
 
 
 def exit_status(outcomes: Iterable[Outcome]) -> int:

@@ -15,6 +15,7 @@ import sys
 import traceback
 from typing import List, NoReturn, Optional, Tuple
 
+from . import interrupt
 from ._version import __version__
 from .errors import WeightportError
 
@@ -63,6 +64,12 @@ def _compression(text: str) -> str:
     except WeightportError as exc:
         raise argparse.ArgumentTypeError(f"{exc.problem}; {exc.hint}") from None
     return text
+
+
+def _positive(text: str) -> int:
+    if not text.isascii() or not text.isdigit() or int(text) == 0:
+        raise argparse.ArgumentTypeError(f"'{text}' is not a positive whole number")
+    return int(text)
 
 
 def _pair(text: str) -> Tuple[str, str]:
@@ -145,12 +152,13 @@ def _convert_and_report(args: argparse.Namespace, source: str, out: str) -> int:
 
 
 def _convert_many(args: argparse.Namespace, out_dir) -> int:
-    from .batch import Job, exit_status, out_path, run_jobs
+    from .batch import Job, check_outputs, exit_status, out_path, run_jobs, worker_count
     from .progress import file_progress
 
     if not out_dir.is_dir():
         raise WeightportError(out_dir, "no such folder", "create the output folder first")
     jobs = [Job(source, out_path(source, out_dir)) for source in args.source]
+    check_outputs(jobs)
     options = dict(target=args.target, force=args.force, full_model=args.full_model, compression=args.compression, **_plan_options(args))
     with file_progress(len(jobs), enabled=not args.quiet) as tick:
         def report(outcome) -> None:
@@ -158,7 +166,7 @@ def _convert_many(args: argparse.Namespace, out_dir) -> int:
                 tick.write(outcome.message, error=bool(outcome.status))
             tick.advance()
 
-        outcomes = run_jobs(jobs, options, verify=not args.no_verify, workers=args.jobs, debug=args.debug, on_done=report)
+        outcomes = run_jobs(jobs, options, verify=not args.no_verify, workers=worker_count(args.jobs, len(jobs)), debug=args.debug, on_done=report)
     failed = [o for o in outcomes if o.status]
     if not args.quiet or failed:
         summary = f"{len(outcomes) - len(failed)} of {len(outcomes)} files converted"
@@ -235,7 +243,8 @@ def build_parser() -> argparse.ArgumentParser:
     convert.add_argument("-o", "--out", metavar="OUT",
                          help="*.weights.h5 (Keras 3 layout), *.h5 / *.hdf5 (legacy layout) or *.keras (whole Keras 3 model)")
     convert.add_argument("--out-dir", metavar="DIR", help="convert every SRC into DIR, each under its own file name (a checkpoint sweep)")
-    convert.add_argument("-j", "--jobs", type=int, default=1, metavar="N", help="with --out-dir: convert N files at a time (default 1)")
+    convert.add_argument("-j", "--jobs", type=_positive, default=1, metavar="N",
+                         help="with --out-dir: convert N files at a time (default 1; at most one per file and per core)")
     convert.add_argument("--quiet", action="store_true", help="print nothing but errors (for pipelines)")
     convert.add_argument("--force", action="store_true", help="replace OUT if it exists")
     convert.add_argument("--full-model", action="store_true", help="with a .h5 OUT: write a whole legacy model (the twin's model_config and its weights)")
@@ -266,9 +275,9 @@ def main(argv: Optional[List[str]] = None) -> int:
         if exc.detail:
             print(exc.detail, file=sys.stderr)
         return 2
-    except KeyboardInterrupt:
-        print("weightport: interrupted", file=sys.stderr)
-        return 130
+    except KeyboardInterrupt as stop:  # Ctrl-C, or SIGTERM / SIGHUP (weightport.interrupt): temporaries are gone by now
+        print(f"weightport: interrupted ({stop})" if str(stop) else "weightport: interrupted", file=sys.stderr)
+        return interrupt.exit_status(stop)
     except BrokenPipeError:
         return 0
     except Exception as exc:  # an internal error: short message, traceback only on request
@@ -285,9 +294,13 @@ def run() -> NoReturn:
     after the atexit handlers and a checked flush of standard output, `os._exit` skips the
     interpreter's teardown of numpy and h5py, ~30-40 ms of a ~0.6 s VGG16 conversion. Under a
     profiler, a tracer or a debugger (sys.setprofile, sys.settrace or sys.monitoring), which
-    report after the program returns, it exits normally. `main` itself returns."""
+    report after the program returns, it exits normally. `main` itself returns. SIGTERM and
+    SIGHUP stop it as Ctrl-C does, cleaning up on the way (weightport.interrupt)."""
+    interrupt.install()
     try:
         status = main()
+    except KeyboardInterrupt as stop:  # arrived before or after main's own handling
+        status = interrupt.exit_status(stop)
     except SystemExit as done:  # argparse: --help, --version, usage errors
         status = done.code if isinstance(done.code, int) else (0 if done.code is None else _say(done.code))
     if _observed():

@@ -12,17 +12,18 @@ from __future__ import annotations
 
 import json
 import os
+import stat
 import time
 import zipfile
 from pathlib import Path
-from typing import Callable, Dict, List, Optional, Tuple
+from typing import Callable, Dict, Iterable, List, Optional, Sequence, Tuple
 
 import h5py
 import numpy as np
 
 from ._version import __version__
 from . import digests
-from .atomic import atomic_output
+from .atomic import atomic_output, cannot_write
 from .compression import compression_filter
 from .errors import WeightportError
 from .planner import Plan, Step
@@ -46,8 +47,9 @@ def output_layout(out: Path) -> str:
 
 def write(plan: Plan, out: Path, views: Dict[str, ModelView], force: bool = False, model_config: Optional[dict] = None,
           keras_version: Optional[str] = None, progress: Optional[Callable[[int, int], None]] = None,
-          check: Optional[Callable[[Path], None]] = None, compression: Optional[str] = None) -> None:
-    """Write `plan` to `out`; `views` maps each file named by the steps to its open view.
+          check: Optional[Callable[[Path], None]] = None, compression: Optional[str] = None, inputs: Sequence[str] = ()) -> None:
+    """Write `plan` to `out`; `views` maps each file named by the steps to its open view, and
+    `inputs` names the conversion's other inputs (a sidecar config): none of them can be `out`.
 
     With `model_config` the output is a whole model: a `.keras` archive (config.json and
     model.weights.h5), or a legacy full-model `.h5` (`model_config`, `model_weights`).
@@ -59,7 +61,7 @@ def write(plan: Plan, out: Path, views: Dict[str, ModelView], force: bool = Fals
     """
     layout = output_layout(out)
     filters = compression_filter(compression)
-    _check_destination(out, views, force)
+    _check_destination(out, [*views, *(v.data_file for v in views.values() if v.data_file), *inputs], force)
     if layout == "keras-archive" and model_config is None:
         raise WeightportError(out, "a .keras output needs the twin's model config, and there is none",
                               "write *.weights.h5 or *.h5 instead, or convert from a file with a config")
@@ -68,7 +70,7 @@ def write(plan: Plan, out: Path, views: Dict[str, ModelView], force: bool = Fals
     hashed = source.data_file or plan.source
     digests.start(hashed)  # on another core while the bytes are copied, if the caller has not started it
     try:
-        with atomic_output(out, parts=2 if archive else 1) as paths:
+        with atomic_output(out, parts=2 if archive else 1, force=force) as paths:
             weights = paths[-1]
             places, offsets = _structure(plan, "keras3" if archive else layout, weights, out, model_config if layout == "legacy" else None, filters)
             if filters:
@@ -102,16 +104,34 @@ def _archive(weights: Path, tmp: Path, model_config: dict, keras_version: Option
         archive.write(weights, "model.weights.h5")
 
 
-def _check_destination(out: Path, views: Dict[str, ModelView], force: bool) -> None:
-    if out.is_dir():
+def _check_destination(out: Path, inputs: Iterable[str], force: bool) -> None:
+    """Refuse, before anything is written, an OUT that is a folder, in no folder, one of the
+    conversion's inputs (the same file by device and inode, or by resolved path), or that exists
+    without `force`. The last step claims OUT again (`atomic_output`): one that appears meanwhile is kept."""
+    try:
+        found: Optional[os.stat_result] = os.stat(out)
+    except FileNotFoundError:  # no OUT, or a link to nothing
+        found = None
+    except OSError as exc:  # too long a name, a path through a file
+        raise cannot_write(out, exc) from None
+    if found is not None and stat.S_ISDIR(found.st_mode):
         raise WeightportError(out, "is a directory", "give the output file's name")
     if not out.parent.is_dir():
         raise WeightportError(out, "its folder does not exist", "create the folder first")
-    for path in views:
-        if out.exists() and Path(path).exists() and os.path.samefile(out, path):
-            raise WeightportError(out, "is an input of this conversion", "write to another file; inputs are never changed")
-    if out.exists() and not force:
+    if any(_same_file(out, found, Path(path)) for path in inputs):
+        raise WeightportError(out, "is an input of this conversion", "write to another file; inputs are never changed")
+    if os.path.lexists(out) and not force:
         raise WeightportError(out, "already exists", "pass --force to replace it")
+
+
+def _same_file(out: Path, found: Optional[os.stat_result], path: Path) -> bool:
+    with contextlib.suppress(OSError):
+        if out.resolve() == path.resolve():
+            return True
+        if found is not None:
+            info = os.stat(path)
+            return (info.st_dev, info.st_ino) == (found.st_dev, found.st_ino)
+    return False
 
 
 # --- structure ----------------------------------------------------------------------------
@@ -121,7 +141,7 @@ def _structure(plan: Plan, layout: str, tmp: Path, out: Path, model_config: Opti
     """Create every group, attribute and (allocated, empty) dataset; return the datasets' paths
     and data offsets (None for chunked ones). A legacy file with `model_config` is a whole
     model: weights under `model_weights`."""
-    with h5py.File(tmp, "w") as f:
+    with h5py.File(tmp, "w", locking=False) as f:
         if layout == "legacy" and model_config is not None:
             _full_model_attrs(plan, f, model_config)
             places = [f"model_weights/{place}" for place in _legacy(plan, f.create_group("model_weights"))]
@@ -233,7 +253,7 @@ def _fill_pieces(plan: Plan, places: List[str], tmp: Path, views: Dict[str, Mode
                  progress: Optional[Callable[[int, int], None]] = None) -> None:
     """Fill chunked (compressed) datasets through h5py, a piece at a time."""
     datasets, advance = _source_datasets(views), _advance(plan, progress)
-    with h5py.File(tmp, "r+") as f:
+    with h5py.File(tmp, "r+", locking=False) as f:
         for step, place in zip(plan.steps, places, strict=True):
             write_pieces(step.rule, step.params, datasets[(step.source_file, step.source_path)], f[place], step.source_file, advance)
 
@@ -261,7 +281,7 @@ def _provenance(plan: Plan, tmp: Path, source_digest: str) -> None:
     """Record who wrote the file, from what, and by which rule each tensor was made."""
     rules = [{"target": step.target_keras3 or step.target_name, "source": step.source_path, "source_file": Path(step.source_file).name,
               "rule": step.rule, "params": step.params} for step in plan.steps]
-    with h5py.File(tmp, "r+") as f:
+    with h5py.File(tmp, "r+", locking=False) as f:
         f.attrs["weightport_version"] = __version__
         f.attrs["weightport_source"] = Path(plan.source).name
         f.attrs[digests.ATTRIBUTE] = source_digest
