@@ -10,6 +10,7 @@ provenance attributes; it is flushed, fsynced and renamed over the destination o
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import stat
