@@ -302,3 +302,62 @@ def test_a_deep_graph_is_walked_without_recursion(tmp_path: Path) -> None:
     steps = {step["target_layer"]: step for step in json.loads(outcome.stdout)["steps"] if step["role"] == "kernel"}
     assert steps["predictions"]["rule"] == "dense-to-1x1" and steps["fc6"]["rule"] == "dense-to-conv"
     assert outcome.cpu < CPU_SECONDS and outcome.rss_mib < MAX_RSS_MIB
+
+
+# --- names from files are printed escaped -----------------------------------------------------
+
+FORGED = "weightport: all 3 layers ok"
+HOSTILE = "\x1b[2J\x1b[31mdense\u202e\r\n" + FORGED  # clear the screen, red, right-to-left, a forged line
+
+
+def _renamed_layer(folder: Path, new: str, group: bool = True) -> Path:
+    """seq__tfk_weights.h5 with layer `dense` called `new` in layer_names (and its group, if `group`)."""
+    path = _copy("seq__tfk_weights.h5", folder)
+    with h5py.File(path, "r+") as f:
+        names = [n.decode() if isinstance(n, bytes) else str(n) for n in f.attrs["layer_names"]]
+        f.attrs["layer_names"] = np.array([(new if n == "dense" else n).encode() for n in names])
+        if group:
+            f.move("dense", new)
+    return path
+
+
+def _clean(text: str) -> None:
+    """No control character, escape sequence or bidi override reaches the terminal, and no line is forged."""
+    assert not any(ch in text for ch in "\x1b\r\u202e"), repr(text[:300])
+    assert not any(line.startswith(FORGED) for line in text.splitlines()), text
+
+
+def test_a_newline_in_a_layer_name_cannot_forge_an_error_line(tmp_path: Path) -> None:
+    """The one-line error turned into several, one of them a forged "weightport: all 3 layers ok"."""
+    path = _renamed_layer(tmp_path, HOSTILE, group=False)  # listed in layer_names, no such group: an error naming it
+    line = assert_refused("inspect", str(path), cwd=tmp_path, names=path, says="is listed in layer_names but has no group")
+    _clean(line)
+    assert "\\x1b[2J\\x1b[31mdense\\u202e\\r\\nweightport: all 3 layers ok" in line
+
+
+@pytest.mark.parametrize("command", ["inspect", "plan"])
+def test_names_in_tables_are_printed_escaped(command: str, tmp_path: Path) -> None:
+    """`inspect` printed escape sequences in layer names raw; tables escape every name."""
+    path = _renamed_layer(tmp_path, HOSTILE)
+    args = ["inspect", str(path)] if command == "inspect" else ["plan", str(path), "--flatten", "7,7,4"]
+    outcome = run_bounded(*args, cwd=tmp_path)
+    assert outcome.status == 0, outcome.stderr
+    _clean(outcome.stdout)
+    assert "\\x1b[2J\\x1b[31mdense" in outcome.stdout  # still there to read, escaped
+    header = next(line for line in outcome.stdout.splitlines() if line.startswith("#"))
+    rows = outcome.stdout.splitlines()[outcome.stdout.splitlines().index(header) + 1:]
+    expected = {"inspect": 6, "plan": 6}[command]  # one line per tensor, then a blank line and the totals
+    assert len([row for row in rows if row.strip()]) == expected + 1, outcome.stdout
+    assert outcome.cpu < CPU_SECONDS and outcome.rss_mib < MAX_RSS_MIB
+
+
+@pytest.mark.parametrize("command", ["inspect", "plan"])
+def test_json_output_stays_valid_json_with_the_names_as_they_are(command: str, tmp_path: Path) -> None:
+    path = _renamed_layer(tmp_path, HOSTILE)
+    args = ["inspect", "--json", str(path)] if command == "inspect" else ["plan", "--json", str(path), "--flatten", "7,7,4"]
+    outcome = run_bounded(*args, cwd=tmp_path)
+    assert outcome.status == 0, outcome.stderr
+    _clean(outcome.stdout)
+    document = json.loads(outcome.stdout)
+    names = [layer["name"] for layer in document["layers"]] if command == "inspect" else [s["source_layer"] for s in document["steps"]]
+    assert HOSTILE in names  # JSON is for programs: the name exactly as stored, encoded by JSON's own escapes

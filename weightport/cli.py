@@ -17,7 +17,7 @@ from typing import List, NoReturn, Optional, Tuple
 
 from . import interrupt
 from ._version import __version__
-from .errors import WeightportError
+from .errors import WeightportError, printable
 
 __all__ = ["main", "run"]
 
@@ -141,11 +141,11 @@ def _convert_and_report(args: argparse.Namespace, source: str, out: str) -> int:
                             verify=not args.no_verify, compression=args.compression, **_plan_options(args))
     except VerificationFailed as failed:
         _out(verification_table(failed.result))
-        print(f"weightport: {out} not written: what was converted did not pass verification", file=sys.stderr)
+        print(printable(f"weightport: {out} not written: what was converted did not pass verification"), file=sys.stderr)
         return 1
     if not args.quiet:
         _out(plan_table(built, layout))
-        _out(f"wrote {out} ({layout} layout)")
+        _out(printable(f"wrote {out} ({layout} layout)"))
         if built.verification is not None:
             _out(verification_table(built.verification))
     return 0
@@ -163,7 +163,7 @@ def _convert_many(args: argparse.Namespace, out_dir) -> int:
     with file_progress(len(jobs), enabled=not args.quiet) as tick:
         def report(outcome) -> None:
             if outcome.status or not args.quiet:
-                tick.write(outcome.message, error=bool(outcome.status))
+                tick.write(outcome.message if args.debug else printable(outcome.message), error=bool(outcome.status))
             tick.advance()
 
         outcomes = run_jobs(jobs, options, verify=not args.no_verify, workers=worker_count(args.jobs, len(jobs)), debug=args.debug, on_done=report)
@@ -273,7 +273,7 @@ def main(argv: Optional[List[str]] = None) -> int:
     except WeightportError as exc:
         print(f"weightport: error: {exc.line()}", file=sys.stderr)
         if exc.detail:
-            print(exc.detail, file=sys.stderr)
+            print("\n".join(printable(line) for line in exc.detail.split("\n")), file=sys.stderr)
         return 2
     except KeyboardInterrupt as stop:  # Ctrl-C, or SIGTERM / SIGHUP (weightport.interrupt): temporaries are gone by now
         print(f"weightport: interrupted ({stop})" if str(stop) else "weightport: interrupted", file=sys.stderr)
@@ -283,7 +283,7 @@ def main(argv: Optional[List[str]] = None) -> int:
     except Exception as exc:  # an internal error: short message, traceback only on request
         if args.debug:
             traceback.print_exc()
-        print(f"weightport: internal error: {type(exc).__name__}: {exc} (rerun with --debug for the traceback)", file=sys.stderr)
+        print(printable(f"weightport: internal error: {type(exc).__name__}: {exc} (rerun with --debug for the traceback)"), file=sys.stderr)
         return 1
 
 

@@ -18,7 +18,7 @@ import numpy as np
 
 from . import units
 from .align import Ambiguous, align
-from .errors import WeightportError
+from .errors import WeightportError, printable
 from .head import HeadRole, is_conv_kernel, is_th_kernel, layer_class, parse_source_order
 from .roles import guess_class
 from .rules import RULES, canonical_order
@@ -266,9 +266,10 @@ def _describe(layer: Any) -> str:
 
 def _mismatch(source: ModelView, target: Target, src: List[Layer], tgt: List[TargetLayer], problem: str) -> WeightportError:
     """The error for layers that do not pair: both lists side by side, first divergence marked."""
-    left, right = [_describe(l) for l in src], [_describe(t) for t in tgt]
-    width = max([len(s) for s in left] + [len("source: " + source.path)])
-    rows = [f"   {'source: ' + source.path:<{width}}  target: {target.label}"]
+    left, right = [printable(_describe(l)) for l in src], [printable(_describe(t)) for t in tgt]
+    header = printable("source: " + source.path)
+    width = max([len(s) for s in left] + [len(header)])
+    rows = [f"   {header:<{width}}  target: {printable(target.label)}"]
     diverged = False
     for i in range(max(len(left), len(right))):
         a = src[i] if i < len(src) else None

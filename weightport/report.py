@@ -6,6 +6,7 @@ import json
 from dataclasses import asdict
 from typing import List, Optional
 
+from .errors import printable
 from .planner import Plan, Step
 from .verification import Verification
 from .view import Layer, ModelView, Tensor
@@ -30,8 +31,20 @@ def _tensor_label(tensor: Tensor) -> str:
 
 
 def _clip(text: str, width: int = 48) -> str:
-    """Keep the table readable when Keras names run to thousands of characters."""
+    """Keep the table readable when Keras names run to thousands of characters (escaped first,
+    so a clip cannot cut an escape in half)."""
+    text = printable(text)
     return text if len(text) <= width else f"{text[: width // 2 - 2]}...{text[-(width // 2 - 1):]}"
+
+
+def _cells(rows: List[List[str]]) -> List[List[str]]:
+    """Table cells as they may be printed (`printable`), before their widths are measured."""
+    return [[printable(cell) for cell in row] for row in rows]
+
+
+def _text(lines: List[str]) -> str:
+    """The lines of a table or report, each one line whatever names it holds."""
+    return "\n".join(printable(line) for line in lines)
 
 
 def _rows(layer: Layer, index: int) -> List[List[str]]:
@@ -55,7 +68,7 @@ def _facts(view: ModelView) -> List[str]:
 def view_table(view: ModelView) -> str:
     """A readable table: position, layer, class, what feeds it, tensors, parameters; totals."""
     header = ["#", "layer", "class", "fed by", "tensors", "params"]
-    rows = [row for i, layer in enumerate(view.layers) for row in _rows(layer, i)]
+    rows = _cells([row for i, layer in enumerate(view.layers) for row in _rows(layer, i)])
     widths = [max(len(r[c]) for r in [header] + rows) for c in range(len(header))]
 
     def fmt(row: List[str]) -> str:
@@ -63,7 +76,7 @@ def view_table(view: ModelView) -> str:
         return "  ".join(cells).rstrip()
 
     total = f"{len(view.layers)} weighted layers, {len(view.tensors)} tensors, {view.params:,} parameters"
-    return "\n".join(_facts(view) + ["", fmt(header)] + [fmt(r) for r in rows] + ["", total])
+    return _text(_facts(view) + ["", fmt(header)] + [fmt(r) for r in rows] + ["", total])
 
 
 def plan_json(plan: Plan) -> str:
@@ -88,11 +101,12 @@ def plan_table(plan: Plan, layout: Optional[str] = None) -> str:
         dtype = step.target_dtype if step.source_dtype == step.target_dtype else f"{step.source_dtype}->{step.target_dtype}"
         rows.append([str(i), _clip(step.source_path.lstrip("/"), 56), _shape(step.source_shape), _rule_label(step),
                      _clip(target, 56), _shape(step.target_shape), dtype])
+    rows = _cells(rows)
     widths = [max(len(r[c]) for r in [header] + rows) for c in range(len(header))]
     lines = [f"source   {plan.source}", f"target   {plan.target.label}"] + [f"note     {n}" for n in plan.notes] + [""]
     lines += alignment_table(plan)
     lines += ["  ".join(cell.ljust(w) for cell, w in zip(row, widths)).rstrip() for row in [header] + rows]
-    return "\n".join(lines + ["", f"{len(plan.steps)} tensors, {plan.to_dict()['total_values']:,} values"])
+    return _text(lines + ["", f"{len(plan.steps)} tensors, {plan.to_dict()['total_values']:,} values"])
 
 
 _STATUS = {"paired": "->", "dropped": "  ", "kept": "  "}
@@ -123,6 +137,7 @@ def verification_table(result: Verification) -> str:
     header = ["source layer", "target layer", "check", "max abs", "max rel", ""]
     rows = [[_clip(p.source_layer, 40), _clip(p.target_layer, 40), "; ".join(p.checks), f"{p.max_abs:.3g}", f"{p.max_rel:.3g}",
              "ok" if p.ok else "FAIL"] for p in result.pairs]
+    rows = _cells(rows)
     widths = [max(len(r[c]) for r in [header] + rows) for c in range(len(header))]
     lines = ["  ".join(cell.ljust(w) for cell, w in zip(row, widths)).rstrip() for row in [header] + rows]
     failed = [p for p in result.pairs if not p.ok]
@@ -130,7 +145,7 @@ def verification_table(result: Verification) -> str:
                f"FAILED: {len(failed)} of {len(result.pairs)} layer pairs differ: " + ", ".join(f"{p.source_layer} -> {p.target_layer}" for p in failed))
     if result.digest is not None and not result.digest.ok:
         verdict = ("FAILED: " if not failed else verdict + "; and ") + "OUT was converted from another file than SRC (source digest differs)"
-    return "\n".join(lines + _digest_lines(result) + ["", verdict])
+    return _text(lines + _digest_lines(result) + ["", verdict])
 
 
 def _digest_lines(result: Verification) -> List[str]:
