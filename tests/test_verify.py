@@ -136,3 +136,63 @@ def test_bytes_identical_is_the_quick_proof_and_any_change_goes_to_the_numbers(t
         f["dense_1/dense_1/bias:0"][0] += 1.0
     result = weightport.verify(SEQ, out)
     assert not result.ok and [p.source_layer for p in result.pairs if not p.ok] == ["dense_1"]
+
+
+# --- precision: verify compares in the source's precision (issue 10, case 3) ---------------
+
+def _retyped(path: Path, dtype: str, kernels_only: bool = True) -> Path:
+    """`path` with its kernels (every tensor of two or more axes) rewritten in `dtype`, in place."""
+    import numpy as np
+
+    with h5py.File(path, "r+") as f:
+        found = []
+        f.visititems(lambda name, obj: found.append(name) if isinstance(obj, h5py.Dataset) and (obj.ndim >= 2 or not kernels_only) else None)
+        for name in found:
+            values = f[name][()]
+            del f[name]
+            with np.errstate(over="ignore"):
+                f.create_dataset(name, data=values.astype(dtype))
+    return path
+
+
+def test_an_output_rewritten_as_integers_fails_verify(tmp_path: Path) -> None:
+    out = _retyped(_converted(tmp_path, name="out.weights.h5"), "int16")
+    result = run_cli("verify", str(SEQ), str(out), "--json")
+    assert result.returncode == 1, result.stdout + result.stderr
+    doc = json.loads(result.stdout)
+    assert not doc["ok"] and {p["source_layer"] for p in doc["pairs"] if not p["ok"]} == {"conv2d", "dense", "dense_1"}
+
+
+def test_an_integer_target_is_refused_by_convert(tmp_path: Path) -> None:
+    target = _retyped(_converted(tmp_path, name="target.weights.h5"), "int8")
+    out = tmp_path / "out.weights.h5"
+    result = run_cli("convert", str(SEQ), "--target", str(target), "-o", str(out))
+    assert result.returncode == 2 and not out.exists(), result.stdout + result.stderr
+    assert len(result.stderr.splitlines()) == 1 and "float32 -> int8" in result.stderr, result.stderr
+
+
+def test_float16_output_passes_within_float16_rounding_and_fails_beyond(tmp_path: Path) -> None:
+    import numpy as np
+
+    out = _retyped(_converted(tmp_path, name="half.weights.h5"), "float16")
+    result = weightport.verify(SEQ, out)
+    assert result.ok, result.to_dict()
+    assert any("float16 rounding" in check for pair in result.pairs for check in pair.checks)
+    with h5py.File(out, "r+") as f:  # one kernel value off by 4 float16 steps: more than rounding
+        kernel = f["layers/conv2d/vars/0"]
+        value = kernel[0, 0, 0, 0]
+        kernel[0, 0, 0, 0] = value + 4 * np.spacing(np.float16(value))
+    assert [p.source_layer for p in weightport.verify(SEQ, out).pairs if not p.ok] == ["conv2d"]
+
+
+def test_a_value_beyond_float16_range_fails(tmp_path: Path) -> None:
+    """float16 rounds; it does not turn 1e6 into inf: such an output fails verify."""
+    import shutil
+
+    source = Path(shutil.copy(FIXTURES / "seq__tfk.h5", tmp_path / "big.h5"))
+    with h5py.File(source, "r+") as f:
+        bias = f["model_weights/dense_1/dense_1/bias:0"]
+        bias[0] = 1e6
+    out = _retyped(_converted(tmp_path, source, "half.h5"), "float16", kernels_only=False)
+    failed = [p for p in weightport.verify(source, out).pairs if not p.ok]
+    assert [p.source_layer for p in failed] == ["dense_1"] and "rounding" in failed[0].checks[0], failed

@@ -15,7 +15,7 @@ from typing import Any, Callable, Dict, Iterator, List, Optional, Sequence, Tupl
 from . import digests
 from .errors import WeightportError
 from .head import HeadRole, analyze_head
-from .planner import Plan, PlanOptions, make_plan
+from .planner import Plan, PlanOptions, make_plan, refuse_lossy_casts
 from .readers import read
 from .target import target_from_view
 from .twin import derive_twin
@@ -146,6 +146,7 @@ def convert(source: PathLike, out: PathLike, target: Optional[PathLike] = None, 
     if full_model and layout != "legacy":
         raise WeightportError(out, "--full-model is for a legacy .h5 output", "name the output *.h5, or *.keras for a whole Keras 3 model")
     with planned(source, target, config, flatten, options) as (built, views):
+        refuse_lossy_casts(built)
         model_config = _whole_model_config(views, str(source), target, flatten, options, layout) if full_model or layout == "keras-archive" else None
 
         checked = options if target is not None else replace(options, skips=[], drops=[*options.skips, *options.drops])

@@ -20,12 +20,13 @@ from . import units
 from .align import Ambiguous, align
 from .errors import WeightportError, printable
 from .head import HeadRole, is_conv_kernel, is_th_kernel, layer_class, parse_source_order
+from .precision import cast_to
 from .roles import guess_class
 from .rules import RULES, canonical_order
 from .target import Target, TargetLayer, TargetTensor
 from .view import Layer, ModelView, Tensor
 
-__all__ = ["PlanOptions", "Step", "AlignRow", "Plan", "make_plan"]
+__all__ = ["PlanOptions", "Step", "AlignRow", "Plan", "make_plan", "refuse_lossy_casts"]
 
 ASSUMED_ORDERS = {"write-order", "path"}
 
@@ -126,6 +127,16 @@ def make_plan(source: ModelView, target: Target, head: Dict[str, HeadRole], opti
         else:
             steps.extend(_layer_steps(source, src, tgt, head.get(src.name), options))
     return Plan(source=source.path, target=target, steps=steps, notes=notes, alignment=alignment)
+
+
+def refuse_lossy_casts(plan: Plan) -> None:
+    """Refuse, before anything is written, a target dtype that would destroy the weights
+    (float -> int8 keeps a few values of a kernel out of thousands); float16 is allowed."""
+    for step in plan.steps:
+        if cast_to(step.source_dtype, step.target_dtype) is None:
+            raise WeightportError(plan.target.label, f"layer {step.target_layer} holds {step.role or step.target_name} as {step.target_dtype}, and "
+                                                     f"{step.source_dtype} -> {step.target_dtype} would destroy the weights",
+                                  "give a target whose weights are floating point (float32, float16 ...)")
 
 
 # --- pairing ------------------------------------------------------------------------------

@@ -4,8 +4,10 @@ For every transplanted layer pair, random inputs go through the source layer as 
 computed it (a Dense on the window flattened in the source's order, a Theano true
 convolution, a Keras 1 `th` kernel in its own layout) and through the target layer as Keras
 will compute it (a valid cross-correlation with the output's kernel). Values that are
-simply carried (biases, normalisation statistics) are compared element by element. Big
-kernels are read in blocks, so the check costs little memory. It catches the classic
+simply carried (biases, normalisation statistics) are compared element by element. The
+source's values are taken as the output's dtype stores them, which may cost that dtype's own
+rounding (float32 -> float16) and nothing more: a value beyond its range, or an integer dtype,
+fails the pair. Big kernels are read in blocks, so the check costs little memory. It catches the classic
 mistakes: the flatten order swapped, a kernel transposed, a flip missing, a layer paired
 with the wrong one.
 """
@@ -22,6 +24,7 @@ import numpy as np
 from . import digests, units
 from .hdf5 import damaged_hdf5, read_rows
 from .planner import Plan, Step
+from .precision import Cast, CastLost, cast_to
 from .rules import canonical_order
 from .transfer import keeps_order, open_data_files, raw_location
 from .view import ModelView, Tensor
@@ -158,20 +161,31 @@ def _identical(step: Step, source: Tuple[ModelView, Tensor], target: Tuple[Model
 # --- the checks ---------------------------------------------------------------------------
 
 def _check(step: Step, source: h5py.Dataset, target: h5py.Dataset, rng: np.random.Generator) -> Tuple[str, float, float]:
+    """One tensor's check, qualified by the output dtype's rounding where it has one."""
     if step.rule == "units":
         return _check_units(step, source, target, rng)
-    dtype = np.dtype(step.target_dtype)
+    cast = cast_to(source.dtype, target.dtype)
+    if cast is None:
+        return f"{source.dtype} -> {target.dtype}: this dtype cannot hold the weights", float("inf"), float("inf")
+    try:
+        name, diff, rel = _compare(step, source, target, cast, rng)
+    except CastLost as lost:
+        return f"{source.dtype} -> {target.dtype} loses more than {target.dtype}'s rounding ({lost})", float("inf"), float("inf")
+    return (f"{name} {cast.label}" if cast.label else name), diff, rel
+
+
+def _compare(step: Step, source: h5py.Dataset, target: h5py.Dataset, cast: Cast, rng: np.random.Generator) -> Tuple[str, float, float]:
     if max(source.size, target.size) > FULL_CHECK_VALUES and step.rule in _ROW_ORDERS and min(source.ndim, target.ndim) >= 2:
-        return _check_rows(step, source, target, dtype, rng)
+        return _check_rows(step, source, target, cast, rng)
     if step.rule in ("dense-to-conv", "dense-to-1x1", "conv-to-dense"):
-        return _check_linear(step, source, target, dtype, rng)
+        return _check_linear(step, source, target, cast, rng)
     kernel = step.role in (None, "kernel") and len(step.target_shape) >= 3 and step.rule in ("copy", "kernel-flip", "kernel-from-th")
     if kernel:
-        return _check_kernel(step, source, target, dtype, rng)
-    return ("values equal",) + _compare_values(source, target, dtype)
+        return _check_kernel(step, source, target, cast, rng)
+    return ("values equal",) + _compare_values(source, target, cast)
 
 
-def _check_linear(step: Step, source: h5py.Dataset, target: h5py.Dataset, dtype: np.dtype, rng: np.random.Generator) -> Tuple[str, float, float]:
+def _check_linear(step: Step, source: h5py.Dataset, target: h5py.Dataset, cast: Cast, rng: np.random.Generator) -> Tuple[str, float, float]:
     """Dense on the flattened window (in its flatten order) vs valid correlation with the conv."""
     conv_shape = step.target_shape if step.rule != "conv-to-dense" else step.source_shape
     rank = len(conv_shape) - 2
@@ -180,21 +194,21 @@ def _check_linear(step: Step, source: h5py.Dataset, target: h5py.Dataset, dtype:
     flat = _flatten(x, order)
     canonical = x.reshape(SAMPLES, -1)
     src_rows, tgt_rows = (canonical, flat) if step.rule == "conv-to-dense" else (flat, canonical)
-    want = _rows_dot(source, src_rows, dtype)
-    got = _rows_dot(target, tgt_rows, target.dtype)
+    want = _rows_dot(source, src_rows, cast)
+    got = _rows_dot(target, tgt_rows)
     return (f"dense on window ({order}) vs conv",) + _errors(got, want)
 
 
-def _check_kernel(step: Step, source: h5py.Dataset, target: h5py.Dataset, dtype: np.dtype, rng: np.random.Generator) -> Tuple[str, float, float]:
+def _check_kernel(step: Step, source: h5py.Dataset, target: h5py.Dataset, cast: Cast, rng: np.random.Generator) -> Tuple[str, float, float]:
     """The source's convolution on random patches vs Keras's cross-correlation with the output."""
     shape = tuple(step.target_shape)
     spatial = len(shape) - 2
     x = rng.standard_normal((SAMPLES,) + shape[:-1])
     flipped = step.rule == "kernel-flip" or step.params.get("flip")
-    got = _rows_dot(target, x.reshape(SAMPLES, -1), target.dtype)
+    got = _rows_dot(target, x.reshape(SAMPLES, -1))
     if step.rule == "copy":  # same layout on both sides: stream the source too
-        return ("correlation",) + _errors(got, _rows_dot(source, x.reshape(SAMPLES, -1), dtype))
-    kernel = source[()].astype(dtype).astype("float64")  # Theano-era kernels: small
+        return ("correlation",) + _errors(got, _rows_dot(source, x.reshape(SAMPLES, -1), cast))
+    kernel = cast.store(source[()])  # Theano-era kernels: small
     if step.rule == "kernel-from-th":  # stored (out, in, *spatial): contract in that layout
         kernel = np.moveaxis(kernel, (0, 1), (-1, -2))
     patches = x[(slice(None),) + (slice(None, None, -1),) * spatial] if flipped else x  # true convolution flips the input
@@ -223,7 +237,7 @@ _ROW_ORDERS = {
 }
 
 
-def _check_rows(step: Step, source: h5py.Dataset, target: h5py.Dataset, dtype: np.dtype, rng: np.random.Generator) -> Tuple[str, float, float]:
+def _check_rows(step: Step, source: h5py.Dataset, target: h5py.Dataset, cast: Cast, rng: np.random.Generator) -> Tuple[str, float, float]:
     """A big tensor: random window positions, the source's row for each (found through the
     source's flatten order) against the target's row for the same position."""
     conv = step.target_shape if len(step.target_shape) >= len(step.source_shape) else step.source_shape
@@ -239,23 +253,23 @@ def _check_rows(step: Step, source: h5py.Dataset, target: h5py.Dataset, dtype: n
     per_read = max(1, BLOCK_BYTES // (8 * target.shape[-1]))  # rows whose float64 copies fit a block
     worst, scale = 0.0, 0.0
     for start in range(0, len(picked), per_read):
-        want = read_rows(source, src_index[start:start + per_read]).astype(dtype).astype("float64")
+        want = cast.store(read_rows(source, src_index[start:start + per_read]))
         got = read_rows(target, tgt_index[start:start + per_read]).astype("float64")
         worst, scale = max(worst, _max_diff(got, want)), max(scale, _scale(want))
     name = f"{'dense on window (' + src_order + ') vs conv' if step.rule != 'copy' else 'values equal'}, {len(picked)} of {rows} rows sampled"
     return name, worst, _relative(worst, scale)
 
 
-def _compare_values(source: h5py.Dataset, target: h5py.Dataset, dtype: np.dtype) -> Tuple[float, float]:
+def _compare_values(source: h5py.Dataset, target: h5py.Dataset, cast: Cast) -> Tuple[float, float]:
     """Element-by-element comparison in bounded blocks (the same values, maybe reshaped)."""
     if source.size != target.size:
         return float("inf"), float("inf")
     if source.shape != target.shape or source.ndim == 0:
-        return _errors(target[()].astype("float64").reshape(-1), source[()].astype(dtype).astype("float64").reshape(-1))
+        return _errors(target[()].astype("float64").reshape(-1), cast.store(source[()]).reshape(-1))
     step = max(1, BLOCK_BYTES // max(1, source[0:1].nbytes * 8))
     worst_diff, scale = 0.0, 0.0
     for start in range(0, source.shape[0], step):
-        want = source[start:start + step].astype(dtype).astype("float64")
+        want = cast.store(source[start:start + step])
         got = target[start:start + step].astype("float64")
         worst_diff, scale = max(worst_diff, _max_diff(got, want)), max(scale, _scale(want))
     return worst_diff, _relative(worst_diff, scale)
@@ -268,15 +282,17 @@ def _flatten(x: np.ndarray, order: str) -> np.ndarray:
     return x.transpose(axes).reshape(x.shape[0], -1)
 
 
-def _rows_dot(dataset: h5py.Dataset, rows: np.ndarray, dtype: np.dtype) -> np.ndarray:
-    """rows (n, R) @ dataset seen as (R, out), reading the dataset in bounded blocks."""
+def _rows_dot(dataset: h5py.Dataset, rows: np.ndarray, cast: Optional[Cast] = None) -> np.ndarray:
+    """rows (n, R) @ dataset seen as (R, out), reading the dataset in bounded blocks (its
+    values as `cast` stores them: the source's, as the output's dtype holds them)."""
     shape = dataset.shape
     out = shape[-1]
     per_first = int(np.prod(shape[1:-1], dtype=np.int64)) if len(shape) > 2 else 1
     step = max(1, BLOCK_BYTES // max(1, per_first * out * 8))
     total = np.zeros((rows.shape[0], out))
     for start in range(0, shape[0], step):
-        block = dataset[start:start + step].astype(dtype).astype("float64").reshape(-1, out)
+        block = dataset[start:start + step]
+        block = (cast.store(block) if cast else block.astype("float64")).reshape(-1, out)
         total += rows[:, start * per_first:start * per_first + block.shape[0]] @ block
     return total
 
