@@ -78,7 +78,11 @@ def check_end_to_end(source: PathLike, out: PathLike, config: Optional[PathLike]
         results = []
         if not score_map:
             twin = _build(K, out, converted, None if converted.kind == "full-model" else json.dumps(twin_config(src, head)))
-            worst = _worst(source_model.predict(x, verbose=0), twin.predict(x, verbose=0))
+            want, got = source_model.predict(x, verbose=0), twin.predict(x, verbose=0)
+            if np.size(want) != np.size(got):
+                raise WeightportError(out, f"the twin gives {np.shape(got)} where the source gives {np.shape(want)}",
+                                      "an output written with --score-map is verified with --score-map")
+            worst = _worst(want, got)
             results.append(_verdict(K, "source and twin models", "end to end", worst, atol, rtol))
         if poolings:
             own = score_map and converted.kind == "full-model"
