@@ -147,14 +147,13 @@ def parse_model_config(obj: Union[str, bytes, Dict[str, Any]], source: Union[str
 
 
 def _depth(obj: Any) -> int:
-    """How deep lists and dicts nest in `obj`, found without recursion."""
-    deepest, pending = 0, [(obj, 0)]
-    while pending:
-        node, level = pending.pop()
-        if isinstance(node, (dict, list)):
-            deepest = max(deepest, level + 1)
-            pending.extend((child, level + 1) for child in (node.values() if isinstance(node, dict) else node))
-    return deepest
+    """How deep lists and dicts nest in `obj`, found without recursion, a level at a time (only
+    the containers of each level are kept: a big model's config has tens of thousands of values)."""
+    depth, level = 0, [obj] if isinstance(obj, (dict, list)) else []
+    while level:
+        depth += 1
+        level = [child for node in level for child in (node.values() if isinstance(node, dict) else node) if isinstance(child, (dict, list))]
+    return depth
 
 
 def _layer_entries(model: Dict[str, Any]) -> List[Dict[str, Any]]:

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import re
 from pathlib import Path
-from typing import Dict, List, Optional, Tuple, Union
+from typing import Dict, List, NamedTuple, Optional, Tuple, Union
 
 import h5py
 
@@ -33,6 +33,8 @@ KNOWN_CLASSES = (
 ).split()
 _CLASS_BY_SNAKE = {to_snake_case(name): name for name in KNOWN_CLASSES}
 _ROOT_SKIP = {"optimizer"}
+_NUMBERED = re.compile(r"_\d+$")  # Keras's numbered suffix (conv2d_3)
+_PART = re.compile(r"(.*?)_(\d+)")
 _ORDER_NOTE = (
     "a .weights.h5 file does not record the order across layer classes; assumed the order in "
     "which the tensors were written (their object addresses in the file), which is model order "
@@ -76,11 +78,18 @@ def read_keras3(f: h5py.File, path: Union[str, Path], config: Optional[ModelConf
     )
 
 
-def _walk(root: h5py.Group, path: Union[str, Path]) -> List[Tuple[str, h5py.Group]]:
-    """(group path, vars group) for every group whose `vars` holds datasets. Iterative, and each
+class _Vars(NamedTuple):
+    """A layer's `vars` group and its datasets by name, each opened once."""
+
+    group: h5py.Group
+    datasets: Dict[str, h5py.Dataset]
+
+
+def _walk(root: h5py.Group, path: Union[str, Path]) -> List[Tuple[str, _Vars]]:
+    """(group path, vars) for every group whose `vars` holds datasets. Iterative, and each
     group is entered once, so a damaged file whose groups nest thousands deep or link back to an
     ancestor cannot make it recurse without end; a link into another file is refused (`member`)."""
-    found: List[Tuple[str, h5py.Group]] = []
+    found: List[Tuple[str, _Vars]] = []
     seen = {root.id}
     pending = [root]
     while pending:
@@ -94,14 +103,16 @@ def _walk(root: h5py.Group, path: Union[str, Path]) -> List[Tuple[str, h5py.Grou
             seen.add(child.id)
             if key != "vars":
                 pending.append(child)
-            elif any(isinstance(v, h5py.Dataset) for _, v in members(child, path)):
-                found.append((group.name.lstrip("/"), child))
+                continue
+            datasets = {name: value for name, value in members(child, path) if isinstance(value, h5py.Dataset)}
+            if datasets:
+                found.append((group.name.lstrip("/"), _Vars(child, datasets)))
     return found
 
 
-def _tensors(vars_group: h5py.Group, path: Union[str, Path], class_name: Optional[str], config: Optional[dict]) -> List[Tensor]:
-    datasets = {k: v for k, v in members(vars_group, path) if isinstance(v, h5py.Dataset)}
-    keys = list(datasets)
+def _tensors(found: _Vars, path: Union[str, Path], class_name: Optional[str], config: Optional[dict]) -> List[Tensor]:
+    vars_group = found.group
+    keys = list(found.datasets)
     if not all(k.isdigit() for k in keys):
         raise WeightportError(path, f"'{vars_group.name}' holds datasets not named 0, 1, ... ({', '.join(sorted(keys)[:4])})", "the file is damaged or was not written by Keras")
     keys.sort(key=int)
@@ -110,28 +121,29 @@ def _tensors(vars_group: h5py.Group, path: Union[str, Path], class_name: Optiona
         raise WeightportError(path, f"'{vars_group.name}' holds tensors {', '.join(keys[:6])} but not {', '.join(map(str, missing[:6]))}",
                               "a tensor is missing: the file is damaged; save the weights again")
     roles = roles_for_class(class_name, len(keys), config)
-    checked = [checked_tensor(datasets[key], vars_group.file, path) for key in keys]
-    return [Tensor(key, role, ds.name, ds) for key, ds, role in zip(keys, checked, roles)]
+    root = vars_group.file
+    datasets = [checked_tensor(found.datasets[key], root, path) for key in keys]
+    return [Tensor(key, role, ds.name, ds) for key, ds, role in zip(keys, datasets, roles)]
 
 
 def _class_from_path(group_path: str) -> Optional[str]:
     last = group_path.rsplit("/", 1)[-1]
-    return _CLASS_BY_SNAKE.get(re.sub(r"_\d+$", "", last))
+    return _CLASS_BY_SNAKE.get(_NUMBERED.sub("", last))
 
 
-def _make_layer(group_path: str, vars_group: h5py.Group, path: Union[str, Path], class_name: Optional[str],
+def _make_layer(group_path: str, found: _Vars, path: Union[str, Path], class_name: Optional[str],
                 name: Optional[str], spec_config: Optional[dict] = None, **extra) -> Layer:
     return Layer(
-        name=name or str_attr(vars_group, "name", path) or group_path,
+        name=name or str_attr(found.group, "name", path) or group_path,
         class_name=class_name,
-        weights=_tensors(vars_group, path, class_name, spec_config),
-        group=vars_group.name,
+        weights=_tensors(found, path, class_name, spec_config),
+        group=found.group.name,
         config=spec_config,
         **extra,
     )
 
 
-def _in_config_order(found: Dict[str, h5py.Group], config: ModelConfig, path: Union[str, Path]) -> List[Layer]:
+def _in_config_order(found: Dict[str, _Vars], config: ModelConfig, path: Union[str, Path]) -> List[Layer]:
     layers: List[Layer] = []
     for spec in config.layers:
         vars_group = found.pop(spec.k3_path, None)
@@ -144,8 +156,8 @@ def _in_config_order(found: Dict[str, h5py.Group], config: ModelConfig, path: Un
     return layers
 
 
-def _in_file_order(found: Dict[str, h5py.Group], path: Union[str, Path]) -> Tuple[List[Layer], str, str]:
-    addresses = {p: _written_at(g, path) for p, g in found.items()}
+def _in_file_order(found: Dict[str, _Vars], path: Union[str, Path]) -> Tuple[List[Layer], str, str]:
+    addresses = {p: _written_at(g) for p, g in found.items()}
     if all(a is not None for a in addresses.values()):
         ordered, order, note = _merge_by_address(found, addresses), "write-order", _ORDER_NOTE
     else:
@@ -154,12 +166,12 @@ def _in_file_order(found: Dict[str, h5py.Group], path: Union[str, Path]) -> Tupl
     return layers, order, note
 
 
-def _merge_by_address(found: Dict[str, h5py.Group], addresses: Dict[str, int]) -> List[str]:
+def _merge_by_address(found: Dict[str, _Vars], addresses: Dict[str, int]) -> List[str]:
     """Within one class of one container the numbering (`conv2d`, `conv2d_1` ...) is Keras's own
     order; only the classes are interleaved, by when each layer's tensors were written."""
     runs: Dict[str, List[str]] = {}
     for group_path in sorted(found, key=natural_key):
-        runs.setdefault(re.sub(r"_\d+$", "", group_path), []).append(group_path)
+        runs.setdefault(_NUMBERED.sub("", group_path), []).append(group_path)
     heads = [run for run in runs.values()]
     ordered: List[str] = []
     while heads:
@@ -169,11 +181,11 @@ def _merge_by_address(found: Dict[str, h5py.Group], addresses: Dict[str, int]) -
     return ordered
 
 
-def _written_at(vars_group: h5py.Group, path: Union[str, Path]) -> Optional[int]:
+def _written_at(found: _Vars) -> Optional[int]:
     """The address of the layer's first dataset header: headers are laid down in creation order
     (unlike raw data, which HDF5 may place out of order in its small-data block)."""
     try:
-        addresses = [h5py.h5o.get_info(ds.id).addr for _, ds in members(vars_group, path) if isinstance(ds, h5py.Dataset)]
+        addresses = [h5py.h5o.get_info(ds.id).addr for ds in found.datasets.values()]
     except (AttributeError, RuntimeError):
         return None
     return min(addresses) if addresses else None
@@ -183,6 +195,6 @@ def natural_key(group_path: str) -> List[Tuple[str, int]]:
     """`dense_10` after `dense_2`: each component's numbered suffix compares as a number."""
     key = []
     for part in group_path.split("/"):
-        match = re.fullmatch(r"(.*?)_(\d+)", part)
+        match = _PART.fullmatch(part)
         key.append((match.group(1), int(match.group(2))) if match else (part, -1))
     return key

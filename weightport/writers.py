@@ -148,8 +148,8 @@ def _structure(plan: Plan, layout: str, tmp: Path, out: Path, model_config: Opti
             places = [f"model_weights/{place}" for place in _legacy(plan, f.create_group("model_weights"))]
         else:
             places = _legacy(plan, f) if layout == "legacy" else _keras3(plan, f, out)
-        datasets = [_dataset(f, place, step, filters) for place, step in zip(places, plan.steps, strict=True)]
-        return places, [ds.id.get_offset() for ds in datasets]
+        make = _Datasets(f, filters)
+        return places, [make(place, step) for place, step in zip(places, plan.steps, strict=True)]
 
 
 def _full_model_attrs(plan: Plan, f: h5py.File, model_config: dict) -> None:
@@ -211,24 +211,40 @@ def _save_names(group: h5py.Group, name: str, values: List[str]) -> None:
         group.attrs[f"{name}{i}"] = chunk
 
 
-def _dataset(f: h5py.File, place: str, step: Step, filters: Optional[Tuple[str, Optional[int]]] = None) -> h5py.Dataset:
-    """A contiguous dataset with its space allocated now and no fill, for raw writes later; with
-    `filters`, a chunked one compressed with them (byte-shuffled first: float bytes compress
-    better grouped by significance), filled through h5py. Scalars and empty tensors stay contiguous."""
-    parent, _, name = place.rpartition("/")
-    group = f.require_group(parent) if parent else f
-    dtype = np.dtype(step.target_dtype).newbyteorder("<")
-    if name in group:
-        raise WeightportError(None, f"two target tensors share the path {place}", "the target has duplicate weight names")
-    shape = tuple(step.target_shape)
-    if filters and shape and min(shape) > 0:
-        chunks = piece_shape(shape, dtype.itemsize) if len(shape) > 1 else True
-        return group.create_dataset(name, shape=shape, dtype=dtype, chunks=chunks, shuffle=True, compression=filters[0], compression_opts=filters[1])
-    space = h5py.h5s.create_simple(shape) if shape else h5py.h5s.create(h5py.h5s.SCALAR)
-    dcpl = h5py.h5p.create(h5py.h5p.DATASET_CREATE)
-    dcpl.set_alloc_time(h5py.h5d.ALLOC_TIME_EARLY)
-    dcpl.set_fill_time(h5py.h5d.FILL_TIME_NEVER)
-    return h5py.Dataset(h5py.h5d.create(group.id, name.encode("utf-8"), h5py.h5t.py_create(dtype, logical=True), space, dcpl=dcpl))
+class _Datasets:
+    """Creates the output's datasets, each parent group looked up once and the creation
+    properties made once (hundreds of tensors: the per-tensor cost is what counts)."""
+
+    def __init__(self, f: h5py.File, filters: Optional[Tuple[str, Optional[int]]] = None) -> None:
+        self.f, self.filters = f, filters
+        self.groups: Dict[str, h5py.Group] = {"": f}
+        self.dcpl = h5py.h5p.create(h5py.h5p.DATASET_CREATE)
+        self.dcpl.set_alloc_time(h5py.h5d.ALLOC_TIME_EARLY)
+        self.dcpl.set_fill_time(h5py.h5d.FILL_TIME_NEVER)
+        self.types: Dict[np.dtype, h5py.h5t.TypeID] = {}
+
+    def __call__(self, place: str, step: Step) -> Optional[int]:
+        """A contiguous dataset with its space allocated now and no fill, for raw writes later:
+        its data offset. With `filters`, a chunked one compressed with them (byte-shuffled first:
+        float bytes compress better grouped by significance), filled through h5py: None.
+        Scalars and empty tensors stay contiguous."""
+        parent, _, name = place.rpartition("/")
+        group = self.groups.get(parent)
+        if group is None:
+            group = self.groups[parent] = self.f.require_group(parent)
+        encoded = name.encode("utf-8")
+        if encoded in group.id:
+            raise WeightportError(None, f"two target tensors share the path {place}", "the target has duplicate weight names")
+        dtype = np.dtype(step.target_dtype).newbyteorder("<")
+        shape = tuple(step.target_shape)
+        if self.filters and shape and min(shape) > 0:
+            chunks = piece_shape(shape, dtype.itemsize) if len(shape) > 1 else True
+            group.create_dataset(name, shape=shape, dtype=dtype, chunks=chunks, shuffle=True, compression=self.filters[0], compression_opts=self.filters[1])
+            return None
+        space = h5py.h5s.create_simple(shape) if shape else h5py.h5s.create(h5py.h5s.SCALAR)
+        if dtype not in self.types:
+            self.types[dtype] = h5py.h5t.py_create(dtype, logical=True)
+        return h5py.h5d.create(group.id, encoded, self.types[dtype], space, dcpl=self.dcpl).get_offset()
 
 
 # --- data ---------------------------------------------------------------------------------
