@@ -196,3 +196,77 @@ def test_a_value_beyond_float16_range_fails(tmp_path: Path) -> None:
     out = _retyped(_converted(tmp_path, source, "half.h5"), "float16", kernels_only=False)
     failed = [p for p in weightport.verify(source, out).pairs if not p.ok]
     assert [p.source_layer for p in failed] == ["dense_1"] and "rounding" in failed[0].checks[0], failed
+
+
+# --- one JSON document, whose "ok" is the exit status (issue 10, case 4) -------------------
+
+def test_verify_keras_json_is_one_document_with_the_keras_result(tmp_path: Path) -> None:
+    out = _converted(tmp_path, name="out.weights.h5")
+    result = run_cli("verify", str(SEQ), str(out), "--keras", "--json")
+    assert result.returncode == 0, result.stderr[-2000:]
+    doc = json.loads(result.stdout)  # the whole standard output is one document
+    assert doc["ok"] is True and doc["keras"]["ok"] is True and doc["keras"]["keras_version"].startswith("3")
+    assert [c["how"] for c in doc["keras"]["comparisons"]] == ["end to end"] and doc["keras"]["comparisons"][0]["max_abs"] < 1e-4
+
+
+def _main(capsys, *argv: str) -> tuple:
+    from weightport.cli import main
+
+    status = main(list(argv))
+    captured = capsys.readouterr()
+    return status, captured.out, captured.err
+
+
+@pytest.mark.parametrize("as_json", [True, False])
+def test_verify_keras_refusal_prints_no_verdict_and_a_difference_is_exit_1(monkeypatch, capsys, tmp_path: Path, as_json: bool) -> None:
+    """Keras refusing to build a model is exit 2 with its one line and no "ok" document; Keras
+    models that differ make "ok" false and the exit status 1, whatever the numpy check said."""
+    import weightport.keras_check as keras_check
+    from weightport.errors import WeightportError
+
+    out = _converted(tmp_path, name="out.weights.h5")
+    flags = ["--json"] if as_json else []
+
+    def refuse(*args, **kwargs):
+        raise WeightportError(out, "Keras cannot build this model here (ValueError: ...)", "check with the numpy verification only")
+
+    monkeypatch.setattr(keras_check, "check_end_to_end", refuse)
+    status, stdout, stderr = _main(capsys, "verify", str(SEQ), str(out), "--keras", *flags)
+    assert (status, stdout) == (2, "") and stderr.count("\n") == 1 and "Keras cannot build" in stderr
+    differ = keras_check.EndToEnd("3.0", [keras_check.Comparison("source and twin models", "end to end", 0.5, 0.1, False)])
+    monkeypatch.setattr(keras_check, "check_end_to_end", lambda *args, **kwargs: differ)
+    status, stdout, _ = _main(capsys, "verify", str(SEQ), str(out), "--keras", *flags)
+    assert status == 1
+    if as_json:
+        doc = json.loads(stdout)
+        assert doc["ok"] is False and doc["keras"]["ok"] is False and all(p["ok"] for p in doc["pairs"])
+    else:
+        assert stdout.rstrip().splitlines()[-1].startswith("keras 3.0: source and twin models DIFFER end to end")
+
+
+def test_convert_json_is_one_document_plan_verification_output(tmp_path: Path) -> None:
+    out = tmp_path / "out.weights.h5"
+    result = run_cli("convert", str(SEQ), "-o", str(out), "--json")
+    assert result.returncode == 0, result.stderr
+    doc = json.loads(result.stdout)
+    assert doc["ok"] is True and doc["output"] == {"path": str(out), "layout": "keras3", "written": True}
+    assert doc["verification"]["ok"] is True and len(doc["verification"]["pairs"]) == 3
+    assert doc["plan"]["total_steps"] == 6 and doc["plan"]["steps"][0]["source_layer"] == "conv2d"
+    unchecked = run_cli("convert", str(SEQ), "-o", str(tmp_path / "o2.h5"), "--json", "--no-verify")
+    assert unchecked.returncode == 0 and json.loads(unchecked.stdout)["verification"] is None
+
+
+def test_convert_json_of_a_failed_verification(tmp_path: Path) -> None:
+    """A float16 target and a source value beyond float16's range: not written, exit 1, "ok" false."""
+    import shutil
+
+    source = Path(shutil.copy(FIXTURES / "seq__tfk.h5", tmp_path / "big.h5"))
+    with h5py.File(source, "r+") as f:
+        f["model_weights/dense_1/dense_1/bias:0"][0] = 1e6
+    target = _retyped(_converted(tmp_path, source, "target.h5"), "float16", kernels_only=False)
+    out = tmp_path / "out.h5"
+    result = run_cli("convert", str(source), "--target", str(target), "-o", str(out), "--json")
+    assert result.returncode == 1 and not out.exists(), result.stdout + result.stderr
+    doc = json.loads(result.stdout)
+    assert doc["ok"] is False and doc["output"]["written"] is False and doc["verification"]["ok"] is False
+    assert [p["source_layer"] for p in doc["verification"]["pairs"] if not p["ok"]] == ["dense_1"]

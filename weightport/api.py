@@ -154,7 +154,7 @@ def convert(source: PathLike, out: PathLike, target: Optional[PathLike] = None, 
         def check(written: Path) -> None:
             built.verification = _verify(source, written, config, flatten, checked, opened=views[str(source)])
             if not built.verification.ok:
-                raise VerificationFailed(built.verification)
+                raise VerificationFailed(built.verification, built)
 
         write(built, Path(out), views, force=force, model_config=model_config, keras_version=views[str(source)].keras_version,
               progress=progress, check=check if verify else None, compression=compression,

@@ -111,6 +111,8 @@ def _cmd_convert(args: argparse.Namespace) -> int:
     if args.out is not None and len(args.source) > 1:
         raise WeightportError(None, f"-o takes one SRC and {len(args.source)} were given", "use --out-dir DIR to convert several files")
     if args.out_dir is not None:
+        if args.json:
+            raise WeightportError(None, "--json describes one conversion (-o OUT), not a sweep", "convert the files one at a time with -o OUT --json")
         return _convert_many(args, Path(args.out_dir))
     return _convert_single(args, args.source[0], args.out)
 
@@ -130,7 +132,7 @@ def _convert_and_report(args: argparse.Namespace, source: str, out: str) -> int:
 
     from .api import convert
     from .progress import byte_progress
-    from .report import plan_table, verification_table
+    from .report import convert_json, plan_table, verification_table
     from .verification import VerificationFailed
     from .writers import output_layout
 
@@ -140,10 +142,12 @@ def _convert_and_report(args: argparse.Namespace, source: str, out: str) -> int:
             built = convert(source, out, args.target, force=args.force, full_model=args.full_model, progress=progress,
                             verify=not args.no_verify, compression=args.compression, **_plan_options(args))
     except VerificationFailed as failed:
-        _out(verification_table(failed.result))
+        _out(convert_json(failed.plan, out, layout, written=False) if args.json else verification_table(failed.result))
         print(printable(f"weightport: {out} not written: what was converted did not pass verification"), file=sys.stderr)
         return 1
-    if not args.quiet:
+    if args.json:
+        _out(convert_json(built, out, layout, written=True))
+    elif not args.quiet:
         _out(plan_table(built, layout))
         _out(printable(f"wrote {out} ({layout} layout)"))
         if built.verification is not None:
@@ -185,13 +189,11 @@ def _cmd_verify(args: argparse.Namespace) -> int:
     from .report import verification_json, verification_table
 
     result = verify(args.source, args.out, atol=args.atol, rtol=args.rtol, **_plan_options(args))
-    _out(verification_json(result) if args.json else verification_table(result))
-    if args.keras and result.ok:
+    if args.keras and result.ok:  # before anything is printed: a Keras refusal is the one line of exit 2
         from .keras_check import check_end_to_end
 
-        ok, report = check_end_to_end(args.source, args.out, config=args.config, atol=args.atol, rtol=args.rtol, score_map=args.score_map)
-        _out(report)
-        return 0 if ok else 1
+        result.keras = check_end_to_end(args.source, args.out, config=args.config, atol=args.atol, rtol=args.rtol, score_map=args.score_map)
+    _out(verification_json(result) if args.json else verification_table(result))
     return 0 if result.ok else 1
 
 
@@ -246,6 +248,7 @@ def build_parser() -> argparse.ArgumentParser:
     convert.add_argument("-j", "--jobs", type=_positive, default=1, metavar="N",
                          help="with --out-dir: convert N files at a time (default 1; at most one per file and per core)")
     convert.add_argument("--quiet", action="store_true", help="print nothing but errors (for pipelines)")
+    convert.add_argument("--json", action="store_true", help="with -o OUT: print one JSON document, the plan, its verification and the output (contract in the README)")
     convert.add_argument("--force", action="store_true", help="replace OUT if it exists")
     convert.add_argument("--full-model", action="store_true", help="with a .h5 OUT: write a whole legacy model (the twin's model_config and its weights)")
     convert.add_argument("--no-verify", action="store_true", help="skip the numpy check of what was written")

@@ -12,7 +12,8 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import Any, Optional, Tuple, Union
+from dataclasses import asdict, dataclass
+from typing import Any, Dict, List, Optional, Tuple, Union
 
 import numpy as np
 
@@ -22,7 +23,7 @@ from .readers import read
 from .twinconfig import twin_config
 from .view import ModelView
 
-__all__ = ["check_end_to_end"]
+__all__ = ["Comparison", "EndToEnd", "check_end_to_end"]
 
 PathLike = Union[str, Path]
 
@@ -61,9 +62,41 @@ def _inputs(model: Any, rng: np.random.Generator) -> np.ndarray:
     return rng.standard_normal(shape).astype("float32")
 
 
+@dataclass
+class Comparison:
+    """One comparison of two Keras models' outputs on the same random inputs."""
+
+    what: str
+    how: str  # "end to end" | "per location"
+    max_abs: float
+    max_rel: float
+    ok: bool
+
+
+@dataclass
+class EndToEnd:
+    """Every comparison `verify --keras` made, with the Keras that made them."""
+
+    keras: str  # the Keras version, e.g. "3.15.1" (tf_keras: "2.21.0")
+    comparisons: List[Comparison]
+
+    @property
+    def ok(self) -> bool:
+        return all(c.ok for c in self.comparisons)
+
+    def to_dict(self) -> Dict[str, Any]:
+        """The `keras` key of the `verify --json` document (contract in the README)."""
+        return {"ok": self.ok, "keras_version": self.keras, "comparisons": [asdict(c) for c in self.comparisons]}
+
+    def lines(self) -> List[str]:
+        """One line per comparison, for the table."""
+        return [f"keras {self.keras}: {c.what} {'agree' if c.ok else 'DIFFER'} {c.how} (max abs {c.max_abs:.3g}, max rel {c.max_rel:.3g})"
+                for c in self.comparisons]
+
+
 def check_end_to_end(source: PathLike, out: PathLike, config: Optional[PathLike] = None, atol: float = 1e-6,
-                     rtol: float = 1e-5, score_map: bool = False) -> Tuple[bool, str]:
-    """(ok, a one-line report per comparison) of the source model and the twin on random inputs.
+                     rtol: float = 1e-5, score_map: bool = False) -> EndToEnd:
+    """Every comparison of the source model and the twin on random inputs.
     With `score_map`, OUT is the twin without its global pooling (`convert --score-map`): only
     the per-location comparison applies, with OUT's own config when it is a whole model."""
     with read(source, config=config) as src, read(out) as converted:
@@ -83,13 +116,13 @@ def check_end_to_end(source: PathLike, out: PathLike, config: Optional[PathLike]
                 raise WeightportError(out, f"the twin gives {np.shape(got)} where the source gives {np.shape(want)}",
                                       "an output written with --score-map is verified with --score-map")
             worst = _worst(want, got)
-            results.append(_verdict(K, "source and twin models", "end to end", worst, atol, rtol))
+            results.append(_verdict("source and twin models", "end to end", worst, atol, rtol))
         if poolings:
             own = score_map and converted.kind == "full-model"
             per_location = _build(K, out, converted, None if own else json.dumps(twin_config(src, head, per_location=True)))
             worst_map = _worst(_head_per_location(K, source_model, poolings[0], x), per_location.predict(x, verbose=0))
-            results.append(_verdict(K, "the source's head at every location and the twin's score map", "per location", worst_map, atol, rtol))
-    return all(ok for ok, _ in results), "\n".join(line for _, line in results)
+            results.append(_verdict("the source's head at every location and the twin's score map", "per location", worst_map, atol, rtol))
+    return EndToEnd(K.__version__, results)
 
 
 def _head_per_location(K: Any, model: Any, pooling: str, x: np.ndarray) -> np.ndarray:
@@ -112,6 +145,5 @@ def _worst(wants: Any, gots: Any) -> Tuple[float, float]:
     return worst_abs, worst_rel
 
 
-def _verdict(K: Any, what: str, how: str, worst: Tuple[float, float], atol: float, rtol: float) -> Tuple[bool, str]:
-    ok = worst[0] <= atol or worst[1] <= rtol
-    return ok, f"keras {K.__version__}: {what} {'agree' if ok else 'DIFFER'} {how} (max abs {worst[0]:.3g}, max rel {worst[1]:.3g})"
+def _verdict(what: str, how: str, worst: Tuple[float, float], atol: float, rtol: float) -> Comparison:
+    return Comparison(what, how, worst[0], worst[1], worst[0] <= atol or worst[1] <= rtol)

@@ -11,7 +11,7 @@ from .planner import Plan, Step
 from .verification import Verification
 from .view import Layer, ModelView, Tensor
 
-__all__ = ["view_table", "view_json", "plan_table", "plan_json", "verification_table", "verification_json"]
+__all__ = ["view_table", "view_json", "plan_table", "plan_json", "verification_table", "verification_json", "convert_json"]
 
 
 def view_json(view: ModelView) -> str:
@@ -132,6 +132,15 @@ def verification_json(result: Verification) -> str:
     return json.dumps(result.to_dict(), indent=2)
 
 
+def convert_json(plan: Plan, out: str, layout: str, written: bool) -> str:
+    """The `convert --json` document: the plan, its verification and the output; its keys are
+    documented in the README. `ok` is the verdict the exit status gives."""
+    verification = plan.verification.to_dict() if plan.verification is not None else None
+    ok = written and (plan.verification is None or plan.verification.ok)
+    return json.dumps({"ok": ok, "output": {"path": out, "layout": layout, "written": written}, "plan": plan.to_dict(),
+                       "verification": verification}, indent=2)
+
+
 def verification_table(result: Verification) -> str:
     """One row per layer pair: what was computed on both sides and how far apart they are."""
     header = ["source layer", "target layer", "check", "max abs", "max rel", ""]
@@ -145,7 +154,8 @@ def verification_table(result: Verification) -> str:
                f"FAILED: {len(failed)} of {len(result.pairs)} layer pairs differ: " + ", ".join(f"{p.source_layer} -> {p.target_layer}" for p in failed))
     if result.digest is not None and not result.digest.ok:
         verdict = ("FAILED: " if not failed else verdict + "; and ") + "OUT was converted from another file than SRC (source digest differs)"
-    return _text(lines + _digest_lines(result) + ["", verdict])
+    keras = result.keras.lines() if result.keras is not None else []
+    return _text(lines + _digest_lines(result) + ["", verdict] + keras)
 
 
 def _digest_lines(result: Verification) -> List[str]:

@@ -67,27 +67,34 @@ class DigestCheck:
 @dataclass
 class Verification:
     """Every pair's check, the tolerances used and, from `verify`, the source digest's check
-    (None when not made, or when OUT records no digest)."""
+    (None when not made, or when OUT records no digest) and `verify --keras`'s end-to-end
+    comparison (a `keras_check.EndToEnd`; None when not run). `ok` is the verdict over all."""
 
     pairs: List[PairCheck]
     atol: float
     rtol: float
     digest: Optional[DigestCheck] = None
+    keras: Optional[Any] = None
 
     @property
     def ok(self) -> bool:
-        return all(pair.ok for pair in self.pairs) and (self.digest is None or self.digest.ok)
+        return all(pair.ok for pair in self.pairs) and (self.digest is None or self.digest.ok) and (self.keras is None or self.keras.ok)
 
     def to_dict(self) -> Dict[str, Any]:
+        """The `verify --json` document (contract in the README)."""
         digest = None if self.digest is None else {**asdict(self.digest), "ok": self.digest.ok}
-        return {"ok": self.ok, "atol": self.atol, "rtol": self.rtol, "pairs": [asdict(p) for p in self.pairs], "source_digest": digest}
+        keras = None if self.keras is None else self.keras.to_dict()
+        return {"ok": self.ok, "atol": self.atol, "rtol": self.rtol, "pairs": [asdict(p) for p in self.pairs], "source_digest": digest,
+                "keras": keras}
 
 
 class VerificationFailed(Exception):
-    """What `convert` wrote did not pass its check; nothing was written (exit status 1)."""
+    """What `convert` wrote did not pass its check; nothing was written (exit status 1).
+    `plan` is the plan that was followed, for the report."""
 
-    def __init__(self, result: Verification) -> None:
+    def __init__(self, result: Verification, plan: Optional[Plan] = None) -> None:
         self.result = result
+        self.plan = plan
         failed = ", ".join(f"{p.source_layer} -> {p.target_layer}" for p in result.pairs if not p.ok)
         super().__init__(f"verification failed for {failed}")
 
