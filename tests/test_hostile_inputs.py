@@ -16,6 +16,7 @@ import json
 import os
 import shutil
 import subprocess
+import tempfile
 import threading
 import time
 import zipfile
@@ -40,14 +41,41 @@ class Outcome:
     stdout: str
     stderr: str
     cpu: float  # seconds of CPU time, user + system
-    rss_mib: float  # peak resident memory
+    rss_mib: float  # peak resident memory (VmHWM)
     wall: float
 
 
+# The child's peak memory is its VmHWM, written as it exits: Linux carries the parent's peak over
+# fork and exec into ru_maxrss, so a test process that imported TensorFlow would be charged for it.
+_PEAK = """
+import atexit, os, runpy, sys
+def peak():
+    with open("/proc/self/status") as status, open(os.environ["WEIGHTPORT_TEST_PEAK"], "w") as out:
+        out.write(next(line for line in status if line.startswith("VmHWM:")).split()[1])
+atexit.register(peak)
+sys.argv[0] = "weightport"
+runpy.run_module("weightport", run_name="__main__", alter_sys=True)
+"""
+
+
 def run_bounded(*args: str, cwd: Path) -> Outcome:
-    """Run the CLI in a child; its exit status, output and own resource use (wait4, not the
-    children's maximum over the whole test session). Fails the test on a hang."""
-    proc = subprocess.Popen(**cli_command(*args), stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.PIPE, cwd=cwd)
+    """Run the CLI in a child; its exit status, output and own resource use (CPU time from wait4,
+    peak memory from the child's own VmHWM). Fails the test on a hang."""
+    command = cli_command(*args)
+    fd, peak_file = tempfile.mkstemp(prefix="weightport-peak-")
+    os.close(fd)
+    command["args"] = [command["args"][0], "-c", _PEAK, *args]
+    command["env"]["WEIGHTPORT_TEST_PEAK"] = peak_file
+    try:
+        outcome = _wait_bounded(subprocess.Popen(**command, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.PIPE, cwd=cwd), args)
+        text = Path(peak_file).read_text()
+    finally:
+        os.unlink(peak_file)
+    outcome.rss_mib = int(text) / 1024 if text else float("inf")
+    return outcome
+
+
+def _wait_bounded(proc: subprocess.Popen, args) -> Outcome:
     streams: Dict[str, bytes] = {}
     readers = [threading.Thread(target=lambda name=name, fh=fh: streams.__setitem__(name, fh.read()))
                for name, fh in (("out", proc.stdout), ("err", proc.stderr))]
@@ -69,7 +97,7 @@ def run_bounded(*args: str, cwd: Path) -> Outcome:
     for reader in readers:
         reader.join()
     return Outcome(proc.returncode, streams["out"].decode(errors="replace"), streams["err"].decode(errors="replace"),
-                   usage.ru_utime + usage.ru_stime, usage.ru_maxrss / 1024, wall)
+                   usage.ru_utime + usage.ru_stime, float("inf"), wall)
 
 
 def assert_refused(*args: str, cwd: Path, names: Path, says: str, out: Optional[Path] = None) -> str:
@@ -361,3 +389,51 @@ def test_json_output_stays_valid_json_with_the_names_as_they_are(command: str, t
     document = json.loads(outcome.stdout)
     names = [layer["name"] for layer in document["layers"]] if command == "inspect" else [s["source_layer"] for s in document["steps"]]
     assert HOSTILE in names  # JSON is for programs: the name exactly as stored, encoded by JSON's own escapes
+
+
+# --- configs are data: verify --keras runs no code from a file --------------------------------
+
+def test_verify_keras_never_runs_a_lambdas_code(tmp_path: Path) -> None:
+    """`verify --keras` on a tf_keras full-model .h5 with a Lambda executed the Lambda's stored
+    bytecode (a marker file appeared). It is refused by name, before Keras is even imported."""
+    from conftest import import_or_skip, run_cli
+
+    tf_keras = import_or_skip("tf_keras")
+    marker = tmp_path / "marker"
+    # the Lambda's code writes the marker: whoever deserializes and calls it leaves the file behind
+    writes_marker = eval(f"lambda x: (__import__('pathlib').Path({str(marker)!r}).write_text('ran'), x)[1]")  # noqa: S307
+    inputs = tf_keras.Input((8, 8, 3))
+    x = tf_keras.layers.Conv2D(4, 3, name="conv")(inputs)
+    x = tf_keras.layers.Lambda(writes_marker, name="evil")(x)
+    outputs = tf_keras.layers.Dense(5, name="fc")(tf_keras.layers.Flatten(name="flat")(x))
+    source = tmp_path / "src.h5"
+    tf_keras.Model(inputs, outputs).save(source)
+    marker.unlink()  # written while the model was built here, in the test
+    out = tmp_path / "fcn.h5"
+    converted = run_cli("convert", str(source), "-o", str(out), "--flatten", "6,6,4")  # the config is edited as data
+    assert converted.returncode == 0, converted.stderr
+    line = assert_refused("verify", str(source), str(out), "--keras", cwd=tmp_path, names=source,
+                          says="the model config holds a Lambda layer 'evil' (Lambda), whose stored code building the model would run")
+    assert "verify without --keras" in line
+    assert not marker.exists()
+    tf_keras.models.load_model(source, compile=False)  # the file is truly hostile: Keras outside safe mode runs the code
+    assert marker.read_text() == "ran"
+
+
+def test_verify_keras_refuses_a_custom_object_by_name(tmp_path: Path) -> None:
+    """A Keras 3 config naming a class from outside Keras (which Keras would import) is refused
+    by name from the config as data, before Keras is imported."""
+    from conftest import run_cli
+
+    source = tmp_path / "custom.keras"
+    with zipfile.ZipFile(FIXTURES / "seq__k3.keras") as z:
+        config = json.loads(z.read("config.json"))
+        pooling = next(layer for layer in config["config"]["layers"] if layer["class_name"] == "MaxPooling2D")
+        pooling.update(module="evil_package.layers", registered_name="Evil>MaxPooling2D")
+        with zipfile.ZipFile(source, "w") as out:
+            for info in z.infolist():
+                out.writestr(info, json.dumps(config) if info.filename == "config.json" else z.read(info))
+    out = tmp_path / "fcn.weights.h5"
+    assert run_cli("convert", str(source), "-o", str(out)).returncode == 0
+    assert_refused("verify", str(source), str(out), "--keras", cwd=tmp_path, names=source,
+                   says=f"uses the custom object '{pooling['config']['name']}' (MaxPooling2D) from evil_package.layers")

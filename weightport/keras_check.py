@@ -1,6 +1,10 @@
 """`verify --keras`: build both whole models in Keras and compare them end to end.
 
-The only module that imports Keras, and only when called. The source model comes from its
+The only module that imports Keras, and only when called. Building a model from a file runs
+whatever code the file's config can name, so configs are checked as data first: a Lambda layer
+(stored Python bytecode or source) and a custom object (a class from outside Keras) are refused by
+name before Keras is imported, a layer class Keras does not define before anything is built, and
+every build runs in Keras's safe mode besides. The source model comes from its
 own file (or its sidecar config); the twin from the output's own config when the output is a
 whole model, else from the source config rewritten by `twinconfig`. Both run on the same
 random inputs at the source's input size, where the twin's score map is 1x1. For a
@@ -10,13 +14,16 @@ the source's own head layers applied to the features at every location.
 
 from __future__ import annotations
 
+import contextlib
+import importlib
 import json
 from pathlib import Path
 from dataclasses import asdict, dataclass
-from typing import Any, Dict, List, Optional, Tuple, Union
+from typing import Any, ContextManager, Dict, Iterator, List, Optional, Tuple, Union
 
 import numpy as np
 
+from .config import MODEL_CLASSES, ModelConfig
 from .errors import WeightportError
 from .head import analyze_head
 from .readers import read
@@ -41,18 +48,74 @@ def _keras_for(view: ModelView) -> Any:
         raise WeightportError(view.path, f"--keras needs Keras ({exc.name} is not installed)", 'pip install "weightport[keras]"') from None
 
 
+_CODE_CLASSES = {"Lambda", "__lambda__"}  # objects whose config holds Python code (bytecode or a source string)
+_HINT_CODE = "verify without --keras: the numpy verification runs nothing from the file"
+
+
+def _objects(raw: Any) -> Iterator[Dict[str, Any]]:
+    """Every serialized object (a dict with a `class_name`) in a config, found without recursion."""
+    pending = [raw]
+    while pending:
+        node = pending.pop()
+        if isinstance(node, dict):
+            if isinstance(node.get("class_name"), str):
+                yield node
+            pending.extend(node.values())
+        elif isinstance(node, list):
+            pending.extend(node)
+
+
+def _keras_module(module: Any) -> bool:
+    """A `module` Keras 3 records for its own objects (`keras.layers`, `builtins` for its functions)."""
+    return module is None or module in ("keras", "tf_keras", "builtins") or str(module).startswith(("keras.", "tf_keras."))
+
+
+def _refuse_code(config: Optional[ModelConfig], path: PathLike) -> None:
+    """Refuse, from the config as data and before Keras is imported, what building it would run:
+    a Lambda layer, or an object from outside Keras (a custom class or function)."""
+    for node in _objects(config.raw if config is not None else None):
+        cls, settings = node["class_name"], node.get("config")
+        name = settings.get("name") if isinstance(settings, dict) else None
+        label = f"'{name}' ({cls})" if isinstance(name, str) else f"'{cls}'"
+        if cls in _CODE_CLASSES or node.get("function_type") == "lambda":
+            raise WeightportError(path, f"the model config holds a Lambda layer {label}, whose stored code building the model would run", _HINT_CODE)
+        registered = node.get("registered_name")
+        if not _keras_module(node.get("module")) or (isinstance(registered, str) and registered != cls):
+            raise WeightportError(path, f"the model config uses the custom object {label} from {node.get('module') or registered}, "
+                                        "which --keras does not import", _HINT_CODE)
+
+
+def _refuse_unknown(K: Any, config: Optional[ModelConfig], path: PathLike) -> None:
+    """A layer class this Keras does not define is a custom object too: refused by name, not looked up."""
+    for layer in config.layers if config is not None else []:
+        if layer.class_name not in MODEL_CLASSES and not isinstance(getattr(K.layers, layer.class_name, None), type):
+            raise WeightportError(path, f"the model config uses layer class '{layer.class_name}' ('{layer.name}'), which {K.__name__} "
+                                        "does not define (a custom object), so it is not looked up", _HINT_CODE)
+
+
+def _safe_mode(K: Any) -> ContextManager[Any]:
+    """Keras's own safe mode (no Lambda bytecode loaded), which tf_keras's legacy .h5 loading only
+    honours inside this scope."""
+    with contextlib.suppress(ImportError):
+        return importlib.import_module(f"{K.__name__}.src.saving.serialization_lib").SafeModeScope(True)
+    return contextlib.nullcontext()
+
+
 def _build(K: Any, path: PathLike, view: ModelView, config_json: Optional[str]) -> Any:
     try:
-        if config_json is None:
-            return K.models.load_model(str(path), compile=False)
-        model = K.models.model_from_json(config_json)
-        model.load_weights(str(path))
-        return model
-    except WeightportError:
-        raise
+        with _safe_mode(K):
+            return _load(K, path, config_json)
     except Exception as exc:  # Keras's own refusal: report it as the input problem it is
         raise WeightportError(path, f"Keras cannot build this model here ({type(exc).__name__}: {str(exc).splitlines()[0][:200]})",
                               "check with the numpy verification only (without --keras)") from None
+
+
+def _load(K: Any, path: PathLike, config_json: Optional[str]) -> Any:
+    if config_json is None:
+        return K.models.load_model(str(path), compile=False)
+    model = K.models.model_from_json(config_json)
+    model.load_weights(str(path))
+    return model
 
 
 def _inputs(model: Any, rng: np.random.Generator) -> np.ndarray:
@@ -100,7 +163,11 @@ def check_end_to_end(source: PathLike, out: PathLike, config: Optional[PathLike]
     With `score_map`, OUT is the twin without its global pooling (`convert --score-map`): only
     the per-location comparison applies, with OUT's own config when it is a whole model."""
     with read(source, config=config) as src, read(out) as converted:
+        _refuse_code(src.config, config or source)
+        _refuse_code(converted.config, out)
         K = _keras_for(src)
+        _refuse_unknown(K, src.config, config or source)
+        _refuse_unknown(K, converted.config, out)
         head = analyze_head(src)
         poolings = [role.pooling for role in head.values() if role.pooling]
         if score_map and not poolings:
