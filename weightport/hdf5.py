@@ -123,6 +123,13 @@ def _parts(path: str) -> List[str]:
 
 
 def _open_hard(group: h5py.Group, key: bytes, where: _Where, file: Union[str, Path]) -> Optional[Union[h5py.Group, h5py.Dataset]]:
+    try:
+        return _open_object(group, key, where, file)
+    except KeyError as exc:  # h5py's low-level open raises a damaged object header as KeyError
+        raise WeightportError(file, f"damaged HDF5 file: {where} cannot be opened ({_reason(exc)})", _HINT_DAMAGED) from None
+
+
+def _open_object(group: h5py.Group, key: bytes, where: _Where, file: Union[str, Path]) -> Optional[Union[h5py.Group, h5py.Dataset]]:
     kind = h5py.h5o.get_info(group.id, key).type
     if kind == h5py.h5o.TYPE_GROUP:
         return h5py.Group(h5py.h5g.open(group.id, key))
@@ -201,7 +208,7 @@ def damaged_hdf5(path: Union[str, Path]) -> Iterator[None]:
 
 def _reason(exc: BaseException) -> str:
     """h5py's message without its wrapping: `Unable to open object (bad symbol table node signature)` -> the part in brackets."""
-    text = str(exc)
+    text = exc.args[0] if exc.args and isinstance(exc.args[0], str) else str(exc)  # a KeyError's str() adds quotes
     return text.rsplit("(", 1)[-1].rstrip(")") if "(" in text else text
 
 
