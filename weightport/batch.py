@@ -14,6 +14,7 @@ import multiprocessing
 import os
 import signal
 import threading
+import time
 import traceback
 from dataclasses import dataclass
 from pathlib import Path
@@ -25,7 +26,7 @@ from .errors import WeightportError
 __all__ = ["Job", "Outcome", "run_jobs", "out_path", "exit_status", "check_outputs", "worker_count"]
 
 _PR_SET_PDEATHSIG = 1
-_WATCH_SECONDS = 0.5
+_WATCH_SECONDS = 0.2
 
 
 @dataclass(frozen=True)
@@ -102,9 +103,11 @@ def run_jobs(jobs: List[Job], options: Dict[str, Any], verify: bool, workers: in
     with concurrent.futures.ProcessPoolExecutor(max_workers=workers, mp_context=context, initializer=_start_worker,
                                                 initargs=(os.getpid(), stop)) as pool:
         try:
-            futures = [pool.submit(_work, job, options, verify, debug) for job in jobs]
-            for future in concurrent.futures.as_completed(futures):
-                done(future.result())
+            pending = {pool.submit(_work, job, options, verify, debug) for job in jobs}
+            while pending:  # woken often: a stop signal taken by another thread is handled at once, not after the next file
+                finished, pending = concurrent.futures.wait(pending, timeout=_WATCH_SECONDS, return_when=concurrent.futures.FIRST_COMPLETED)
+                for future in finished:
+                    done(future.result())
         except BaseException:  # Ctrl-C, SIGTERM, a reader gone away: no file is started after this
             stop.set()
             pool.shutdown(wait=True, cancel_futures=True)
@@ -123,10 +126,10 @@ class _Worker:
 
 
 def _start_worker(parent: int, stop: Any) -> None:
-    """Pool initializer: the worker dies with the command and stops when the command stops.
+    """Pool initializer: the worker stops when the command stops, and dies with it.
 
     Linux sends it SIGTERM when its parent dies (PR_SET_PDEATHSIG); a watcher thread also stops
-    it when `stop` is set or its parent is gone (another system, a parent killed before the prctl)."""
+    it when `stop` is set or the parent is gone (a system without prctl, a parent killed before it)."""
     _Worker.parent = parent
     with contextlib.suppress(OSError, AttributeError):
         ctypes.CDLL(None, use_errno=True).prctl(_PR_SET_PDEATHSIG, signal.SIGTERM)
@@ -137,33 +140,36 @@ def _start_worker(parent: int, stop: Any) -> None:
 
 
 def _watch(stop: Any) -> None:
+    """Stop the main thread's file once the command stops; once the parent is gone and that
+    file is cleaned up, end the process (an idle worker waits on a queue nobody feeds)."""
     while not stop.wait(_WATCH_SECONDS) and os.getppid() == _Worker.parent:
         pass
-    os.kill(os.getpid(), signal.SIGTERM)
+    signal.pthread_kill(threading.main_thread().ident, signal.SIGTERM)  # to the main thread: its blocking call is interrupted
+    while os.getppid() == _Worker.parent or _Worker.busy:
+        time.sleep(_WATCH_SECONDS)  # a live parent ends its workers itself (pool shutdown)
+    os._exit(128 + signal.SIGTERM)
 
 
 def _worker_signal(signum: int, frame: object) -> None:
-    """Stop taking files; abandon the current one (cleaned up on the way out); with the parent
-    gone and nothing to clean up, exit at once."""
+    """Stop taking files and abandon the current one, cleaned up on the way out. Later signals
+    are no-ops: they must not cut that cleanup short."""
+    if _Worker.stopped:
+        return
     _Worker.stopped = True
     if _Worker.busy:
-        _Worker.busy = False
         raise interrupt.Interrupted(signum)
-    if os.getppid() != _Worker.parent:
-        os._exit(128 + signum)
 
 
 def _work(job: Job, options: Dict[str, Any], verify: bool, debug: bool) -> Outcome:
     """`convert_one` in a worker, unless the command was stopped."""
+    interrupted = Outcome(job, 2, f"weightport: {job.source}: not converted, the command was interrupted")
     if _Worker.stopped:
-        return Outcome(job, 2, f"weightport: {job.source}: not converted, the command was interrupted")
+        return interrupted
     _Worker.busy = True
     try:
         return convert_one(job, options, verify, debug)
-    except KeyboardInterrupt as stop:
-        if os.getppid() != _Worker.parent:
-            os._exit(interrupt.exit_status(stop))  # its temporary is gone; nobody waits for the outcome
-        return Outcome(job, 2, f"weightport: {job.source}: not converted, the command was interrupted")
+    except KeyboardInterrupt:
+        return interrupted
     finally:
         _Worker.busy = False
 
