@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import importlib.util
 import os
 import subprocess
@@ -98,3 +99,13 @@ def wait_until(condition: Callable[[], object], timeout: float, what: str) -> ob
             return value
         time.sleep(0.002)
     pytest.fail(f"timed out after {timeout} s waiting for {what}")
+
+
+def children(parent: int) -> List[int]:
+    """The processes whose parent is `parent` (from /proc)."""
+    found = []
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        with contextlib.suppress(OSError):
+            if int(stat.read_text().rpartition(")")[2].split()[1]) == parent:
+                found.append(int(stat.parent.name))
+    return found

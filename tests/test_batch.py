@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import contextlib
 import os
 import signal
 import subprocess
@@ -12,7 +11,7 @@ from typing import List, Set
 
 import pytest
 
-from conftest import FIXTURES, ROOT, cli_command, run_cli, temporaries, wait_until
+from conftest import FIXTURES, ROOT, children, cli_command, run_cli, temporaries, wait_until
 
 GOOD = ["seq__k3.keras", "gap__k3.keras", "nested__tfk.h5", "conv1d__k3.h5"]
 
@@ -95,16 +94,6 @@ def test_jobs_must_be_a_positive_number(jobs: str, tmp_path: Path) -> None:
     assert list(tmp_path.iterdir()) == []
 
 
-def _children(parent: int) -> List[int]:
-    """The processes whose parent is `parent` (from /proc)."""
-    found = []
-    for stat in Path("/proc").glob("[0-9]*/stat"):
-        with contextlib.suppress(OSError):
-            if int(stat.read_text().rpartition(")")[2].split()[1]) == parent:
-                found.append(int(stat.parent.name))
-    return found
-
-
 def _gone(pid: int) -> bool:
     """Exited: no such process, or a zombie nobody has reaped yet."""
     try:
@@ -137,7 +126,7 @@ def test_an_interrupted_sweep_stops_its_workers(stop: str, big_source: Path, tmp
         wait_until(lambda: temporaries(out) or proc.poll() is not None, 120, "a worker's temporary file")
         assert proc.poll() is None, proc.communicate()
         os.killpg(proc.pid, signal.SIGSTOP)
-        workers = _children(proc.pid)
+        workers = children(proc.pid)
         allowed = {p.name for p in out.iterdir()} | _in_progress(out)  # done, or being written at the stop
         assert len(workers) == 2
         if stop == "Ctrl-C":

@@ -13,17 +13,19 @@ import ctypes
 import errno
 import fcntl
 import os
+import shutil
 import signal
 import subprocess
 import time
 import zipfile
 from pathlib import Path
+from typing import Optional
 
 import pytest
 
 import weightport
 import weightport.atomic
-from conftest import FIXTURES, cli_command, run_cli, temporaries, wait_until
+from conftest import FIXTURES, children, cli_command, run_cli, temporaries, wait_until
 from weightport.errors import WeightportError
 
 BIG = ("--flatten", "7,7,64")
@@ -35,18 +37,19 @@ def _start(*args: str) -> subprocess.Popen:
     return subprocess.Popen(**cli_command(*args), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True)
 
 
-def _stop_mid_write(proc: subprocess.Popen, folder: Path) -> Path:
-    """Stop `proc` (SIGSTOP) while its temporary exists in `folder`; return that temporary."""
+def _stop_mid_write(proc: subprocess.Popen, folder: Path, writer: Optional[int] = None) -> Path:
+    """Stop the run's `writer` process (default: `proc`) with SIGSTOP while its temporary exists
+    in `folder`; return that temporary."""
     found = wait_until(lambda: temporaries(folder) or proc.poll() is not None, TIMEOUT, "the run's temporary file")
     assert found is not True, f"the run ended before its temporary was seen: {proc.communicate()}"
-    proc.send_signal(signal.SIGSTOP)
+    os.kill(writer or proc.pid, signal.SIGSTOP)
     present = temporaries(folder)
     assert present, "the run finished between seeing its temporary and stopping it"
     return present[0]
 
 
-def _finish(proc: subprocess.Popen) -> subprocess.CompletedProcess:
-    proc.send_signal(signal.SIGCONT)
+def _finish(proc: subprocess.Popen, writer: Optional[int] = None) -> subprocess.CompletedProcess:
+    os.kill(writer or proc.pid, signal.SIGCONT)
     out, err = proc.communicate(timeout=TIMEOUT)
     return subprocess.CompletedProcess(proc.args, proc.returncode, out, err)
 
@@ -163,16 +166,30 @@ def test_cleanup_removes_only_the_temporaries_nobody_holds(tmp_path: Path) -> No
     assert sorted(tmp_path.iterdir()) == [out]
 
 
-def test_a_running_writers_temporary_survives_another_runs_cleanup(big_source: Path, tmp_path: Path) -> None:
+def _pid_namespaces() -> bool:
+    return shutil.which("unshare") is not None and subprocess.run(["unshare", "--pid", "--fork", "true"], capture_output=True).returncode == 0
+
+
+@pytest.mark.parametrize("namespace", ["this", "another"], ids=lambda n: f"{n} PID namespace")
+def test_a_running_writers_temporary_survives_another_runs_cleanup(namespace: str, big_source: Path, tmp_path: Path) -> None:
+    """Issue 11: the cleanup deleted a live writer's temporary when the writer ran in another PID
+    namespace (a container on a shared volume). Here a real writer, stopped mid-write, in this
+    or in a new PID namespace, and a second run writing the same OUT meanwhile."""
+    if namespace == "another" and not _pid_namespaces():
+        pytest.skip("unshare --pid is not available or not permitted here")
     out = tmp_path / "fcn.h5"
-    first = _start("convert", str(big_source), *BIG, "-o", str(out), "--force", "--no-verify")
+    command = cli_command("convert", str(big_source), *BIG, "-o", str(out), "--force", "--no-verify")
+    if namespace == "another":
+        command["args"] = ["unshare", "--pid", "--fork", *command["args"]]
+    first = subprocess.Popen(**command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True)
+    writer = first.pid if namespace == "this" else wait_until(lambda: children(first.pid), TIMEOUT, "the writer in its namespace")[0]
     try:
-        held = _stop_mid_write(first, tmp_path)
+        held = _stop_mid_write(first, tmp_path, writer)
         second = run_cli("convert", str(FIXTURES / "seq__k3.keras"), "-o", str(out), "--force", "--quiet")
         assert second.returncode == 0, second.stderr
         assert held.exists(), "the second run removed a live writer's temporary"
     finally:
-        result = _finish(first)
+        result = _finish(first, writer)
     assert result.returncode == 0, result.stderr
     assert run_cli("verify", str(big_source), str(out), *BIG).returncode == 0
     assert sorted(tmp_path.iterdir()) == [out]
