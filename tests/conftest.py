@@ -109,3 +109,17 @@ def children(parent: int) -> List[int]:
             if int(stat.read_text().rpartition(")")[2].split()[1]) == parent:
                 found.append(int(stat.parent.name))
     return found
+
+
+def vgg16_classifier(K, seed: int):
+    """keras.applications.VGG16(weights=None) with non-trivial biases (the initialiser's zeros
+    would hide a bias paired with the wrong layer)."""
+    import numpy as np
+
+    classifier = K.applications.VGG16(weights=None)
+    rng = np.random.default_rng(seed)
+    for layer in classifier.layers:
+        if layer.weights:
+            kernel, bias = layer.get_weights()
+            layer.set_weights([kernel, rng.normal(0, 0.05, bias.shape).astype("float32")])
+    return classifier

@@ -16,7 +16,7 @@ import numpy as np
 import pytest
 
 import weightport
-from conftest import ROOT, import_or_skip, run_cli
+from conftest import ROOT, import_or_skip, run_cli, vgg16_classifier
 
 keras = import_or_skip("keras")
 tf_keras = import_or_skip("tf_keras")
@@ -36,12 +36,7 @@ def fcn32s(request, tmp_path_factory):
     K = keras if request.param == "k3" else tf_keras
     K.backend.clear_session()
     folder = tmp_path_factory.mktemp(f"fcn32s_{request.param}")
-    classifier = K.applications.VGG16(weights=None)
-    rng = np.random.default_rng(32)
-    for layer in classifier.layers:
-        if layer.weights:
-            kernel, bias = layer.get_weights()
-            layer.set_weights([kernel, rng.normal(0, 0.05, bias.shape).astype("float32")])
+    classifier = vgg16_classifier(K, 32)
     source = folder / ("vgg16.keras" if request.param == "k3" else "vgg16.h5")
     classifier.save(str(source))
     fcn = _recipe().build_fcn32s(K)

@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 
 import weightport
-from conftest import import_or_skip
+from conftest import import_or_skip, vgg16_classifier
 
 keras = import_or_skip("keras")
 tf_keras = import_or_skip("tf_keras")
@@ -44,12 +44,8 @@ def vgg(request, tmp_path_factory):
     K = keras if request.param == "k3" else tf_keras
     K.backend.clear_session()
     folder = tmp_path_factory.mktemp(f"vgg16_{request.param}")
-    classifier = K.applications.VGG16(weights=None)
+    classifier = vgg16_classifier(K, 16)
     rng = np.random.default_rng(16)
-    for layer in classifier.layers:
-        if layer.weights:
-            kernel, bias = layer.get_weights()
-            layer.set_weights([kernel, rng.normal(0, 0.05, bias.shape).astype("float32")])
     if request.param == "k3":
         sources = {"keras": folder / "vgg16.keras", "weights": folder / "vgg16.weights.h5"}
         classifier.save(str(sources["keras"]))
