@@ -3,7 +3,6 @@ alignment rows of the plan, planned and converted without Keras."""
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import numpy as np
