@@ -133,8 +133,8 @@ def test_verify_proves_the_score_map_per_location(small_score_map) -> None:
     """`verify --keras --score-map` (shown on the small classifier: ResNet50 would cost two more builds)."""
     K, _, _, source, outputs, *_ = small_score_map
     for out in outputs:
-        ok, report = check_end_to_end(source, out, score_map=True)
-        assert ok and "agree per location" in report, report
+        result = check_end_to_end(source, out, score_map=True)
+        assert result.ok and [c.how for c in result.comparisons] == ["per location"], result.lines()
         with pytest.raises(weightport.WeightportError, match="verified with --score-map"):
             check_end_to_end(source, out)
 
