@@ -30,7 +30,11 @@ def test_view_matches_the_model(name: str) -> None:
             if _stores_layer_names(name):
                 assert got.name == want["name"]
             assert got.class_name in (want["class"], None)
-            assert [w.role for w in got.weights] == [w["role"] for w in want["weights"]]
+            assert got.wrapped in (want.get("wrapped"), None)
+            roles = [w["role"] for w in want["weights"]]
+            if got.class_name == "TimeDistributed" and got.wrapped is None:  # no config says what it holds
+                roles = [None] * len(roles)
+            assert [w.role for w in got.weights] == roles
             assert [list(w.shape) for w in got.weights] == [w["shape"] for w in want["weights"]]
             assert [str(w.dtype) for w in got.weights] == [w["dtype"] for w in want["weights"]]
 
@@ -46,6 +50,8 @@ def test_classes_known_wherever_the_file_says(name: str) -> None:
     else:
         model = EXPECTED["models"][EXPECTED["files"][name]["model"]]
         assert classes == [layer["class"] for layer in model["layers"]]
+        if view.config is not None:  # what a wrapper holds is in its config
+            assert [layer.wrapped for layer in view.layers] == [layer.get("wrapped") for layer in model["layers"]]
 
 
 def test_every_layout_of_a_model_holds_the_same_arrays() -> None:

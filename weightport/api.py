@@ -42,7 +42,7 @@ def planned(source: PathLike, target: Optional[PathLike] = None, config: Optiona
         if target is not None:
             tgt = stack.enter_context(read(target))
             views[tgt.path] = tgt
-            head = analyze_head(src, flatten, options.source_order) if (src.config is not None or flatten) else {}
+            head = analyze_head(src, flatten, options.source_order, required=False) if (src.config is not None or flatten) else {}
             built = make_plan(src, target_from_view(tgt), head, options, target_view=tgt)
         else:
             built = _twin_plan(src, flatten, options)

@@ -26,6 +26,7 @@ __all__ = [
     "load_config_file",
     "to_snake_case",
     "MODEL_CLASSES",
+    "class_of",
 ]
 
 # Keras 1 class names -> their Keras 2/3 names, so later stages see one vocabulary.
@@ -106,6 +107,13 @@ def to_snake_case(name: str) -> str:
     return name.lower()
 
 
+def class_of(serialized: str) -> str:
+    """The class a config names: Keras 1 names mapped (`Convolution2D` -> `Conv2D`), and a custom
+    class's registered name (`my_package>Block`, how Keras 3 writes it in a legacy `.h5`) taken
+    as the class itself, as a `.keras` config names it (`Block`) and Keras 3 groups its weights."""
+    return _KERAS1_CLASSES.get(serialized, serialized.rsplit(">", 1)[-1])
+
+
 def load_config_file(path: Union[str, Path]) -> ModelConfig:
     """Parse a sidecar JSON config (`model.to_json()` output, or a `.keras` `config.json`),
     read from a regular file only (a FIFO or a device is refused unread)."""
@@ -180,7 +188,7 @@ def _parse_container(model: Dict[str, Any], container: Optional[str], prefix: st
     aliases: Dict[str, List[str]] = {}  # nested model name -> its output layer names
     previous: List[str] = []
     for entry in entries:
-        name, class_name = _entry_name(entry), _KERAS1_CLASSES.get(entry["class_name"], entry["class_name"])
+        name, class_name = _entry_name(entry), class_of(entry["class_name"])
         k3_path = prefix + "layers/" + _numbered(to_snake_case(class_name), counters)
         inbound = previous if sequential else _inbound_names(entry.get("inbound_nodes") or [])
         if class_name in MODEL_CLASSES and isinstance(entry.get("config"), (dict, list)):

@@ -73,8 +73,10 @@ def parse_source_order(order: Optional[str], rank: int) -> Optional[str]:
     return mapped
 
 
-def analyze_head(view: ModelView, flatten: Optional[Sequence[int]] = None, source_order: Optional[str] = None) -> Dict[str, HeadRole]:
-    """Roles of the source layers that change in the twin (others are copied as they are)."""
+def analyze_head(view: ModelView, flatten: Optional[Sequence[int]] = None, source_order: Optional[str] = None,
+                 required: bool = True) -> Dict[str, HeadRole]:
+    """Roles of the source layers that change in the twin (others are copied as they are);
+    `required`: a model with no head is refused (into a `--target`, it is a plain copy)."""
     if view.config is not None:
         roles = _from_config(view, view.config, flatten, source_order)
     elif flatten:
@@ -83,7 +85,7 @@ def analyze_head(view: ModelView, flatten: Optional[Sequence[int]] = None, sourc
         raise WeightportError(view.path, "weights-only file with no model config: the window that fed the first Dense is unknown",
                               "give --flatten H,W,C (the shape before the Flatten; for a global-pooling head --flatten 1,1,C, "
                               "C the pooled channels), or --config model.json")
-    if not any(role.kind in ("window", "1x1") for role in roles.values()):
+    if required and not any(role.kind in ("window", "1x1") for role in roles.values()):
         raise WeightportError(view.path, "nothing to convert: no Dense layer after a Flatten or a global pooling",
                               "weightport turns classifier heads into convolutions; this model has none")
     return roles

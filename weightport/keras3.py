@@ -11,15 +11,15 @@ from __future__ import annotations
 
 import re
 from pathlib import Path
-from typing import Dict, List, NamedTuple, Optional, Tuple, Union
+from typing import Any, Dict, List, NamedTuple, Optional, Tuple, Union
 
 import h5py
 
 from .config import ModelConfig, to_snake_case
 from .errors import WeightportError
 from .hdf5 import checked_tensor, member, members, str_attr
-from .roles import roles_for_class
 from .view import Layer, ModelView, Tensor
+from .wrappers import arrange, owner_at, roles_at, wrapped_class
 
 __all__ = ["is_keras3", "read_keras3", "natural_key", "KNOWN_CLASSES"]
 
@@ -28,7 +28,7 @@ KNOWN_CLASSES = (
     "Dense Conv1D Conv2D Conv3D Conv1DTranspose Conv2DTranspose Conv3DTranspose DepthwiseConv1D "
     "DepthwiseConv2D SeparableConv1D SeparableConv2D BatchNormalization LayerNormalization "
     "GroupNormalization UnitNormalization PReLU Embedding LSTM GRU SimpleRNN Bidirectional "
-    "MultiHeadAttention EinsumDense ConvLSTM1D ConvLSTM2D ConvLSTM3D LocallyConnected1D "
+    "TimeDistributed MultiHeadAttention EinsumDense ConvLSTM1D ConvLSTM2D ConvLSTM3D LocallyConnected1D "
     "LocallyConnected2D Normalization Sequential Functional"
 ).split()
 _CLASS_BY_SNAKE = {to_snake_case(name): name for name in KNOWN_CLASSES}
@@ -106,11 +106,14 @@ def _walk(root: h5py.Group, path: Union[str, Path]) -> List[Tuple[str, _Vars]]:
                 continue
             datasets = {name: value for name, value in members(child, path) if isinstance(value, h5py.Dataset)}
             if datasets:
+                if not isinstance(group.name, str):  # h5py gives the bytes of a name that is not UTF-8
+                    raise WeightportError(path, f"group {group.name[:60]!r} has a name that is not text", "the file is damaged; save the weights again")
                 found.append((group.name.lstrip("/"), _Vars(child, datasets)))
     return found
 
 
-def _tensors(found: _Vars, path: Union[str, Path], class_name: Optional[str], config: Optional[dict]) -> List[Tensor]:
+def _tensors(found: _Vars, path: Union[str, Path], roles_of, relative: str) -> List[Tensor]:
+    """The numbered tensors of one `vars` group, `relative` being where it sits below its layer."""
     vars_group = found.group
     keys = list(found.datasets)
     if not all(k.isdigit() for k in keys):
@@ -120,10 +123,11 @@ def _tensors(found: _Vars, path: Union[str, Path], class_name: Optional[str], co
     if missing:  # Keras numbers a layer's variables 0, 1, ... without gaps
         raise WeightportError(path, f"'{vars_group.name}' holds tensors {', '.join(keys[:6])} but not {', '.join(map(str, missing[:6]))}",
                               "a tensor is missing: the file is damaged; save the weights again")
-    roles = roles_for_class(class_name, len(keys), config)
+    roles = roles_of(relative, len(keys))
     root = vars_group.file
     datasets = [checked_tensor(found.datasets[key], root, path) for key in keys]
-    return [Tensor(key, role, ds.name, ds) for key, ds, role in zip(keys, datasets, roles)]
+    prefix = f"{relative}/" if relative else ""
+    return [Tensor(f"{prefix}vars/{key}" if relative else key, role, ds.name, ds, f"{prefix}vars/{key}") for key, ds, role in zip(keys, datasets, roles)]
 
 
 def _class_from_path(group_path: str) -> Optional[str]:
@@ -131,42 +135,78 @@ def _class_from_path(group_path: str) -> Optional[str]:
     return _CLASS_BY_SNAKE.get(_NUMBERED.sub("", last))
 
 
-def _make_layer(group_path: str, found: _Vars, path: Union[str, Path], class_name: Optional[str],
+def _make_layer(group_path: str, groups: Dict[str, _Vars], path: Union[str, Path], class_name: Optional[str],
                 name: Optional[str], spec_config: Optional[dict] = None, **extra) -> Layer:
+    """One layer from its `vars` groups (`groups`: path below the layer -> vars; "" its own):
+    wrappers and recurrent layers keep their tensors in sub-objects, listed in Keras's order."""
+    relatives, known = arrange(class_name, spec_config, list(groups))
+    own = member(next(iter(groups.values())).group.file, f"/{group_path}/vars", path)  # there even when empty (a wrapper's)
+
+    def roles_of(relative: str, count: int) -> List[Optional[str]]:
+        return roles_at(owner_at(class_name, spec_config, relative), count)
+
     return Layer(
-        name=name or str_attr(found.group, "name", path) or group_path,
+        name=name or (str_attr(own, "name", path) if isinstance(own, h5py.Group) else None) or group_path,
         class_name=class_name,
-        weights=_tensors(found, path, class_name, spec_config),
-        group=found.group.name,
+        weights=[t for relative in relatives for t in _tensors(groups[relative], path, roles_of, relative)],
+        group=groups[""].group.name if relatives == [""] else "/" + group_path,
         config=spec_config,
+        wrapped=wrapped_class(class_name, spec_config),
+        order_known=known,
         **extra,
     )
 
 
-def _in_config_order(found: Dict[str, _Vars], config: ModelConfig, path: Union[str, Path]) -> List[Layer]:
-    layers: List[Layer] = []
-    for spec in config.layers:
-        vars_group = found.pop(spec.k3_path, None)
-        if vars_group is not None:
-            layers.append(_make_layer(spec.k3_path, vars_group, path, spec.class_name, spec.name, spec.config,
-                                      container=spec.container, data_format=spec.data_format, inbound=list(spec.inbound)))
-    if found:
-        raise WeightportError(path, f"the config does not describe this file: no config layer for group(s) {', '.join(sorted(found)[:5])}",
-                              "give the config of the model that wrote these weights")
+def _owner(group_path: str, owners: List[str]) -> Optional[str]:
+    """The longest of `owners` that is `group_path` or holds it."""
+    return max((o for o in owners if group_path == o or group_path.startswith(o + "/")), key=len, default=None)
+
+
+def _by_layer(found: Dict[str, _Vars], owners: List[str]) -> Dict[str, Dict[str, _Vars]]:
+    """Found `vars` groups per layer group: {layer group: {path below it: vars}}."""
+    layers: Dict[str, Dict[str, _Vars]] = {}
+    for group_path, found_vars in found.items():
+        owner = _owner(group_path, owners)
+        if owner is not None:
+            layers.setdefault(owner, {})[group_path[len(owner):].lstrip("/")] = found_vars
     return layers
 
 
+def _in_config_order(found: Dict[str, _Vars], config: ModelConfig, path: Union[str, Path]) -> List[Layer]:
+    owners = [spec.k3_path for spec in config.layers]
+    owned = _by_layer(found, owners)
+    unowned = sorted(p for p in found if _owner(p, owners) is None)
+    if unowned:
+        raise WeightportError(path, f"the config does not describe this file: no config layer for group(s) {', '.join(unowned[:5])}",
+                              "give the config of the model that wrote these weights")
+    layers: List[Layer] = []
+    for spec in config.layers:
+        groups = owned.get(spec.k3_path)
+        if groups is not None:
+            layers.append(_make_layer(spec.k3_path, groups, path, spec.class_name, spec.name, spec.config,
+                                      container=spec.container, data_format=spec.data_format, inbound=list(spec.inbound)))
+    return layers
+
+
+def _layer_group(group_path: str) -> str:
+    """Without a config, a layer's group is the deepest `layers/<name>` on the path; anything
+    below it is a sub-object of that layer (`layers/bidirectional/forward_layer/cell`)."""
+    parts = group_path.split("/")
+    starts = [i for i in range(1, len(parts)) if parts[i - 1] == "layers"]
+    return "/".join(parts[: starts[-1] + 1]) if starts else group_path
+
+
 def _in_file_order(found: Dict[str, _Vars], path: Union[str, Path]) -> Tuple[List[Layer], str, str]:
-    addresses = {p: _written_at(g) for p, g in found.items()}
+    layers = _by_layer(found, sorted({_layer_group(p) for p in found}))
+    addresses = {p: _written_at(groups) for p, groups in layers.items()}
     if all(a is not None for a in addresses.values()):
-        ordered, order, note = _merge_by_address(found, addresses), "write-order", _ORDER_NOTE
+        ordered, order, note = _merge_by_address(layers, addresses), "write-order", _ORDER_NOTE
     else:
-        ordered, order, note = sorted(found, key=natural_key), "path", _ORDER_NOTE_NO_OFFSET
-    layers = [_make_layer(p, found[p], path, _class_from_path(p), None) for p in ordered]
-    return layers, order, note
+        ordered, order, note = sorted(layers, key=natural_key), "path", _ORDER_NOTE_NO_OFFSET
+    return [_make_layer(p, layers[p], path, _class_from_path(p), None) for p in ordered], order, note
 
 
-def _merge_by_address(found: Dict[str, _Vars], addresses: Dict[str, int]) -> List[str]:
+def _merge_by_address(found: Dict[str, Any], addresses: Dict[str, int]) -> List[str]:
     """Within one class of one container the numbering (`conv2d`, `conv2d_1` ...) is Keras's own
     order; only the classes are interleaved, by when each layer's tensors were written."""
     runs: Dict[str, List[str]] = {}
@@ -181,11 +221,11 @@ def _merge_by_address(found: Dict[str, _Vars], addresses: Dict[str, int]) -> Lis
     return ordered
 
 
-def _written_at(found: _Vars) -> Optional[int]:
+def _written_at(groups: Dict[str, _Vars]) -> Optional[int]:
     """The address of the layer's first dataset header: headers are laid down in creation order
     (unlike raw data, which HDF5 may place out of order in its small-data block)."""
     try:
-        addresses = [h5py.h5o.get_info(ds.id).addr for ds in found.datasets.values()]
+        addresses = [h5py.h5o.get_info(ds.id).addr for found in groups.values() for ds in found.datasets.values()]
     except (AttributeError, RuntimeError):
         return None
     return min(addresses) if addresses else None

@@ -14,11 +14,12 @@ from typing import Dict, List, Optional, Tuple, Union
 
 import h5py
 
-from .config import ModelConfig, parse_model_config
+from .config import ConfigLayer, ModelConfig, parse_model_config
 from .errors import WeightportError
 from .hdf5 import checked_tensor, has_attr, member, str_attr, str_list_attr
 from .roles import role_from_name
 from .view import Layer, ModelView, Tensor
+from .wrappers import var_paths, wrapped_class
 
 __all__ = ["is_legacy", "read_legacy"]
 
@@ -94,7 +95,14 @@ def _is_nested(name: str, weight_names: List[str], config: Optional[ModelConfig]
     if config is not None:
         layer = config.get(name)
         return layer is None and any(l.container == name for l in config.layers)
-    return len({parts[0] for parts in (_layer_parts(name, w) for w in weight_names) if parts}) > 1
+    firsts = {parts[0] for parts in (_layer_parts(name, w) for w in weight_names) if parts}
+    return len(firsts) > 1 and not _bidirectional(firsts)
+
+
+def _bidirectional(firsts: set) -> bool:
+    """Bidirectional names its two layers `forward_<name>` and `backward_<name>`: one layer whose
+    weights sit in two sub-objects, not a nested model with two layers."""
+    return len(firsts) == 2 and {part.split("_", 1)[0] for part in firsts} == {"forward", "backward"}
 
 
 def _layer_parts(container: str, weight_name: str) -> List[str]:
@@ -118,7 +126,9 @@ def _inner_name(container: str, weight_name: str, config: Optional[ModelConfig])
 
 def _layer(name: str, items: List[Tuple[str, h5py.Dataset]], entry: h5py.Group, container: Optional[str], config: Optional[ModelConfig]) -> Layer:
     spec = config.get(name) if config else None
-    weights = [Tensor(stored, role_from_name(stored, name), ds.name, ds) for stored, ds in items]
+    roles = [role_from_name(stored, name) for stored, _ in items]
+    k3_vars = _k3_vars(name, [stored for stored, _ in items], roles, spec)
+    weights = [Tensor(stored, role, ds.name, ds, k3_var) for (stored, ds), role, k3_var in zip(items, roles, k3_vars)]
     return Layer(
         name=name,
         class_name=spec.class_name if spec else None,
@@ -128,4 +138,22 @@ def _layer(name: str, items: List[Tuple[str, h5py.Dataset]], entry: h5py.Group, 
         data_format=spec.data_format if spec else None,
         inbound=list(spec.inbound) if spec else [],
         config=spec.config if spec else None,
+        wrapped=wrapped_class(spec.class_name, spec.config) if spec else None,
     )
+
+
+def _k3_vars(name: str, stored: List[str], roles: List[str], spec: Optional[ConfigLayer]) -> List[Optional[str]]:
+    """Where Keras 3 would keep each tensor below the layer's group: from the class's structure
+    (a wrapper's `forward_layer/cell/vars/0` ...), else `vars/<i>` when the names show no sub-object."""
+    paths = var_paths(spec.class_name, spec.config, list(roles)) if spec else None
+    if paths is None and not any(_in_sub_object(name, weight) for weight in stored):
+        paths = [f"vars/{i}" for i in range(len(stored))]
+    return list(paths) if paths is not None else [None] * len(stored)
+
+
+def _in_sub_object(layer: str, weight_name: str) -> bool:
+    """`bidirectional/forward_lstm/lstm_cell/kernel:0` sits in a sub-object of `bidirectional`;
+    `dense/kernel:0`, `backbone/bb_conv1/kernel` (of bb_conv1) and Keras 1 `dense_1_W` do not."""
+    parts = weight_name.split("/")
+    below = parts[parts.index(layer) + 1:] if layer in parts[:-1] else parts[1:]
+    return len(below) > 1

@@ -25,6 +25,7 @@ from .roles import guess_class
 from .rules import RULES, canonical_order
 from .target import Target, TargetLayer, TargetTensor
 from .view import Layer, ModelView, Tensor
+from .wrappers import pairing_class
 
 __all__ = ["PlanOptions", "Step", "AlignRow", "Plan", "make_plan", "refuse_lossy_casts"]
 
@@ -199,8 +200,12 @@ def _known(file: str, name: str, layers: Dict[str, Any], what: str) -> None:
         raise WeightportError(file, f"{what} '{name}' is not a weighted layer of this file", f"choose one of: {', '.join(list(layers)[:12])}")
 
 
+def _source_class(layer: Layer) -> Optional[str]:
+    return pairing_class(layer_class(layer), layer.wrapped)
+
+
 def _target_class(layer: TargetLayer) -> Optional[str]:
-    return layer.class_name or guess_class([w.role for w in layer.weights], [w.shape for w in layer.weights])
+    return pairing_class(layer.class_name or guess_class([w.role for w in layer.weights], [w.shape for w in layer.weights]), layer.wrapped)
 
 
 def _compatible(src: Optional[str], tgt: Optional[str]) -> bool:
@@ -211,7 +216,7 @@ def _compatible(src: Optional[str], tgt: Optional[str]) -> bool:
 
 
 def _positional(source: ModelView, target: Target, src: List[Layer], tgt: List[TargetLayer]) -> Dict[str, Layer]:
-    classes = [(layer_class(s), _target_class(t)) for s, t in zip(src, tgt)]
+    classes = [(_source_class(s), _target_class(t)) for s, t in zip(src, tgt)]
     if len(src) != len(tgt) or not all(_compatible(a, b) for a, b in classes):
         raise _mismatch(source, target, src, tgt, f"{len(src)} weighted layers in the source, {len(tgt)} in the target")
     return {t.name: s for s, t in zip(src, tgt, strict=True)}
@@ -222,14 +227,14 @@ def _classwise(source: ModelView, target: Target, src: List[Layer], tgt: List[Ta
     numbering in order); the source's Dense layers take the target's convolutions left over."""
     pools: Dict[Optional[str], Deque[Layer]] = defaultdict(deque)
     for layer in src:
-        pools[layer_class(layer)].append(layer)
+        pools[_source_class(layer)].append(layer)
     match: Dict[str, Layer] = {}
     for layer in tgt:
         cls = _target_class(layer)
-        pool = pools[cls] if pools[cls] else _stand_in(pools, cls)
-        if not pool:
+        taken = _take(pools, layer, cls)
+        if taken is None:
             raise _mismatch(source, target, src, tgt, f"target layer '{layer.name}' ({cls}) has no source layer of its class left")
-        match[layer.name] = pool.popleft()
+        match[layer.name] = taken
     left = [l.name for pool in pools.values() for l in pool]
     if left:
         raise _mismatch(source, target, src, tgt, f"source layer(s) {', '.join(left[:5])} have no target layer")
@@ -241,7 +246,7 @@ def _aligned(source: ModelView, target: Target, src: List[Layer], tgt: List[Targ
     """`--align`: the one order-preserving alignment pairing the most layers, where a pair is
     allowed only when a rule makes every tensor of it exact (shapes, roles, the head's window)."""
     def allowed(i: int, j: int) -> bool:
-        if len(src[i].weights) != len(tgt[j].weights) or not _compatible(layer_class(src[i]), _target_class(tgt[j])):
+        if len(src[i].weights) != len(tgt[j].weights) or not _compatible(_source_class(src[i]), _target_class(tgt[j])):
             return False
         try:
             _layer_steps(source, src[i], tgt[j], head.get(src[i].name), options)
@@ -259,6 +264,24 @@ def _aligned(source: ModelView, target: Target, src: List[Layer], tgt: List[Targ
     return {tgt[j].name: src[i] for i, j in pairs}
 
 
+def _take(pools: Dict[Optional[str], Deque[Layer]], layer: TargetLayer, cls: Optional[str]) -> Optional[Layer]:
+    """The next source layer for a target layer of class `cls`: of its class, or its stand-in;
+    else, where one side's file does not say what a wrapper holds, the next wrapper of the same
+    class (TimeDistributed(Dense) otherwise pools with the Dense layers); else, for a target
+    layer whose file names no class, the next with the same tensor shapes."""
+    pool = pools[cls] if pools[cls] else _stand_in(pools, cls)
+    if pool:
+        return pool.popleft()
+    shapes = [tuple(w.shape) for w in layer.weights]
+    for pool in pools.values():
+        found = next((c for c in pool if (c.class_name == layer.class_name is not None and None in (c.wrapped, layer.wrapped))
+                      or (layer.class_name is None and [t.shape for t in c.weights] == shapes)), None)
+        if found is not None:
+            pool.remove(found)
+            return found
+    return None
+
+
 def _stand_in(pools: Dict[Optional[str], Deque[Layer]], cls: Optional[str]) -> Deque[Layer]:
     """A Dense and a convolution stand in for each other (dense-to-conv, conv-to-dense): a
     target convolution takes the source's next Dense, a target Dense the next convolution left."""
@@ -270,7 +293,7 @@ def _stand_in(pools: Dict[Optional[str], Deque[Layer]], cls: Optional[str]) -> D
 
 
 def _describe(layer: Any) -> str:
-    cls = layer_class(layer) if isinstance(layer, Layer) else _target_class(layer)
+    cls = _source_class(layer) if isinstance(layer, Layer) else _target_class(layer)
     shapes = " ".join("x".join(map(str, w.shape)) for w in layer.weights)
     return f"{layer.name} ({cls or '?'}) {shapes}"
 
@@ -285,7 +308,7 @@ def _mismatch(source: ModelView, target: Target, src: List[Layer], tgt: List[Tar
     for i in range(max(len(left), len(right))):
         a = src[i] if i < len(src) else None
         b = tgt[i] if i < len(tgt) else None
-        bad = not diverged and (a is None or b is None or not _compatible(layer_class(a), _target_class(b)))
+        bad = not diverged and (a is None or b is None or not _compatible(_source_class(a), _target_class(b)))
         diverged = diverged or bad
         mark = ">>" if bad else "  "
         rows.append(f"{mark} {left[i] if a else '(none)':<{width}}  {right[i] if b else '(none)'}")
@@ -299,9 +322,23 @@ def _layer_steps(source: ModelView, src: Layer, tgt: TargetLayer, role: Optional
     if len(src.weights) != len(tgt.weights):
         raise WeightportError(source.path, f"layer pair {src.name} -> {tgt.name}: {len(src.weights)} tensors in the source, {len(tgt.weights)} in the target",
                               "pair the layers differently with --map, or --skip the target layer")
+    _check_sub_objects(source, src, tgt)
     spec = options.units.get(src.name)
     return [_step(source.path, src, t, tgt, i, _chosen(source.path, src, t, tt, role, options, spec))
             for i, (t, tt) in enumerate(zip(src.weights, tgt.weights, strict=True))]
+
+
+def _check_sub_objects(source: ModelView, src: Layer, tgt: TargetLayer) -> None:
+    """A layer whose tensors sit in sub-objects weightport does not know (a custom layer holding
+    sublayers) has no known tensor order; its tensors pair only where both sides name the same
+    Keras 3 places for them, never by an assumed position."""
+    if src.order_known and tgt.order_known:
+        return
+    if [t.k3_var for t in src.weights] != [t.k3_var for t in tgt.weights] or None in (t.k3_var for t in src.weights):
+        where = sorted({t.k3_var.rsplit("/vars/", 1)[0] for t in src.weights if t.k3_var and "/vars/" in t.k3_var})
+        raise WeightportError(source.path, f"layer pair {src.name} -> {tgt.name} ({src.display_class or tgt.class_name or 'class unknown'}): its tensors sit in "
+                                           f"sub-objects{' (' + ', '.join(where[:4]) + ')' if where else ''} whose order weightport cannot establish across these files",
+                              "convert between files of the same layout (both Keras 3 .weights.h5/.keras), or --skip the target layer")
 
 
 _WITH_UNITS = {"Dense", "Conv1D", "Conv2D", "Conv3D"}  # layers whose tensors all end in the output units
@@ -332,7 +369,7 @@ def _step(file: str, src: Layer, tensor: Tensor, tgt: TargetLayer, index: int, r
     wanted = tgt.weights[index]
     return Step(
         source_file=file, source_layer=src.name, source_path=tensor.path, target_layer=tgt.name,
-        target_name=wanted.legacy_name, target_keras3=f"{tgt.k3_path}/vars/{index}" if tgt.k3_path else None,
+        target_name=wanted.legacy_name, target_keras3=f"{tgt.k3_path}/{wanted.k3_var}" if tgt.k3_path and wanted.k3_var else None,
         role=wanted.role or tensor.role, source_shape=list(tensor.shape), target_shape=list(wanted.shape),
         rule=rule[0], params=rule[1], source_dtype=str(tensor.dtype), target_dtype=wanted.dtype,
     )

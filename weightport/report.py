@@ -25,6 +25,8 @@ def _shape(shape) -> str:
 
 def _tensor_label(tensor: Tensor) -> str:
     label = tensor.name.rsplit("/", 1)[-1]
+    if tensor.k3_var and not tensor.k3_var.startswith("vars/"):  # a wrapper's: say which sub-object holds it
+        label = f"{tensor.k3_var.split('/', 1)[0]} {label}"
     if tensor.role and tensor.role not in label:
         label += f" ({tensor.role})"
     return f"{label} {_shape(tensor.shape)} {tensor.dtype}"
@@ -50,7 +52,7 @@ def _text(lines: List[str]) -> str:
 def _rows(layer: Layer, index: int) -> List[List[str]]:
     fed = " > ".join(layer.fed_by)
     labels = [_tensor_label(t) for t in layer.weights]
-    first = [str(index), _clip(layer.name), layer.class_name or "?", fed, labels[0], f"{layer.params:,}"]
+    first = [str(index), _clip(layer.name), layer.display_class or "?", fed, labels[0], f"{layer.params:,}"]
     return [first] + [["", "", "", "", label, ""] for label in labels[1:]]
 
 

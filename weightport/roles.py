@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from typing import Any, Dict, List, Optional
 
-__all__ = ["role_from_name", "roles_for_class", "guess_class"]
+__all__ = ["role_from_name", "class_roles", "roles_for_class", "guess_class"]
 
 # Keras 1 suffixes (`dense_1_W`) and old spellings -> today's variable names.
 _KERAS1_ROLES = {
@@ -46,18 +46,26 @@ def role_from_name(stored: str, layer_name: str) -> str:
     return _KERAS1_ROLES.get(last, last)
 
 
-def roles_for_class(class_name: Optional[str], count: int, config: Optional[Dict[str, Any]] = None) -> List[Optional[str]]:
-    """Roles of a Keras 3 layer's numbered variables, or None where they cannot be known."""
+def class_roles(class_name: Optional[str], config: Optional[Dict[str, Any]] = None) -> Optional[List[str]]:
+    """The variables a layer of `class_name` holds, in Keras's order, as its config sets them
+    (the bias as `use_bias` says); None for a class this table does not know."""
     config = config or {}
     if class_name in _NORMALIZATION:
         affine = (["gamma"] if config.get("scale", True) else []) + (["beta"] if config.get("center", True) else [])
-        roles: List[Optional[str]] = list(affine + _NORMALIZATION[class_name])
-    elif class_name in _CLASS_ROLES:
+        return affine + _NORMALIZATION[class_name]
+    if class_name in _CLASS_ROLES:
         roles = list(_CLASS_ROLES[class_name])
-        if count == len(roles) - 1 and roles[-1] == "bias":
-            roles = roles[:-1]
-    else:
+        return roles[:-1] if roles[-1] == "bias" and not config.get("use_bias", True) else roles
+    return None
+
+
+def roles_for_class(class_name: Optional[str], count: int, config: Optional[Dict[str, Any]] = None) -> List[Optional[str]]:
+    """Roles of a Keras 3 layer's numbered variables, or None where they cannot be known."""
+    roles: Optional[List[Optional[str]]] = class_roles(class_name, config)
+    if roles is None:
         return [None] * count
+    if class_name in _CLASS_ROLES and count == len(_CLASS_ROLES[class_name]) - 1 and _CLASS_ROLES[class_name][-1] == "bias":
+        roles = list(_CLASS_ROLES[class_name][:-1])  # the count says the bias is absent
     return roles if len(roles) == count else [None] * count
 
 

@@ -24,6 +24,7 @@ class TargetTensor:
     role: Optional[str]
     shape: Tuple[int, ...]
     dtype: str
+    k3_var: Optional[str] = None  # below the layer's Keras 3 group (`vars/1`, `forward_layer/cell/vars/0`); None: unknown
 
     def to_dict(self) -> Dict[str, Any]:
         return {"name": self.legacy_name, "role": self.role, "shape": list(self.shape), "dtype": self.dtype}
@@ -38,6 +39,8 @@ class TargetLayer:
     weights: List[TargetTensor]
     container: Optional[str] = None  # nested model (top-level entry of the legacy layout)
     k3_path: Optional[str] = None  # `layers/conv2d_13` (Keras 3 layout), None if unknown
+    wrapped: Optional[str] = None  # what a wrapper holds (`Dense` in TimeDistributed(Dense))
+    order_known: bool = True  # False: its tensors sit in sub-objects whose order weightport assumed
 
     @property
     def entry(self) -> str:
@@ -55,11 +58,13 @@ class Target:
     backend: Optional[str] = None
 
 
-def legacy_weight_name(layer: str, role: Optional[str], index: int, stored: Optional[str] = None) -> str:
-    """A legacy weight name: keep a stored legacy one, else `layer/role:0` like tf_keras."""
-    if stored and "/" in stored:
+def legacy_weight_name(layer: str, role: Optional[str], index: int, stored: Optional[str] = None, k3_var: Optional[str] = None) -> str:
+    """A legacy weight name: keep a stored legacy one, else `layer/role:0` like tf_keras, with the
+    sub-object a wrapper keeps it in (`bidirectional/forward_layer/cell/kernel:0`)."""
+    if stored and "/" in stored and stored != k3_var:
         return stored
-    return f"{layer}/{role or index}:0"
+    sub, _, number = k3_var.rpartition("vars/") if k3_var else ("", "", str(index))
+    return f"{layer}/{sub}{role or number}:0"
 
 
 def assign_k3_paths(layers: List[TargetLayer], prefixes: List[Optional[str]]) -> None:
@@ -78,8 +83,9 @@ def assign_k3_paths(layers: List[TargetLayer], prefixes: List[Optional[str]]) ->
 def k3_path_of(layer: Layer, view: ModelView) -> Optional[str]:
     """The Keras 3 group of a layer read from a file: its own group in a Keras 3 file, what
     its config entry gives in a legacy file, None when neither says."""
-    if layer.group.endswith("/vars"):
-        return layer.group.strip("/")[: -len("/vars")]
+    if view.layout != "legacy-h5":  # a Keras 3 group: `/layers/dense/vars`, or a wrapper's `/layers/bidirectional`
+        group = layer.group.strip("/")
+        return group[: -len("/vars")] if group.endswith("/vars") else group
     spec = view.config.get(layer.name) if view.config else None
     return spec.k3_path if spec else None
 
@@ -89,8 +95,8 @@ def target_from_view(view: ModelView) -> Target:
     layers = []
     for layer in view.layers:
         weights = [
-            TargetTensor(legacy_weight_name(layer.name, t.role, i, t.name), t.role, t.shape, str(t.dtype))
+            TargetTensor(legacy_weight_name(layer.name, t.role, i, t.name, t.k3_var), t.role, t.shape, str(t.dtype), t.k3_var)
             for i, t in enumerate(layer.weights)
         ]
-        layers.append(TargetLayer(layer.name, layer.class_name, weights, layer.container, k3_path_of(layer, view)))
+        layers.append(TargetLayer(layer.name, layer.class_name, weights, layer.container, k3_path_of(layer, view), layer.wrapped, layer.order_known))
     return Target(label=view.path, layers=layers, keras_version=view.keras_version, backend=view.backend)

@@ -28,9 +28,10 @@ def derive_twin(view: ModelView, head: Dict[str, HeadRole], skips: Optional[List
             continue
         role = head.get(layer.name)
         cls = _twin_class(layer, role)
-        weights = [TargetTensor(legacy_weight_name(layer.name, t.role, i), t.role, _twin_shape(layer, t, role), str(t.dtype))
+        weights = [TargetTensor(legacy_weight_name(layer.name, t.role, i, t.name if t.k3_var is None else None, t.k3_var), t.role,
+                                _twin_shape(layer, t, role), str(t.dtype), t.k3_var)
                    for i, t in enumerate(layer.weights)]
-        layers.append(TargetLayer(layer.name, cls, weights, layer.container))
+        layers.append(TargetLayer(layer.name, cls, weights, layer.container, wrapped=layer.wrapped, order_known=layer.order_known))
         prefixes.append(_k3_prefix(layer, view))
     assign_k3_paths(layers, prefixes)
     return Target(label=TWIN_LABEL, layers=layers, keras_version=view.keras_version, backend=view.backend)

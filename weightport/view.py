@@ -29,6 +29,7 @@ class Tensor:
     role: Optional[str]  # what it is for the layer (`kernel`, `bias`, `gamma` ...), None if unknown
     path: str  # absolute HDF5 path of the dataset inside its file
     dataset: h5py.Dataset = field(repr=False)
+    k3_var: Optional[str] = None  # where Keras 3 keeps it below its layer's group (`vars/0`, `forward_layer/cell/vars/0`); None: unknown
     # asked of every tensor many times over (pairing, planning, checks): read from HDF5 once
     shape: Tuple[int, ...] = field(init=False)
     dtype: np.dtype = field(init=False)
@@ -67,6 +68,13 @@ class Layer:
     inbound: List[str] = field(default_factory=list)  # names of the layers that feed it
     fed_by: List[str] = field(default_factory=list)  # weightless classes between it and its producer
     config: Optional[Dict[str, Any]] = field(default=None, repr=False)
+    wrapped: Optional[str] = None  # what a wrapper holds: `LSTM` in Bidirectional(LSTM)
+    order_known: bool = True  # False: tensors kept in sub-objects weightport does not know, in an assumed order
+
+    @property
+    def display_class(self) -> Optional[str]:
+        """`Bidirectional(LSTM)` for a wrapper, else the class."""
+        return f"{self.class_name}({self.wrapped})" if self.class_name and self.wrapped else self.class_name
 
     @property
     def params(self) -> int:
@@ -76,6 +84,7 @@ class Layer:
         return {
             "name": self.name,
             "class": self.class_name,
+            "wrapped": self.wrapped,
             "weights": [t.to_dict() for t in self.weights],
             "params": self.params,
             "group": self.group,
