@@ -95,6 +95,8 @@ def _walk(root: h5py.Group, path: Union[str, Path]) -> List[Tuple[str, _Vars]]:
     while pending:
         group = pending.pop()
         for key in group:
+            if not isinstance(key, str):  # h5py gives the bytes of a name that is not UTF-8
+                raise WeightportError(path, f"a group in {group.name!r:.60} has a name that is not text ({key[:40]!r})", "the file is damaged; save the weights again")
             if group.name == "/" and key in _ROOT_SKIP:
                 continue
             child = member(group, key, path)
@@ -106,8 +108,6 @@ def _walk(root: h5py.Group, path: Union[str, Path]) -> List[Tuple[str, _Vars]]:
                 continue
             datasets = {name: value for name, value in members(child, path) if isinstance(value, h5py.Dataset)}
             if datasets:
-                if not isinstance(group.name, str):  # h5py gives the bytes of a name that is not UTF-8
-                    raise WeightportError(path, f"group {group.name[:60]!r} has a name that is not text", "the file is damaged; save the weights again")
                 found.append((group.name.lstrip("/"), _Vars(child, datasets)))
     return found
 
