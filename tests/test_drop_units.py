@@ -136,3 +136,15 @@ def test_weights_only_hint_names_the_global_pooling_case(tmp_path: Path) -> None
     result = run_cli("plan", str(FIXTURES / "gap__k3.weights.h5"))
     assert result.returncode == 2 and "global-pooling head --flatten 1,1,C" in result.stderr
     assert run_cli("plan", str(FIXTURES / "gap__k3.weights.h5"), "--flatten", "1,1,4").returncode == 0
+
+
+@pytest.mark.parametrize("options, problem", [
+    ({"drops": "dense_1"}, "drops takes a list of layer names, not 'dense_1'"),
+    ({"skips": [3]}, "skips takes a list of layer names"),
+    ({"units": [("dense_1", "1:4")]}, "units takes a dict keyed by source layer names"),
+    ({"align": "yes"}, "align is 'yes', not True or False"),
+])
+def test_api_options_are_checked_where_the_cli_checks_them(options: dict, problem: str, tmp_path: Path) -> None:
+    """A lone string would be taken letter by letter: refused, as WeightportError, before any file is read."""
+    with pytest.raises(weightport.WeightportError, match=problem.replace("(", r"\(").replace(")", r"\)")):
+        weightport.plan(tmp_path / "never-read.h5", **options)

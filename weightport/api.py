@@ -79,7 +79,7 @@ def _derived_only(options: PlanOptions, target: Optional[PathLike]) -> None:
 
 def _options(source_order: Optional[str], flip_kernels: bool, maps: Optional[Dict[str, str]], skips: Optional[List[str]],
              drops: Optional[List[str]], units: Optional[Dict[str, Any]], align: bool, score_map: bool) -> PlanOptions:
-    return PlanOptions(source_order, flip_kernels, dict(maps or {}), list(skips or []), list(drops or []), dict(units or {}), align, score_map)
+    return PlanOptions(source_order, flip_kernels, maps, skips, drops, units, align, score_map)  # checked there
 
 
 def plan(source: PathLike, target: Optional[PathLike] = None, *, config: Optional[PathLike] = None,

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 from collections import defaultdict, deque
 from dataclasses import asdict, dataclass, field
-from typing import Any, Deque, Dict, List, Optional, Tuple
+from typing import Any, Deque, Dict, List, Mapping, Optional, Sequence, Tuple
 
 import numpy as np
 
@@ -47,7 +47,30 @@ class PlanOptions:
 
     def __post_init__(self) -> None:
         """Checked here, once, whether the options come from the API or the command line."""
-        self.units = {layer: _unit_spec(layer, spec) for layer, spec in self.units.items()}
+        self.maps = _mapping("maps", self.maps)
+        self.skips, self.drops = _names("skips", self.skips), _names("drops", self.drops)
+        self.units = {layer: _unit_spec(layer, spec) for layer, spec in _mapping("units", self.units).items()}
+        for flag in ("flip_kernels", "align", "score_map"):
+            if not isinstance(getattr(self, flag), bool):
+                raise WeightportError(None, f"{flag} is {getattr(self, flag)!r}, not True or False", f"give {flag}=True or leave it out")
+
+
+def _names(what: str, value: Optional[Sequence[str]]) -> List[str]:
+    """Layer names: a list (a lone string would be taken letter by letter)."""
+    if value is None:
+        return []
+    if isinstance(value, (str, bytes)) or not all(isinstance(name, str) for name in value):
+        raise WeightportError(None, f"{what} takes a list of layer names, not {value!r}", f"e.g. {what}=['predictions']")
+    return list(value)
+
+
+def _mapping(what: str, value: Optional[Mapping[str, Any]]) -> Dict[str, Any]:
+    if value is None:
+        return {}
+    if not isinstance(value, Mapping) or not all(isinstance(name, str) for name in value):
+        raise WeightportError(None, f"{what} takes a dict keyed by source layer names, not {value!r}",
+                              f"e.g. {what}={{'predictions': {'1:1001' if what == 'units' else repr('score')}}}")
+    return dict(value)
 
 
 def _unit_spec(layer: str, spec: units.Spec) -> str:
