@@ -267,6 +267,31 @@ def test_a_special_file_is_refused_for_every_input(kind: str, role: str, tmp_pat
     assert_refused(*args, cwd=tmp_path, names=special, says=kind_said, out=out)
 
 
+_SWAP = """
+import os, sys
+import weightport.readers as readers
+checked = readers.by_descriptor
+def swapped(path, fd):  # the name is given to a FIFO after the file was checked, before it is opened
+    os.replace(path, str(path) + ".moved")
+    os.mkfifo(path)
+    return checked(path, fd)
+readers.by_descriptor = swapped
+with readers.read(sys.argv[1]) as view:
+    print(len(view.layers))
+"""
+
+
+@pytest.mark.parametrize("name", ["seq__k3.keras", "seq__tfk_weights.h5"])
+def test_a_fifo_swapped_in_after_the_check_is_never_opened(name: str, tmp_path: Path) -> None:
+    """Every open after the check goes through the checked descriptor: a FIFO given the file's
+    name in between is never opened (HDF5 or zipfile opening it by name would block for ever)."""
+    path = _copy(name, tmp_path)
+    command = cli_command()
+    result = subprocess.run([command["args"][0], "-c", _SWAP, str(path)], env=command["env"], capture_output=True, text=True, timeout=HANG_SECONDS)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.strip() == "3" and path.is_fifo()  # the file that was checked, read whole
+
+
 # --- graphs: cycles and depth -----------------------------------------------------------------
 
 def _functional(folder: Path, name: str, edit: Callable[[List[dict]], None]) -> Path:

@@ -10,6 +10,7 @@ from __future__ import annotations
 import contextlib
 import io
 import json
+import os
 import shutil
 import tempfile
 import zipfile
@@ -20,7 +21,7 @@ from typing import IO, Optional, Union
 from . import digests
 from .config import ModelConfig, parse_model_config
 from .errors import WeightportError
-from .hdf5 import check_readable, damaged_hdf5, open_h5
+from .hdf5 import damaged_hdf5, open_h5
 from .keras3 import read_keras3
 from .view import ModelView
 
@@ -80,11 +81,11 @@ def is_archive(path: Union[str, Path]) -> bool:
         return fh.read(4) == b"PK\x03\x04"
 
 
-def read_archive(path: Union[str, Path], config: Optional[ModelConfig] = None) -> ModelView:
-    """Build the view of a `.keras` archive; the archive's own config gives the layer order."""
-    check_readable(path)
+def read_archive(path: Union[str, Path], config: Optional[ModelConfig], name: str) -> ModelView:
+    """Build the view of a `.keras` archive; the archive's own config gives the layer order.
+    `name` opens the archive `path` was checked as (`inputs.by_descriptor`)."""
     try:
-        archive = zipfile.ZipFile(str(path))
+        archive = zipfile.ZipFile(name)
     except (zipfile.BadZipFile, OSError, EOFError, ValueError) as exc:
         raise WeightportError(path, f"damaged zip archive ({exc})", _HINT) from None
     with contextlib.ExitStack() as opened:  # closed here if reading fails, else by the view
@@ -95,9 +96,9 @@ def read_archive(path: Union[str, Path], config: Optional[ModelConfig] = None) -
         if config is None and CONFIG_MEMBER in names:
             config = parse_model_config(_read_json_bytes(archive, CONFIG_MEMBER, path), source=f"{path} ({CONFIG_MEMBER})")
         version = _keras_version(archive, path) if METADATA_MEMBER in names else None
-        fileobj = _open_weights(archive, path)
+        fileobj = _open_weights(archive, path, name)
         opened.callback(fileobj.close)
-        f = open_h5(f"{path} ({WEIGHTS_MEMBER})", fileobj=fileobj)
+        f = open_h5(f"{path} ({WEIGHTS_MEMBER})", fileobj)
         opened.callback(f.close)
         with damaged_hdf5(path):
             view = read_keras3(f, path, config, layout="keras-archive", keras_version=version)
@@ -114,7 +115,7 @@ def _member(archive: zipfile.ZipFile, member: str, path: Union[str, Path]) -> zi
         raise WeightportError(path, f"archive member {member} is encrypted", _HINT)
     if info.compress_type not in _METHODS:
         raise WeightportError(path, f"archive member {member} uses unknown compression method {info.compress_type}", _HINT)
-    if info.header_offset + info.compress_size > Path(path).stat().st_size:
+    if info.header_offset + info.compress_size > os.fstat(archive.fp.fileno()).st_size:
         raise WeightportError(path, f"archive member {member} extends past the end of the archive (truncated file)", _HINT)
     if info.compress_type != zipfile.ZIP_STORED and info.file_size > MAX_RATIO * info.compress_size + (1 << 20):
         raise WeightportError(path, f"archive member {member} would inflate {info.compress_size:,} bytes to {info.file_size:,} (a zip bomb?)", _HINT)
@@ -144,19 +145,19 @@ def _keras_version(archive: zipfile.ZipFile, path: Union[str, Path]) -> Optional
     return version if isinstance(version, str) and "\x00" not in version else None
 
 
-def _open_weights(archive: zipfile.ZipFile, path: Union[str, Path]) -> IO[bytes]:
+def _open_weights(archive: zipfile.ZipFile, path: Union[str, Path], name: str) -> IO[bytes]:
     """The weights member as a seekable file: in place when stored, else inflated first."""
     info = _member(archive, WEIGHTS_MEMBER, path)
     if info.compress_type != zipfile.ZIP_STORED:
         return _inflate(archive, info, path)
-    raw = open(path, "rb")
+    raw = open(name, "rb")
     raw.seek(info.header_offset)
     header = raw.read(30)
     if len(header) < 30 or header[:4] != b"PK\x03\x04":
         raw.close()
         raise WeightportError(path, f"damaged zip entry for {WEIGHTS_MEMBER}", _HINT)
     start = info.header_offset + 30 + int.from_bytes(header[26:28], "little") + int.from_bytes(header[28:30], "little")
-    if start + info.file_size > Path(path).stat().st_size:
+    if start + info.file_size > os.fstat(raw.fileno()).st_size:
         raw.close()
         raise WeightportError(path, f"{WEIGHTS_MEMBER} extends past the end of the archive (truncated file)", _HINT)
     return _Window(raw, start, info.file_size)

@@ -18,9 +18,9 @@ import h5py
 import numpy as np
 
 from .errors import WeightportError
-from .inputs import open_regular
+from .inputs import by_descriptor
 
-__all__ = ["open_h5", "check_readable", "member", "members", "str_list_attr", "str_attr", "has_attr", "damaged_hdf5", "checked_tensor", "read_rows"]
+__all__ = ["open_h5", "member", "members", "str_list_attr", "str_attr", "has_attr", "damaged_hdf5", "checked_tensor", "read_rows"]
 
 _HDF5_SIGNATURE = b"\x89HDF\r\n\x1a\n"
 _HINT_DAMAGED = "the file may be truncated or damaged; save or download it again"
@@ -32,32 +32,35 @@ MAX_COMPRESSION = 1000
 _NUMERIC = ("f", "i", "u")  # float, int, uint: what a Keras variable can hold
 
 
-def check_readable(path: Union[str, Path]) -> None:
-    """Refuse a missing path, a directory, a special file or an empty file with a message saying which."""
-    fd = open_regular(path)
-    try:
-        empty = os.fstat(fd).st_size == 0
-    finally:
-        os.close(fd)
-    if empty:
-        raise WeightportError(path, "empty file (0 bytes)", "the file was not written completely; save the weights again")
+def open_h5(path: Union[str, Path], source: Union[int, IO[bytes]]) -> h5py.File:
+    """Open an HDF5 file read-only, or explain in one line why it is not one. `source` is the
+    descriptor `path` was checked on (`inputs.open_input`), through which HDF5 opens the very file
+    that was checked, or a file object already open (an archive's member)."""
+    if not isinstance(source, int):
+        return _h5_file(path, source)
+    if not _hdf5_signature(source):
+        raise WeightportError(path, "not an HDF5 file", "give a Keras weights file (.h5, .hdf5, .weights.h5) or a .keras archive")
+    return _h5_file(path, by_descriptor(path, source))
 
 
-def open_h5(path: Union[str, Path], fileobj: Optional[IO[bytes]] = None) -> h5py.File:
-    """Open an HDF5 file read-only, or explain in one line why it is not one."""
-    if fileobj is None:
-        check_readable(path)
-        with open(path, "rb") as fh:
-            head = fh.read(8)
-        if head != _HDF5_SIGNATURE and not h5py.is_hdf5(str(path)):
-            raise WeightportError(path, "not an HDF5 file", "give a Keras weights file (.h5, .hdf5, .weights.h5) or a .keras archive")
+def _hdf5_signature(fd: int) -> bool:
+    """The HDF5 signature at the start of the file or after a user block (512, 1024, 2048 ... bytes)."""
+    size, offset = os.fstat(fd).st_size, 0
+    while offset + len(_HDF5_SIGNATURE) <= size:
+        if os.pread(fd, len(_HDF5_SIGNATURE), offset) == _HDF5_SIGNATURE:
+            return True
+        offset = offset * 2 if offset else 512
+    return False
+
+
+def _h5_file(path: Union[str, Path], source: Union[str, IO[bytes]]) -> h5py.File:
     try:
         # no chunk cache: HDF5 keeps one per open dataset and a view keeps every dataset open, so
         # it would grow with the number of tensors. Keras writes no chunks; weightport's own
         # compressed chunks are verified in blocks of about a chunk (each read once or twice). Only
         # a chunked source read for a permuted rule (chw) decompresses a chunk once per piece it
         # touches: slow, but bounded in memory
-        return h5py.File(fileobj if fileobj is not None else str(path), "r", rdcc_nbytes=0)
+        return h5py.File(source, "r", rdcc_nbytes=0)
     except (OSError, ValueError) as exc:
         reason = str(exc).split("(")[-1].rstrip(")") if "(" in str(exc) else str(exc)
         raise WeightportError(path, f"damaged HDF5 file, cannot be opened ({reason})", "the file may be truncated; save or download it again") from None

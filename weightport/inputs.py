@@ -14,7 +14,7 @@ from typing import Union
 
 from .errors import WeightportError
 
-__all__ = ["open_regular"]
+__all__ = ["open_regular", "open_input", "by_descriptor"]
 
 # What a missing path and a directory are told, per kind of input.
 _ROLES = {
@@ -56,3 +56,20 @@ def _check_kind(path: Union[str, Path], info: os.stat_result, directory: str, in
     if not stat.S_ISREG(info.st_mode):
         kind = next((name for test, name in _SPECIAL if test(info.st_mode)), "a special file")
         raise WeightportError(path, f"is {kind}, not a regular file", "give the file itself (weightport reads only regular files)")
+
+
+def open_input(path: Union[str, Path]) -> int:
+    """`open_regular` for a weights file, which is refused when empty (a save that never finished)."""
+    fd = open_regular(path)
+    if os.fstat(fd).st_size == 0:
+        os.close(fd)
+        raise WeightportError(path, "empty file (0 bytes)", "the file was not written completely; save the weights again")
+    return fd
+
+
+def by_descriptor(path: Union[str, Path], fd: int) -> str:
+    """A name that opens the very file `fd` is open on, whatever `path` names by now (another file,
+    a FIFO put in its place): /proc/self/fd/N on Linux, else `path` itself. Libraries that open by
+    name (HDF5, zipfile) are given it, so what they open is the file that was checked."""
+    name = f"/proc/self/fd/{fd}"
+    return name if os.path.exists(name) else str(path)

@@ -6,6 +6,7 @@ file is read the same way whatever it is called.
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 from typing import Optional, Union
 
@@ -13,7 +14,8 @@ from . import digests
 from .archive import is_archive, read_archive
 from .config import ModelConfig, load_config_file
 from .errors import WeightportError
-from .hdf5 import check_readable, damaged_hdf5, open_h5
+from .hdf5 import damaged_hdf5, open_h5
+from .inputs import by_descriptor, open_input
 from .keras3 import is_keras3, read_keras3
 from .legacy import is_legacy, read_legacy
 from .view import ModelView
@@ -40,10 +42,14 @@ def read(path: PathLike, config: Optional[Union[PathLike, ModelConfig]] = None) 
     """
     if config is not None and not isinstance(config, ModelConfig):
         config = load_config_file(config)
-    check_readable(path)
-    if is_archive(path):
-        return read_archive(path, config)
-    f = open_h5(path)
+    fd = open_input(path)  # checked once; every later open goes through this descriptor
+    try:
+        name = by_descriptor(path, fd)
+        if is_archive(name):
+            return read_archive(path, config, name)
+        f = open_h5(path, fd)
+    finally:
+        os.close(fd)
     try:
         with damaged_hdf5(path):
             view = _read_h5(f, path, config)
