@@ -30,10 +30,38 @@ def run_cli(*args: str, cwd: Path = ROOT, python: Sequence[str] = (), stdout=sub
     return subprocess.run(**cli_command(*args, python=python), stdout=stdout, stderr=subprocess.PIPE, text=True, cwd=cwd, timeout=300)
 
 
+def shared_files_absent() -> bool:
+    """Whether ../shared/keras-files (real files from other projects) is absent, so the tests
+    that read it may skip. Under CI (CI=true) it must be there: its absence fails the run, as
+    an error where each test module is collected, instead of ~75 silent skips."""
+    if SHARED_FILES.is_dir():
+        return False
+    if os.environ.get("CI") == "true":
+        pytest.fail(f"{SHARED_FILES} is absent, and CI=true requires it: place the shared Keras files beside the repository", pytrace=False)
+    return True
+
+
+def needs_shared_files() -> pytest.MarkDecorator:
+    """The mark of tests that read ../shared/keras-files: skipped without it, but not under CI."""
+    return pytest.mark.skipif(shared_files_absent(), reason=f"{SHARED_FILES} is absent (it ships beside the repo, not in it)")
+
+
 def shared_files() -> List[Path]:
-    if not SHARED_FILES.is_dir():
+    if shared_files_absent():
         return []
     return sorted(p for p in SHARED_FILES.iterdir() if p.suffix in (".h5", ".hdf5"))
+
+
+def without_root_powers() -> None:
+    """A `preexec_fn`: the child and what it execs lose root's power to ignore file modes
+    (CAP_DAC_OVERRIDE, CAP_DAC_READ_SEARCH dropped from the bounding set), so a read-only or
+    unlistable file is what it is for a user. Exit 77 where the machine does not allow it."""
+    import ctypes
+
+    libc = ctypes.CDLL(None, use_errno=True)
+    for capability in (1, 2):
+        if libc.prctl(24, capability, 0, 0, 0) != 0:  # PR_CAPBSET_DROP
+            os._exit(77)
 
 
 def sidecar_config(path: Path) -> Path | None:

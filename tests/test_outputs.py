@@ -9,7 +9,6 @@ stopping them with SIGSTOP where the moment matters), never by sleeping a fixed 
 
 from __future__ import annotations
 
-import ctypes
 import errno
 import fcntl
 import os
@@ -25,7 +24,7 @@ import pytest
 
 import weightport
 import weightport.atomic
-from conftest import FIXTURES, children, cli_command, run_cli, temporaries, wait_until
+from conftest import FIXTURES, children, cli_command, run_cli, temporaries, wait_until, without_root_powers
 from weightport.errors import WeightportError
 
 BIG = ("--flatten", "7,7,64")
@@ -252,14 +251,6 @@ def test_an_output_path_that_cannot_be_written_is_one_line(out: str, problem: st
     assert list(tmp_path.iterdir()) == []
 
 
-def _without_root_powers() -> None:
-    """In the child, before exec: drop root's power to ignore file permissions (as a user has none)."""
-    libc = ctypes.CDLL(None, use_errno=True)
-    for capability in (1, 2):  # CAP_DAC_OVERRIDE, CAP_DAC_READ_SEARCH, from the bounding set
-        if libc.prctl(24, capability, 0, 0, 0) != 0:  # PR_CAPBSET_DROP
-            os._exit(77)
-
-
 def test_a_write_only_drop_box_takes_the_output(tmp_path: Path) -> None:
     """Issue 11: a folder one may write into but not list was an internal error. Nothing needs
     listing there but the stale temporaries, which such a folder cannot show: the output goes
@@ -273,7 +264,7 @@ def test_a_write_only_drop_box_takes_the_output(tmp_path: Path) -> None:
     out = box / "fcn.h5"
     args = cli_command("convert", str(FIXTURES / "seq__k3.keras"), "-o", str(out), "--quiet")
     runs = [subprocess.run(**args, capture_output=True, text=True, timeout=TIMEOUT,
-                           preexec_fn=_without_root_powers if os.geteuid() == 0 else None) for _ in range(2)]
+                           preexec_fn=without_root_powers if os.geteuid() == 0 else None) for _ in range(2)]
     if runs[0].returncode == 77:
         pytest.skip("this machine does not let root drop its file-permission powers")
     assert runs[0].returncode == 0, runs[0].stderr

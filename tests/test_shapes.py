@@ -13,7 +13,7 @@ import h5py
 import pytest
 
 import weightport
-from conftest import SHARED_FILES, import_or_skip, shared_files, sidecar_config
+from conftest import SHARED_FILES, import_or_skip, needs_shared_files, shared_files, sidecar_config
 from weightport.config import ModelConfig, load_config_file, parse_model_config
 from weightport.errors import WeightportError
 from weightport.hdf5 import str_attr
@@ -441,7 +441,7 @@ def test_input_shape_override_matches_a_model_built_at_that_size(module: str) ->
 # ---------------------------------------------------------------------------------------------
 # Real files: the shape reaching each Flatten (or global pooling) fits the Dense kernel after it.
 
-needs_shared = pytest.mark.skipif(not SHARED_FILES.is_dir(), reason=f"{SHARED_FILES} is absent (it ships beside the repo, not in it)")
+needs_shared = needs_shared_files()
 
 # Shape and layout of the tensor entering each file's Flatten.
 FLATTEN_INPUTS: Dict[str, Tuple[Tuple, Optional[str]]] = {

@@ -11,11 +11,11 @@ import numpy as np
 import pytest
 
 import weightport
-from conftest import SHARED_FILES, import_or_skip, run_cli, shared_files, sidecar_config
+from conftest import SHARED_FILES, import_or_skip, needs_shared_files, run_cli, shared_files, sidecar_config
 from weightport.head import analyze_head
 from weightport.twinconfig import twin_config
 
-pytestmark = pytest.mark.skipif(not SHARED_FILES.is_dir(), reason=f"{SHARED_FILES} is absent (it ships beside the repo, not in it)")
+pytestmark = needs_shared_files()
 
 # What a weights-only file cannot tell: the window that fed its first Dense.
 FLATTEN = {

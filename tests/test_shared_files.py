@@ -8,9 +8,9 @@ from pathlib import Path
 import h5py
 import pytest
 
-from conftest import SHARED_FILES, run_cli, shared_files, sidecar_config
+from conftest import SHARED_FILES, needs_shared_files, run_cli, shared_files, sidecar_config
 
-pytestmark = pytest.mark.skipif(not SHARED_FILES.is_dir(), reason=f"{SHARED_FILES} is absent (it ships beside the repo, not in it)")
+pytestmark = needs_shared_files()
 
 OPTIMIZER_GROUPS = ("optimizer_weights", "optimizer")
 
@@ -47,9 +47,25 @@ def test_inspect_json_totals_match_the_file(path: Path) -> None:
 
 @pytest.mark.parametrize("path", shared_files(), ids=lambda p: p.name)
 def test_inspect_table(path: Path) -> None:
-    result = run_cli("inspect", str(path))
-    assert result.returncode == 0, result.stderr
-    assert "weighted layers" in result.stdout and result.stderr == ""
+    """The table says what the JSON says: one row per tensor, each layer's position, name and
+    class on its first row, in order, and the same totals; and every row stays readable."""
+    config = sidecar_config(path)
+    options = ["--config", str(config)] if config else []
+    result = run_cli("inspect", str(path), *options)
+    assert result.returncode == 0 and result.stderr == "", result.stderr
+    doc = json.loads(run_cli("inspect", str(path), "--json", *options).stdout)
+    lines = result.stdout.splitlines()
+    header = next(i for i, line in enumerate(lines) if line.split()[:3] == ["#", "layer", "class"])
+    rows = lines[header + 1: lines.index("", header)]
+    assert len(rows) == doc["total_tensors"]
+    layer_column = lines[header].index("layer")
+    firsts = [row.split() for row in rows if row[:layer_column].strip()]  # a layer's other tensors: rows with no position
+    assert [int(cells[0]) for cells in firsts] == list(range(doc["total_layers"]))
+    for cells, layer in zip(firsts, doc["layers"], strict=True):
+        name = layer["name"] if len(layer["name"]) <= 48 else layer["name"][:22]  # long names are clipped in the middle
+        assert cells[1].startswith(name) and cells[2].startswith(layer["class"] or "?")  # a wrapper: Bidirectional(LSTM)
+    assert lines[-1] == f"{doc['total_layers']} weighted layers, {doc['total_tensors']} tensors, {doc['total_params']:,} parameters"
+    assert max(len(row) for row in rows) <= 220
 
 
 def test_keras1_sidecar_config_gives_classes_and_dim_ordering() -> None:

@@ -9,7 +9,7 @@ import h5py
 import pytest
 
 import weightport
-from conftest import FIXTURES, SHARED_FILES, run_cli, sidecar_config
+from conftest import FIXTURES, SHARED_FILES, needs_shared_files, run_cli, sidecar_config
 
 SEQ = FIXTURES / "seq__k3.keras"
 
@@ -68,7 +68,7 @@ def test_pair_shifted_by_one_fails(tmp_path: Path) -> None:
     _fails_on(tmp_path, source, out, "dense_01 -> dense_01", "--flatten", "1,1")
 
 
-@pytest.mark.skipif(not SHARED_FILES.is_dir(), reason=f"{SHARED_FILES} is absent")
+@needs_shared_files()
 def test_missing_flip_fails(tmp_path: Path) -> None:
     source = SHARED_FILES / "dl4j-old__mnist_cnn_th_keras_1_weights.h5"
     config = str(sidecar_config(source))

@@ -24,7 +24,10 @@ __all__ = ["main", "run"]
 
 def _out(text: str) -> None:
     """Print to standard output. A reader gone away (`| head`) is left to `main`; an output that
-    cannot be written (a full disk, /dev/full) is reported like any file weightport cannot write."""
+    cannot be written (a full disk, /dev/full) is reported like any file weightport cannot write,
+    and so is one that is closed (`>&-`), where Python would drop the text without a word."""
+    if sys.stdout is None:
+        raise WeightportError(None, "cannot write standard output: it is closed", "send the output to a file or a pipe")
     try:
         print(text)
     except BrokenPipeError:

@@ -49,10 +49,21 @@ def _text(lines: List[str]) -> str:
     return "\n".join(printable(line) for line in lines)
 
 
+CHAIN_WIDTH = 40  # a "fed by" chain longer than this shows its ends and how many layers lie between
+
+
+def _chain(classes: List[str]) -> str:
+    """The weightless layers between a layer and its producer, readable however many there are
+    (a DenseNet block has dozens): `BatchNormalization > ... (+12) > Concatenate`."""
+    whole = " > ".join(classes)
+    if len(whole) <= CHAIN_WIDTH or len(classes) < 3:
+        return _clip(whole)
+    return f"{_clip(classes[0], 20)} > ... (+{len(classes) - 2}) > {_clip(classes[-1], 20)}"
+
+
 def _rows(layer: Layer, index: int) -> List[List[str]]:
-    fed = " > ".join(layer.fed_by)
-    labels = [_tensor_label(t) for t in layer.weights]
-    first = [str(index), _clip(layer.name), layer.display_class or "?", fed, labels[0], f"{layer.params:,}"]
+    labels = [_clip(_tensor_label(t), 56) for t in layer.weights]
+    first = [str(index), _clip(layer.name), _clip(layer.display_class or "?", 40), _chain(layer.fed_by), labels[0], f"{layer.params:,}"]
     return [first] + [["", "", "", "", label, ""] for label in labels[1:]]
 
 
