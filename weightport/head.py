@@ -86,9 +86,52 @@ def analyze_head(view: ModelView, flatten: Optional[Sequence[int]] = None, sourc
                               "give --flatten H,W,C (the shape before the Flatten; for a global-pooling head --flatten 1,1,C, "
                               "C the pooled channels), or --config model.json")
     if required and not any(role.kind in ("window", "1x1") for role in roles.values()):
-        raise WeightportError(view.path, "nothing to convert: no Dense layer after a Flatten or a global pooling",
-                              "weightport turns classifier heads into convolutions; this model has none")
+        raise _nothing_to_convert(view)
     return roles
+
+
+def _nothing_to_convert(view: ModelView) -> WeightportError:
+    """The refusal of a model with no head to convert, naming the layer that blocks one where
+    a Flatten or a global pooling does reach a Dense, but through a layer no twin can carry."""
+    blocked = _blocked_head(view.config) if view.config is not None else None
+    if blocked is None:
+        return WeightportError(view.path, "nothing to convert: no Dense layer after a Flatten or a global pooling",
+                               "weightport turns classifier heads into convolutions; this model has none")
+    dense, blocker, start = blocked
+    return WeightportError(view.path, f"nothing to convert: {blocker.class_name} '{blocker.name}' stands between {start.class_name} '{start.name}' "
+                                      f"and Dense '{dense.name}', and no convolutional twin carries a window through a {blocker.class_name}",
+                           "weightport converts a Dense fed by a Flatten or a global pooling, through Dropout, Activation, BatchNormalization and the like")
+
+
+def _blocked_head(config: ModelConfig) -> Optional[Tuple[ConfigLayer, ConfigLayer, ConfigLayer]]:
+    """(Dense, the layer before it that no twin carries, a Flatten or global pooling behind
+    that layer) for the first Dense so blocked; None when no Flatten or pooling is behind any."""
+    for dense in (spec for spec in config.layers if spec.class_name == "Dense" and spec.inbound):
+        blocker, seen = config.get(dense.inbound[0]), set()
+        while blocker is not None and _carries(blocker) and blocker.name not in seen:
+            seen.add(blocker.name)
+            blocker = config.get(blocker.inbound[0])
+        if blocker is None or _starts(blocker):
+            continue
+        start = _behind(config, blocker)
+        if start is not None:
+            return dense, blocker, start
+    return None
+
+
+def _behind(config: ModelConfig, layer: ConfigLayer) -> Optional[ConfigLayer]:
+    """The nearest Flatten or global pooling among `layer`'s producers (every input, breadth first)."""
+    queue, seen = list(layer.inbound), set(layer.inbound)
+    while queue:
+        spec = config.get(queue.pop(0))
+        if spec is None:
+            continue
+        if _starts(spec):
+            return spec
+        fresh = [name for name in spec.inbound if name not in seen]
+        seen.update(fresh)
+        queue.extend(fresh)
+    return None
 
 
 # --- with a config: follow the graph --------------------------------------------------------
