@@ -292,6 +292,35 @@ def test_a_fifo_swapped_in_after_the_check_is_never_opened(name: str, tmp_path: 
     assert result.stdout.strip() == "3" and path.is_fifo()  # the file that was checked, read whole
 
 
+_SWAP_BEFORE_WRITE = """
+import os, sys
+import weightport.writers as writers
+from weightport import cli
+opened = writers.open_data_files
+def swapped(views):  # the source's name is given to a FIFO after it was read, before its bytes are copied
+    views = list(views)
+    os.replace(sys.argv[1], sys.argv[1] + ".moved")
+    os.mkfifo(sys.argv[1])
+    return opened(views)
+writers.open_data_files = swapped
+sys.exit(cli.main(["convert", sys.argv[1], "-o", sys.argv[2], "--flatten", "7,7,4"]))
+"""
+
+
+def test_a_fifo_swapped_in_before_the_bytes_are_copied_is_refused(tmp_path: Path) -> None:
+    """The writer reopens the source for its raw bytes: non-blocking, then checked to be the file read."""
+    path = _copy("seq__tfk_weights.h5", tmp_path)
+    out = tmp_path / "out" / "fcn.h5"
+    out.parent.mkdir()
+    command = cli_command()
+    result = subprocess.run([command["args"][0], "-c", _SWAP_BEFORE_WRITE, str(path), str(out)], env=command["env"],
+                            capture_output=True, text=True, timeout=HANG_SECONDS)
+    assert result.returncode == 2, result.stderr
+    assert result.stderr.splitlines() == [f"weightport: error: {path}: changed while being converted (rewritten or replaced since it was read); "
+                                          "convert again once the file is no longer being written; nothing was written"]
+    assert os.listdir(out.parent) == []
+
+
 # --- graphs: cycles and depth -----------------------------------------------------------------
 
 def _functional(folder: Path, name: str, edit: Callable[[List[dict]], None]) -> Path:

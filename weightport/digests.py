@@ -65,7 +65,7 @@ def file_digest(path: str, attribute: str = ATTRIBUTE, stop: Optional[threading.
     digest = RECORDED[attribute]()
     buffer = bytearray(BLOCK_BYTES)
     view = memoryview(buffer)
-    with open(path, "rb", buffering=0) as fh:
+    with os.fdopen(os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC), "rb", buffering=0) as fh:  # a FIFO put in its place cannot block
         while count := fh.readinto(buffer):
             if stop is not None and stop.is_set():
                 raise _Stopped(path)  # never the digest of part of the file

@@ -93,7 +93,7 @@ def open_data_files(views: Iterable[ModelView]) -> Iterator[Dict[str, Tuple[int,
     try:
         for view in views:
             if view.data_file and view.data_file not in files:
-                fd = os.open(view.data_file, os.O_RDONLY)
+                fd = os.open(view.data_file, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC)  # a FIFO put in its place cannot block
                 files[view.data_file] = (fd, os.fstat(fd).st_size)
                 if view.data_identity is not None and digests.identity(view.data_file, fd) != view.data_identity:
                     raise digests.changed(view.data_file)  # the raw bytes would come from another file than the one planned
