@@ -203,4 +203,4 @@ def test_align_refuses_a_tie_naming_the_layers_in_doubt(tmp_path: Path) -> None:
 
 def test_align_needs_a_target() -> None:
     result = run_cli("plan", str(FIXTURES / "seq__k3.keras"), "--align")
-    assert result.returncode == 2 and "--align pairs source layers with a --target's layers" in result.stderr
+    assert result.returncode == 2 and "--align aligns the source's layers with a --target's layers" in result.stderr

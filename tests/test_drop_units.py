@@ -148,3 +148,15 @@ def test_api_options_are_checked_where_the_cli_checks_them(options: dict, proble
     """A lone string would be taken letter by letter: refused, as WeightportError, before any file is read."""
     with pytest.raises(weightport.WeightportError, match=problem.replace("(", r"\(").replace(")", r"\)")):
         weightport.plan(tmp_path / "never-read.h5", **options)
+
+
+def test_target_only_options_without_a_target_are_one_line_errors() -> None:
+    seq = str(FIXTURES / "seq__k3.keras")
+    for args, problem in ((["--units", "dense_1=0:2"], "--units fits a layer's units to a --target's layers"),
+                          (["--map", "dense=dense"], "--map pairs source layers with a --target's layers"),
+                          (["--score-map"], "--score-map takes out a global pooling, and this head has none")):
+        result = run_cli("plan", seq, *args)
+        assert result.returncode == 2 and len(result.stderr.splitlines()) == 1 and problem in result.stderr, result.stderr
+    gap = str(FIXTURES / "gap__k3.keras")
+    result = run_cli("plan", gap, "--target", gap, "--score-map")
+    assert result.returncode == 2 and "--score-map rewrites the derived twin" in result.stderr

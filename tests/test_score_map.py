@@ -159,3 +159,16 @@ def test_units_eleven_way_into_ten_way_without_unit_0(flavour: str, tmp_path: Pa
     target_model.load_weights(str(out))
     x = np.random.default_rng(3).normal(size=(4, 8, 8, 3)).astype("float32")
     np.testing.assert_allclose(np.asarray(target_model(x)), np.asarray(source_model(x))[:, 1:], rtol=1e-6, atol=1e-6)
+
+
+@pytest.mark.parametrize("score_map", [("k3", "resnet50")], indirect=True, ids=["resnet50-k3"])
+def test_weights_only_resnet50_takes_flatten_1_1_c(score_map, tmp_path: Path) -> None:
+    """A weights-only ResNet50 (no config): the hint names the global-pooling case, which converts."""
+    _, classifier, *_ = score_map
+    source = tmp_path / "resnet50.weights.h5"
+    classifier.save_weights(str(source))
+    with pytest.raises(weightport.WeightportError, match=r"global-pooling head --flatten 1,1,C"):
+        weightport.plan(source)
+    built = weightport.convert(source, tmp_path / "fcn.weights.h5", flatten=[1, 1, 2048])
+    assert built.verification.ok
+    assert [s.rule for s in built.steps if s.source_layer == "predictions"] == ["dense-to-1x1", "copy"]

@@ -51,9 +51,10 @@ def planned(source: PathLike, target: Optional[PathLike] = None, config: Optiona
 
 def _twin_plan(src: ModelView, flatten: Optional[Sequence[int]], options: PlanOptions) -> Plan:
     """The plan into the derived twin; the layers `--skip` or `--drop` names are left out of it."""
-    for given, flag in ((options.maps, "--map"), (options.units, "--units"), (options.align, "--align")):
+    for given, flag, what in ((options.maps, "--map", "pairs source layers with"), (options.align, "--align", "aligns the source's layers with"),
+                              (options.units, "--units", "fits a layer's units to")):
         if given:
-            raise WeightportError(src.path, f"{flag} pairs source layers with a --target's layers", f"give --target, or leave out {flag}")
+            raise WeightportError(src.path, f"{flag} {what} a --target's layers", f"give --target, or leave out {flag}")
     head = analyze_head(src, flatten, options.source_order)
     pooled = _score_map_poolings(src, head) if options.score_map else []
     left_out = [*options.skips, *options.drops]
