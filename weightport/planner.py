@@ -172,6 +172,20 @@ def _pair(source: ModelView, target: Target, options: PlanOptions, classwise: bo
     """Every target layer with its source layer (None: it keeps the target's values), and the
     two lists side by side."""
     by_src = {layer.name: layer for layer in source.layers}
+    _check_names(source, target, options, by_src)
+    fixed = {tgt: by_src[src] for src, tgt in options.maps.items()}
+    free_src = [l for l in source.layers if l.name not in options.maps and l.name not in options.drops]
+    free_tgt = [t for t in target.layers if t.name not in fixed and t.name not in options.skips]
+    if options.align:
+        match = _aligned(source, target, free_src, free_tgt, head, options)
+    else:
+        match = _classwise(source, target, free_src, free_tgt) if classwise else _positional(source, target, free_src, free_tgt)
+    pairs = [(fixed.get(t.name) or match.get(t.name), t) for t in target.layers]
+    return pairs, _side_by_side(source, pairs, options, "align" if options.align else "class" if classwise else "position")
+
+
+def _check_names(source: ModelView, target: Target, options: PlanOptions, by_src: Dict[str, Layer]) -> None:
+    """Every layer an option names is a weighted layer of its side; --units SPECs fit their layer."""
     by_tgt = {layer.name: layer for layer in target.layers}
     for src, tgt in options.maps.items():
         _known(source.path, src, by_src, "--map source layer")
@@ -183,15 +197,6 @@ def _pair(source: ModelView, target: Target, options: PlanOptions, classwise: bo
     for src, spec in options.units.items():
         _known(source.path, src, by_src, "--units source layer")
         _check_units(source.path, by_src[src], spec)
-    fixed = {tgt: by_src[src] for src, tgt in options.maps.items()}
-    free_src = [l for l in source.layers if l.name not in options.maps and l.name not in options.drops]
-    free_tgt = [t for t in target.layers if t.name not in fixed and t.name not in options.skips]
-    if options.align:
-        match = _aligned(source, target, free_src, free_tgt, head, options)
-    else:
-        match = _classwise(source, target, free_src, free_tgt) if classwise else _positional(source, target, free_src, free_tgt)
-    pairs = [(fixed.get(t.name) or match.get(t.name), t) for t in target.layers]
-    return pairs, _side_by_side(source, pairs, options, "align" if options.align else "class" if classwise else "position")
 
 
 def _side_by_side(source: ModelView, pairs: Pairs, options: PlanOptions, how: str) -> List[AlignRow]:
