@@ -522,3 +522,18 @@ def test_an_external_link_inside_a_keras_archive_is_refused(tmp_path: Path) -> N
         for info in z.infolist():
             out.writestr(info, weights.read_bytes() if info.filename == "model.weights.h5" else z.read(info))
     assert_refused("inspect", str(path), cwd=tmp_path, names=path, says="/layers/evil is a link to /x in another file")
+
+
+def test_a_nan_size_in_a_config_cannot_make_json_output_invalid(tmp_path: Path) -> None:
+    """`inspect --json` printed NaN and Infinity (which JSON does not allow) from an input_shape
+    of [NaN, Infinity, 3]: sizes that are not whole numbers are refused like any damaged config."""
+    source = tmp_path / "nan_shape.keras"
+    with zipfile.ZipFile(FIXTURES / "seq__k3.keras") as z:
+        config = json.loads(z.read("config.json"))
+        settings = config["config"]["layers"][0]["config"]
+        settings.pop("batch_shape")
+        settings["input_shape"] = [float("nan"), float("inf"), 3]
+        with zipfile.ZipFile(source, "w") as out:
+            for info in z.infolist():
+                out.writestr(info, json.dumps(config) if info.filename == "config.json" else z.read(info))
+    assert_refused("inspect", "--json", str(source), cwd=tmp_path, names=source, says="has input_shape [nan, inf, 3], not a list of sizes")

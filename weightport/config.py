@@ -215,11 +215,15 @@ def _parse_container(model: Dict[str, Any], container: Optional[str], prefix: st
 
 
 def _check_shapes(name: str, config: Dict[str, Any]) -> None:
-    """A declared batch input shape is a list of sizes (None for any), or the config is damaged."""
-    for key in ("batch_input_shape", "batch_shape"):
-        value = config.get(key)
-        if value is not None and not (isinstance(value, list) and all(n is None or (isinstance(n, int) and not isinstance(n, bool)) for n in value)):
-            raise ValueError(f"layer '{name}' has {key} {value!r}, not a list of sizes")
+    """A declared input shape is a list of sizes (None for any), or the config is damaged (a NaN
+    or infinite size would also make `inspect --json` print what JSON does not allow)."""
+    for key in ("batch_input_shape", "batch_shape", "input_shape"):
+        _check_sizes(f"layer '{name}' has {key}", config.get(key))
+
+
+def _check_sizes(what: str, value: Any) -> None:
+    if value is not None and not (isinstance(value, list) and all(n is None or (isinstance(n, int) and not isinstance(n, bool)) for n in value)):
+        raise ValueError(f"{what} {value!r}, not a list of sizes")
 
 
 def _feed(inputs: List[str], inbound: List[str], name: str) -> List[str]:
@@ -290,5 +294,6 @@ def _input_shape(model: Dict[str, Any], layers: List[ConfigLayer]) -> Optional[L
             return [None] + list(cfg["input_shape"])
     build = model.get("build_config")
     if isinstance(build, dict) and isinstance(build.get("input_shape"), list):
+        _check_sizes("build_config has input_shape", build["input_shape"])
         return list(build["input_shape"])
     return None
