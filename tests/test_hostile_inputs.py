@@ -537,3 +537,27 @@ def test_a_nan_size_in_a_config_cannot_make_json_output_invalid(tmp_path: Path) 
             for info in z.infolist():
                 out.writestr(info, json.dumps(config) if info.filename == "config.json" else z.read(info))
     assert_refused("inspect", "--json", str(source), cwd=tmp_path, names=source, says="has input_shape [nan, inf, 3], not a list of sizes")
+
+
+def test_the_pairing_table_of_an_error_prints_names_escaped(tmp_path: Path) -> None:
+    """The side-by-side table below a pairing error: one row per layer whatever its name holds."""
+    source = _renamed_layer(tmp_path, HOSTILE)
+    outcome = run_bounded("plan", str(source), "--target", str(FIXTURES / "conv1d__tfk_weights.h5"), cwd=tmp_path)
+    assert outcome.status == 2 and outcome.stdout == ""
+    _clean(outcome.stderr)
+    lines = outcome.stderr.splitlines()
+    assert lines[0].startswith(f"weightport: error: {source}: 3 weighted layers in the source, 3 in the target")
+    assert len(lines) == 5 and "\\x1b[2J\\x1b[31mdense" in lines[3], outcome.stderr  # the line, the header, 3 rows
+
+
+def test_a_sweep_prints_file_names_escaped(tmp_path: Path) -> None:
+    """A checkpoint sweep reports each file on one line, whatever its name holds."""
+    source = tmp_path / "ckpt\nweightport: all 3 layers ok\x1b[2J.keras"
+    shutil.copyfile(FIXTURES / "seq__k3.keras", source)
+    out = tmp_path / "out"
+    out.mkdir()
+    outcome = run_bounded("convert", str(source), "--out-dir", str(out), cwd=tmp_path)
+    assert outcome.status == 0, outcome.stderr
+    _clean(outcome.stdout + outcome.stderr)
+    assert "ckpt\\nweightport: all 3 layers ok\\x1b[2J.keras" in outcome.stdout
+    assert os.listdir(out) == [source.name]
