@@ -18,7 +18,7 @@ import zlib
 from pathlib import Path
 from typing import IO, Optional, Union
 
-from . import digests
+from . import budgets, digests
 from .config import ModelConfig, parse_model_config
 from .errors import WeightportError
 from .hdf5 import damaged_hdf5, open_h5
@@ -30,7 +30,6 @@ __all__ = ["is_archive", "read_archive"]
 CONFIG_MEMBER = "config.json"
 WEIGHTS_MEMBER = "model.weights.h5"
 METADATA_MEMBER = "metadata.json"
-MAX_JSON_BYTES = 64 * 1024 * 1024  # configs of the largest Keras models are a few MB
 MAX_RATIO = 200  # a compressed member inflating more than this (plus 1 MB) is refused as a zip bomb
 _METHODS = {zipfile.ZIP_STORED, zipfile.ZIP_DEFLATED, zipfile.ZIP_BZIP2, zipfile.ZIP_LZMA}
 _ZIP_ERRORS = (zipfile.BadZipFile, zlib.error, EOFError, OSError)  # what reading a damaged member raises
@@ -124,21 +123,23 @@ def _member(archive: zipfile.ZipFile, member: str, path: Union[str, Path]) -> zi
 
 def _read_json_bytes(archive: zipfile.ZipFile, member: str, path: Union[str, Path]) -> bytes:
     info = _member(archive, member, path)
-    if info.file_size > MAX_JSON_BYTES:
+    if info.file_size > budgets.MAX_CONFIG_BYTES:
         raise WeightportError(path, f"{member} declares {info.file_size} bytes, more than a model config can need", _HINT)
     try:
         with archive.open(info) as fh:
-            data = fh.read(MAX_JSON_BYTES + 1)
+            data = fh.read(budgets.MAX_CONFIG_BYTES + 1)
     except _ZIP_ERRORS as exc:
         raise WeightportError(path, f"damaged archive member {member} ({exc})", _HINT) from None
-    if len(data) > MAX_JSON_BYTES:
+    if len(data) > budgets.MAX_CONFIG_BYTES:
         raise WeightportError(path, f"{member} is larger than it declares", _HINT)
     return data
 
 
 def _keras_version(archive: zipfile.ZipFile, path: Union[str, Path]) -> Optional[str]:
+    data = _read_json_bytes(archive, METADATA_MEMBER, path)
+    budgets.check_config_text(data, f"{path} ({METADATA_MEMBER})")
     try:
-        meta = json.loads(_read_json_bytes(archive, METADATA_MEMBER, path))
+        meta = json.loads(data)
     except (ValueError, RecursionError):
         return None
     version = meta.get("keras_version") if isinstance(meta, dict) else None

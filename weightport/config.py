@@ -16,6 +16,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Dict, Iterator, List, Optional, Sequence, Set, Tuple, Union
 
+from . import budgets
 from .errors import WeightportError
 from .inputs import open_regular
 
@@ -119,7 +120,7 @@ def load_config_file(path: Union[str, Path]) -> ModelConfig:
     read from a regular file only (a FIFO or a device is refused unread)."""
     try:
         with os.fdopen(open_regular(path, role="config"), "rb") as fh:
-            text = fh.read().decode("utf-8")
+            text = budgets.read_limited(fh, path).decode("utf-8")
     except (OSError, UnicodeDecodeError) as exc:
         raise WeightportError(path, f"cannot read config ({exc})", "give a JSON file") from None
     return parse_model_config(text, source=path)
@@ -128,6 +129,7 @@ def load_config_file(path: Union[str, Path]) -> ModelConfig:
 def parse_model_config(obj: Union[str, bytes, Dict[str, Any]], source: Union[str, Path]) -> ModelConfig:
     """Turn a model config (JSON text or the decoded dict) into a flat `ModelConfig`."""
     if isinstance(obj, (str, bytes)):
+        budgets.check_config_text(obj, source)
         try:
             obj = json.loads(obj)
         except (ValueError, RecursionError) as exc:

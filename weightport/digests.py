@@ -19,6 +19,7 @@ from typing import Callable, Dict, Optional, Tuple
 
 from blake3 import blake3
 
+from . import budgets
 from .errors import WeightportError
 
 __all__ = ["ALGORITHM", "ATTRIBUTE", "RECORDED", "start", "source_digest", "file_digest", "discard", "identity", "changed"]
@@ -100,7 +101,7 @@ def start(path: str) -> None:
         info = os.stat(path)
     except OSError:
         return
-    if not stat.S_ISREG(info.st_mode):
+    if not stat.S_ISREG(info.st_mode) or budgets.hollow(info):  # a file of holes is refused unread, not hashed
         return
     key = _key(path, info)
     with _lock:

@@ -17,6 +17,7 @@ from typing import Any, IO, Iterator, List, Optional, Tuple, Union
 import h5py
 import numpy as np
 
+from . import budgets
 from .errors import WeightportError
 from .inputs import by_descriptor
 
@@ -26,9 +27,6 @@ _HDF5_SIGNATURE = b"\x89HDF\r\n\x1a\n"
 _HINT_DAMAGED = "the file may be truncated or damaged; save or download it again"
 _HINT_OUTSIDE = "weights must be stored in the file itself"
 _MAX_SOFT_LINKS = 16  # HDF5's own limit on a chain of soft links
-# A chunked, compressed tensor may legally declare more bytes than the file holds (zeros compress
-# well), but not this many times more: past it, reading it would only allocate memory for nothing.
-MAX_COMPRESSION = 1000
 _NUMERIC = ("f", "i", "u")  # float, int, uint: what a Keras variable can hold
 
 
@@ -63,6 +61,9 @@ def _h5_file(path: Union[str, Path], source: Union[str, IO[bytes]]) -> h5py.File
         return h5py.File(source, "r", rdcc_nbytes=0)
     except (OSError, ValueError) as exc:
         reason = str(exc).split("(")[-1].rstrip(")") if "(" in str(exc) else str(exc)
+        if "unable to lock file" in str(exc):  # HDF5's own lock: another program has the file open for writing
+            raise WeightportError(path, "is open for writing in another program (HDF5 file lock held)",
+                                  "wait until that program has closed the file, then run weightport again") from None
         raise WeightportError(path, f"damaged HDF5 file, cannot be opened ({reason})", "the file may be truncated; save or download it again") from None
 
 
@@ -158,21 +159,24 @@ def _decode(item: Any) -> str:
         raise TypeError(f"{type(item).__name__} is not a string")
     if "\x00" in item:  # no HDF5 name or Keras string holds one: the bytes were damaged
         raise ValueError(f"{item.rstrip(chr(0))[:40]!r}... holds a NUL byte")
+    item.encode("utf-8")  # h5py decodes invalid UTF-8 to lone surrogates: refused here, not when printed
     return item
 
 
 def str_list_attr(obj: Union[h5py.Group, h5py.Dataset], name: str, file: Union[str, Path]) -> List[str]:
     """A list-of-strings attribute in any form Keras ever wrote (absent -> [])."""
     try:
+        keys: List[str] = []
         if name in obj.attrs:
-            chunks = [obj.attrs[name]]
+            keys.append(name)
         else:
-            chunks = []
-            while f"{name}{len(chunks)}" in obj.attrs:
-                chunks.append(obj.attrs[f"{name}{len(chunks)}"])
+            while f"{name}{len(keys)}" in obj.attrs:
+                keys.append(f"{name}{len(keys)}")
+        shapes = [obj.attrs.get_id(key).shape for key in keys]
+        budgets.check_name_count(sum(math.prod(shape) for shape in shapes if shape is not None), obj, name, file)  # before reading them
         values: List[str] = []
-        for chunk in chunks:
-            array = np.asarray(chunk)
+        for key in keys:
+            array = np.asarray(obj.attrs[key])
             if array.size == 0:
                 continue
             if array.dtype.kind not in ("S", "U", "O"):
@@ -219,9 +223,9 @@ def checked_tensor(dataset: h5py.Dataset, root: h5py.File, file: Union[str, Path
     """`dataset` if it can be a Keras variable stored in this file, else a `WeightportError` naming it.
 
     Refused before anything is read (`member`, which opened it, has refused values kept in other
-    files): values that are not numbers; and a declared size the file cannot hold
-    (contiguous data past the end of the file, or a compressed tensor claiming more than
-    `MAX_COMPRESSION` times the file's size), which would otherwise make numpy allocate it.
+    files): values that are not numbers; and a declared size the stored bytes cannot be
+    (contiguous data past the end of the file, chunks never written or compressed past the
+    budgets of `budgets.check_stored`), which would otherwise make numpy allocate it.
     """
     name = dataset.name
     dtype = dataset.dtype
@@ -230,9 +234,9 @@ def checked_tensor(dataset: h5py.Dataset, root: h5py.File, file: Union[str, Path
     plist = dataset.id.get_create_plist()
     layout = plist.get_layout()
     declared = math.prod(int(n) for n in dataset.shape) * dtype.itemsize
+    budgets.check_stored(dataset, declared, file)
     size = root.id.get_filesize()
-    compressed = layout == h5py.h5d.CHUNKED and plist.get_nfilters() > 0
-    if declared > (MAX_COMPRESSION * size if compressed else size):
+    if layout != h5py.h5d.CHUNKED and declared > size:
         raise WeightportError(file, f"tensor {name} declares {'x'.join(map(str, dataset.shape))} {dtype} values ({declared:,} bytes), "
                                     f"more than the {size:,}-byte file can hold", _HINT_DAMAGED)
     if layout == h5py.h5d.CONTIGUOUS and declared:

@@ -15,6 +15,7 @@ from typing import Any, Dict, List, NamedTuple, Optional, Tuple, Union
 
 import h5py
 
+from . import budgets
 from .config import ModelConfig, to_snake_case
 from .errors import WeightportError
 from .hdf5 import checked_tensor, member, members, str_attr
@@ -115,14 +116,7 @@ def _walk(root: h5py.Group, path: Union[str, Path]) -> List[Tuple[str, _Vars]]:
 def _tensors(found: _Vars, path: Union[str, Path], roles_of, relative: str) -> List[Tensor]:
     """The numbered tensors of one `vars` group, `relative` being where it sits below its layer."""
     vars_group = found.group
-    keys = list(found.datasets)
-    if not all(k.isdigit() for k in keys):
-        raise WeightportError(path, f"'{vars_group.name}' holds datasets not named 0, 1, ... ({', '.join(sorted(keys)[:4])})", "the file is damaged or was not written by Keras")
-    keys.sort(key=int)
-    missing = sorted(set(range(int(keys[-1]) + 1)) - {int(k) for k in keys}) if keys else []
-    if missing:  # Keras numbers a layer's variables 0, 1, ... without gaps
-        raise WeightportError(path, f"'{vars_group.name}' holds tensors {', '.join(keys[:6])} but not {', '.join(map(str, missing[:6]))}",
-                              "a tensor is missing: the file is damaged; save the weights again")
+    keys = budgets.vars_keys(list(found.datasets), vars_group.name, path)
     roles = roles_of(relative, len(keys))
     root = vars_group.file
     datasets = [checked_tensor(found.datasets[key], root, path) for key in keys]

@@ -14,6 +14,7 @@ from typing import Dict, List, Optional, Tuple, Union
 
 import h5py
 
+from . import budgets
 from .config import ConfigLayer, ModelConfig, parse_model_config
 from .errors import WeightportError
 from .hdf5 import checked_tensor, has_attr, member, str_attr, str_list_attr
@@ -50,7 +51,9 @@ def read_legacy(f: h5py.File, path: Union[str, Path], config: Optional[ModelConf
         text = str_attr(f, "model_config", path)
         config = parse_model_config(text, source=f"{path} (model_config)") if text else None
     layers: List[Layer] = []
-    for name in str_list_attr(group, "layer_names", path):
+    names = str_list_attr(group, "layer_names", path)
+    budgets.check_names(names, group, "layer_names", path)
+    for name in names:
         layers.extend(_layers_of(group, name, path, config, f))
     if config is not None:
         weighted = {layer.name for layer in layers}
@@ -77,6 +80,7 @@ def _layers_of(group: h5py.Group, name: str, path: Union[str, Path], config: Opt
     if not isinstance(entry, h5py.Group):
         raise WeightportError(path, f"layer '{name}' is listed in layer_names but has no group", _HINT_DAMAGED)
     weight_names = str_list_attr(entry, "weight_names", path)
+    budgets.check_names(weight_names, entry, "weight_names", path)
     if not weight_names:
         return []
     nested = _is_nested(name, weight_names, config)

@@ -10,7 +10,7 @@ import os
 from pathlib import Path
 from typing import Optional, Union
 
-from . import digests
+from . import budgets, digests
 from .archive import is_archive, read_archive
 from .config import ModelConfig, load_config_file
 from .errors import WeightportError
@@ -44,6 +44,7 @@ def read(path: PathLike, config: Optional[Union[PathLike, ModelConfig]] = None) 
         config = load_config_file(config)
     fd = open_input(path)  # checked once; every later open goes through this descriptor
     try:
+        budgets.check_allocated(path, fd)
         name = by_descriptor(path, fd)
         if is_archive(name):
             return read_archive(path, config, name)

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 from typing import Dict, List, Optional, Tuple
 
+from .errors import WeightportError
 from .head import HeadRole, is_th_kernel, layer_class
 from .target import Target, TargetLayer, TargetTensor, assign_k3_paths, k3_path_of, legacy_weight_name
 from .view import Layer, ModelView, Tensor
@@ -20,7 +21,12 @@ TWIN_LABEL = "derived fully-convolutional twin"
 
 
 def derive_twin(view: ModelView, head: Dict[str, HeadRole], skips: Optional[List[str]] = None) -> Target:
-    """The twin's weighted layers; layers named in `skips` are left out of it."""
+    """The twin's weighted layers; layers named in `skips` are left out of it (each must be one
+    of its weighted layers, as `--map`'s names must: a misspelt name is not silently ignored)."""
+    names = [layer.name for layer in view.layers]
+    for skip in skips or []:
+        if skip not in names:
+            raise WeightportError(view.path, f"--skip layer '{skip}' is not a weighted layer of this file", f"choose one of: {', '.join(names[:12])}")
     layers: List[TargetLayer] = []
     prefixes: List[Optional[str]] = []
     for layer in view.layers:

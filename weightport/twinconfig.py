@@ -120,14 +120,18 @@ def open_input_size(raw: Dict[str, Any], view: ModelView, head: Dict[str, HeadRo
     build = raw.get("build_config")
     for cfg in targets:
         key = next(k for k in _SHAPE_KEYS if k in cfg)
-        cfg[key] = _free(cfg[key], channels_first)
+        cfg[key] = _free(cfg[key], channels_first, view.path, f"layer '{cfg.get('name')}' has {key}")
     if isinstance(build, dict) and isinstance(build.get("input_shape"), list):
-        build["input_shape"] = _free(build["input_shape"], channels_first)
+        build["input_shape"] = _free(build["input_shape"], channels_first, view.path, "the model's build_config has input_shape")
     return bool(targets)
 
 
-def _free(shape: List[Any], channels_first: bool) -> List[Any]:
-    """[None, 224, 224, 3] -> [None, None, None, 3] (channels kept, spatial axes free)."""
+def _free(shape: Any, channels_first: bool, source: str, where: str) -> List[Any]:
+    """[None, 224, 224, 3] -> [None, None, None, 3] (channels kept, spatial axes free); a shape
+    that is no input's (null, [], not a list) is refused, not written into the twin."""
+    if not isinstance(shape, list) or not shape:
+        raise WeightportError(source, f"{where} {shape!r}, not the shape of an input (a batch axis, then the sizes)",
+                              "the model config is damaged; save the model again")
     if len(shape) <= 2:
         return [shape[0]] + [None] * (len(shape) - 1)
     return [shape[0], shape[1]] + [None] * (len(shape) - 2) if channels_first else [shape[0]] + [None] * (len(shape) - 2) + [shape[-1]]
