@@ -24,6 +24,34 @@ def cli_command(*args: str, python: Sequence[str] = ()) -> dict:
     return dict(args=[sys.executable, *python, "-m", "weightport", *args], env=dict(os.environ, PYTHONPATH=str(ROOT)))
 
 
+# `python -m weightport` that writes its peak resident memory (KiB) to $WEIGHTPORT_TEST_PEAK as it
+# exits. VmHWM belongs to the process's own address space; `wait4`'s ru_maxrss does not: a child
+# forked from a test process that has grown (Keras imported, big arrays made) starts with its size.
+_PEAK = """
+import atexit, os, runpy, sys
+def report():
+    with open("/proc/self/status") as status, open(os.environ["WEIGHTPORT_TEST_PEAK"], "w") as out:
+        out.write(next(line for line in status if line.startswith("VmHWM")).split()[1])
+atexit.register(report)
+sys.argv[0] = "weightport"
+runpy.run_module("weightport", run_name="__main__", alter_sys=True)
+"""
+
+
+def measured_cli_command(*args: str, peak_file: Path) -> dict:
+    """The Popen arguments of `python -m weightport ARGS` (as `cli_command`), the process writing
+    its own peak memory to `peak_file` as it exits: read it with `peak_mib`."""
+    command = cli_command(*args)
+    return dict(args=[command["args"][0], "-c", _PEAK, *args], env=dict(command["env"], WEIGHTPORT_TEST_PEAK=str(peak_file)))
+
+
+def peak_mib(peak_file: Path) -> float:
+    """The peak resident memory a `measured_cli_command` process reported, in MiB."""
+    text = Path(peak_file).read_text() if Path(peak_file).exists() else ""
+    assert text, "the child did not report its peak memory"
+    return int(text) / 1024
+
+
 def run_cli(*args: str, cwd: Path = ROOT, python: Sequence[str] = (), stdout=subprocess.PIPE) -> subprocess.CompletedProcess:
     """Run `python -m weightport ARGS` in a fresh interpreter, as a user would (`python`: options
     before `-m`, such as `-m cProfile`; `stdout`: where its output goes, captured by default)."""

@@ -5,7 +5,8 @@ nothing left beside OUT.
 
 Time is the child's CPU time (user + system, from `wait4`), not the wall clock: the machines
 running the tests are shared, and a refusal that costs 0.5 s of CPU may wait seconds for a core.
-A wall-clock limit of `HANG_S` still catches a hang.
+A wall-clock limit of `HANG_S` still catches a hang. Memory is the child's own peak (VmHWM, see
+`conftest.measured_cli_command`).
 """
 
 from __future__ import annotations
@@ -20,13 +21,13 @@ import threading
 import zipfile
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, List, Optional
+from typing import Callable, Iterable, Iterator, List, Optional, Union
 
 import h5py
 import numpy as np
 import pytest
 
-from conftest import FIXTURES, cli_command
+from conftest import FIXTURES, measured_cli_command, peak_mib
 from weightport import budgets
 from weightport.archive import MAX_RATIO
 
@@ -43,27 +44,13 @@ class Outcome:
     rss_mib: float
 
 
-# `python -m weightport`, reporting its peak memory as it exits: VmHWM belongs to the process's
-# own address space, unlike `wait4`'s ru_maxrss, which a child forked from a big test process
-# inherits from it.
-_PEAK = """
-import atexit, os, runpy, sys
-def report():
-    with open("/proc/self/status") as status, open(os.environ["WEIGHTPORT_TEST_PEAK"], "w") as out:
-        out.write(next(line for line in status if line.startswith("VmHWM")).split()[1])
-atexit.register(report)
-sys.argv[0] = "weightport"
-runpy.run_module("weightport", run_name="__main__", alter_sys=True)
-"""
-
-
 def run_bounded(*argv: str, env: Optional[dict] = None) -> Outcome:
     """`python -m weightport ARGV` in a fresh process, with its CPU time (from `wait4`: that child
     alone) and peak memory; killed after `HANG_S` seconds."""
-    command = cli_command(*argv)
-    with tempfile.TemporaryFile() as err, tempfile.NamedTemporaryFile() as peak:
-        child = subprocess.Popen([command["args"][0], "-c", _PEAK, *argv], env=dict(command["env"], WEIGHTPORT_TEST_PEAK=peak.name, **(env or {})),
-                                 stdout=subprocess.DEVNULL, stderr=err)
+    with tempfile.TemporaryFile() as err, tempfile.TemporaryDirectory() as folder:
+        peak = Path(folder) / "peak"
+        command = measured_cli_command(*argv, peak_file=peak)
+        child = subprocess.Popen(command["args"], env=dict(command["env"], **(env or {})), stdout=subprocess.DEVNULL, stderr=err)
         timer = threading.Timer(HANG_S, lambda: os.kill(child.pid, signal.SIGKILL))
         timer.start()
         try:
@@ -73,9 +60,7 @@ def run_bounded(*argv: str, env: Optional[dict] = None) -> Outcome:
         child.returncode = os.waitstatus_to_exitcode(status)
         err.seek(0)
         text = err.read().decode("utf-8", "replace")
-        peak_kib = int(Path(peak.name).read_text() or 0)
-    assert peak_kib > 0, "the child did not report its peak memory"
-    return Outcome(child.returncode, text, usage.ru_utime + usage.ru_stime, peak_kib / 1024)
+        return Outcome(child.returncode, text, usage.ru_utime + usage.ru_stime, peak_mib(peak))
 
 
 def assert_refused(outcome: Outcome, file: Path, *words: str, out: Optional[Path] = None) -> str:
@@ -121,14 +106,31 @@ def _convert(source: Path, out: Path, *extra: str) -> Outcome:
     return run_bounded("convert", str(source), "-o", str(out), *flatten, *extra)
 
 
-def _rezip(source: str, dst: Path, config_text: str) -> Path:
+def _rezip(source: str, dst: Path, config_text: Union[str, Iterable[str]]) -> Path:
+    """`source` with its config.json replaced (deflated), written piece by piece when given
+    pieces: a big config never sits whole in the test process, whose size a child forked from it
+    would start with."""
     with zipfile.ZipFile(FIXTURES / source) as archive:
         members = [(info.filename, archive.read(info)) for info in archive.infolist()]
     with zipfile.ZipFile(dst, "w") as archive:
         for name, data in members:
-            archive.writestr(name, config_text if name == "config.json" else data,
-                             compress_type=zipfile.ZIP_DEFLATED if name == "config.json" else zipfile.ZIP_STORED)
+            if name != "config.json":
+                archive.writestr(name, data)
+                continue
+            info = zipfile.ZipInfo(name, (1980, 1, 1, 0, 0, 0))
+            info.compress_type = zipfile.ZIP_DEFLATED
+            with archive.open(info, "w", force_zip64=True) as member:
+                for piece in [config_text] if isinstance(config_text, str) else config_text:
+                    member.write(piece.encode())
     return dst
+
+
+def _filled(config: dict, pieces: Iterable[str]) -> Iterator[str]:
+    """The config's JSON text with `pieces` making up a list in its first layer (`sparse`)."""
+    head, tail = json.dumps(config).split('"sparse": false', 1)
+    yield head + '"sparse": ['
+    yield from pieces
+    yield "]" + tail
 
 
 def _config(source: str = "seq__k3.keras") -> dict:
@@ -143,9 +145,8 @@ def test_a_keras_file_whose_config_inflates_to_62_mb_of_empty_dicts_is_refused_b
     """The issue's 425 KB `.keras`: config.json is 62 MB of `[{},{},...]` (with enough random
     text in it to stay under the zip-bomb ratio), refused by its size before it is inflated."""
     rng = np.random.default_rng(11)
-    filler = ",".join('"%s"' % rng.bytes(12).hex() + ",{}" * 700 for _ in range(29_500))
-    text = json.dumps(_config()).replace('"sparse": false', '"sparse": [' + filler + "]", 1)
-    path = _rezip("seq__k3.keras", tmp_path / "big_config.keras", text)
+    pieces = (("," if k else "") + '"%s"' % rng.bytes(12).hex() + ",{}" * 700 for k in range(29_500))
+    path = _rezip("seq__k3.keras", tmp_path / "big_config.keras", _filled(_config(), pieces))
     with zipfile.ZipFile(path) as archive:
         info = archive.getinfo("config.json")
     assert path.stat().st_size < 1_000_000 and info.file_size > 60_000_000
@@ -156,7 +157,8 @@ def test_a_keras_file_whose_config_inflates_to_62_mb_of_empty_dicts_is_refused_b
 
 def test_a_config_of_millions_of_values_under_the_byte_limit_is_refused_before_parsing(tmp_path: Path) -> None:
     config = tmp_path / "many.json"
-    config.write_text(json.dumps(_config()).replace('"sparse": false', '"sparse": [' + ",".join(["{}"] * 5_000_000) + "]", 1))
+    with open(config, "w") as fh:
+        fh.writelines(_filled(_config(), ("{}" if k == 0 else ",{}" * 1000 for k in range(5_000))))
     assert config.stat().st_size < budgets.MAX_CONFIG_BYTES
     source, out = _copy(tmp_path, "seq__k3.weights.h5"), _out(tmp_path)
     assert_refused(_convert(source, out, "--config", str(config)), config, "JSON values", out=out)

@@ -28,7 +28,7 @@ import h5py
 import numpy as np
 import pytest
 
-from conftest import FIXTURES, cli_command
+from conftest import FIXTURES, measured_cli_command
 
 CPU_SECONDS = 2.0
 MAX_RSS_MIB = 200
@@ -45,27 +45,12 @@ class Outcome:
     wall: float
 
 
-# The child's peak memory is its VmHWM, written as it exits: Linux carries the parent's peak over
-# fork and exec into ru_maxrss, so a test process that imported TensorFlow would be charged for it.
-_PEAK = """
-import atexit, os, runpy, sys
-def peak():
-    with open("/proc/self/status") as status, open(os.environ["WEIGHTPORT_TEST_PEAK"], "w") as out:
-        out.write(next(line for line in status if line.startswith("VmHWM:")).split()[1])
-atexit.register(peak)
-sys.argv[0] = "weightport"
-runpy.run_module("weightport", run_name="__main__", alter_sys=True)
-"""
-
-
 def run_bounded(*args: str, cwd: Path) -> Outcome:
     """Run the CLI in a child; its exit status, output and own resource use (CPU time from wait4,
     peak memory from the child's own VmHWM). Fails the test on a hang."""
-    command = cli_command(*args)
     fd, peak_file = tempfile.mkstemp(prefix="weightport-peak-")
     os.close(fd)
-    command["args"] = [command["args"][0], "-c", _PEAK, *args]
-    command["env"]["WEIGHTPORT_TEST_PEAK"] = peak_file
+    command = measured_cli_command(*args, peak_file=Path(peak_file))
     try:
         outcome = _wait_bounded(subprocess.Popen(**command, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.PIPE, cwd=cwd), args)
         text = Path(peak_file).read_text()

@@ -14,11 +14,12 @@ from __future__ import annotations
 import math
 import os
 from pathlib import Path
-from typing import IO, List, Sequence, Union
-
-import h5py
+from typing import IO, TYPE_CHECKING, List, Sequence, Union
 
 from .errors import WeightportError
+
+if TYPE_CHECKING:  # h5py is imported where a dataset is checked: `digests` uses `hollow` before h5py is loaded
+    import h5py
 
 __all__ = ["check_allocated", "hollow", "read_limited", "check_config_text", "check_name_count", "check_names", "vars_keys", "check_stored"]
 
@@ -92,14 +93,14 @@ def check_config_text(text: Union[str, bytes], source: PathLike) -> None:
                               "give the output of model.to_json()")
 
 
-def check_name_count(count: int, group: h5py.Group, what: str, path: PathLike) -> None:
+def check_name_count(count: int, group: "h5py.Group", what: str, path: PathLike) -> None:
     """A list of names (`layer_names`, `weight_names`) no longer than `MAX_LAYER_NAMES`, checked
     before its names are decoded."""
     if count > MAX_LAYER_NAMES:
         raise WeightportError(path, f"{what} of '{group.name}' lists {count:,} names, more than any model has ({MAX_LAYER_NAMES:,})", _HINT_DAMAGED)
 
 
-def check_names(names: Sequence[str], group: h5py.Group, what: str, path: PathLike) -> None:
+def check_names(names: Sequence[str], group: "h5py.Group", what: str, path: PathLike) -> None:
     """A list of member names that can be walked: each listed once (a name listed 400,000 times
     would be looked up 400,000 times), so each names an object of its own and walking them
     costs what the file holds."""
@@ -130,11 +131,13 @@ def vars_keys(keys: Sequence[str], group: str, path: PathLike) -> List[str]:
     return ordered
 
 
-def check_stored(dataset: h5py.Dataset, declared: int, path: PathLike) -> None:
+def check_stored(dataset: "h5py.Dataset", declared: int, path: PathLike) -> None:
     """Refuse a tensor whose stored bytes cannot be its declared values: one with a zero-length
     axis (no Keras variable is empty), and a chunked one with chunks never written (HDF5 would
     hand back its fill value, as many bytes as declared, from nothing), compressed beyond
     `MAX_INFLATION`, or in compressed chunks larger than `MAX_CHUNK_BYTES`."""
+    import h5py
+
     name, shape = dataset.name, tuple(int(n) for n in dataset.shape)
     if 0 in shape:
         raise WeightportError(path, f"tensor {name} has shape {'x'.join(map(str, shape))}: no values (a Keras variable is never empty)", _HINT_DAMAGED)
