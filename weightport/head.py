@@ -20,7 +20,7 @@ from .config import ConfigLayer, ModelConfig
 from .errors import WeightportError
 from .roles import guess_class
 from .rules import SPATIAL, canonical_order, check_order
-from .shapes import infer_shapes
+from .shapes import ShapeError, class_rank, flatten_form, flatten_hint, infer_shapes, spatial_rank
 from .view import Layer, ModelView, Tensor
 
 __all__ = ["HeadRole", "analyze_head", "layer_class", "is_conv_kernel", "is_th_kernel", "parse_source_order"]
@@ -83,8 +83,7 @@ def analyze_head(view: ModelView, flatten: Optional[Sequence[int]] = None, sourc
         roles = _from_order(view, tuple(flatten), source_order)
     else:
         raise WeightportError(view.path, "weights-only file with no model config: the window that fed the first Dense is unknown",
-                              "give --flatten H,W,C (the shape before the Flatten; for a global-pooling head --flatten 1,1,C, "
-                              "C the pooled channels), or --config model.json")
+                              f"{flatten_hint(_view_rank(view))}, or --config model.json")
     if required and not any(role.kind in ("window", "1x1") for role in roles.values()):
         raise _nothing_to_convert(view)
     return roles
@@ -132,6 +131,11 @@ def _behind(config: ModelConfig, layer: ConfigLayer) -> Optional[ConfigLayer]:
         seen.update(fresh)
         queue.extend(fresh)
     return None
+
+
+def _view_rank(view: ModelView) -> Optional[int]:
+    """The spatial rank of a model read without a config: its first convolution's, by class."""
+    return next((rank for rank in (class_rank(layer_class(layer)) for layer in view.layers) if rank is not None), None)
 
 
 # --- with a config: follow the graph --------------------------------------------------------
@@ -228,40 +232,67 @@ def _window(flat: ConfigLayer, shapes, config: ModelConfig, source: str, flatten
         anchor = config.get(anchor.inbound[0]) if anchor.inbound else None
     if anchor is None:
         return None
-    info = shapes.output(anchor.name)
-    rank = len(info.shape) - 1
+    info = _inferred(anchor, shapes, config, flat, flatten, source)
+    shape = info.shape if info is not None else tuple(flatten)  # --flatten where the config's classes stop inference
+    rank = len(shape) - 1
     if rank not in SPATIAL:
         return None
-    first = info.layout == "channels_first"
-    spatial, channels = (info.shape[1:], info.shape[0]) if first else (info.shape[:-1], info.shape[-1])
+    first = (info.layout if info is not None else anchor.data_format) == "channels_first"
+    spatial, channels = (shape[1:], shape[0]) if first and info is not None else (shape[:-1], shape[-1])
     order = ("c" + SPATIAL[rank]) if first else canonical_order(rank)
     reshaped = None  # a Reshape keeps the row-major order, so Flatten after it lists the window as before
     for layer in reversed(chain):
         if layer.class_name == "Reshape":
             reshaped = layer
         elif layer.class_name == "Permute":
-            _refuse_after_reshape(reshaped, layer, source)
+            _refuse_after_reshape(reshaped, layer, source, rank)
             order = _apply(layer, order, source)
     if flat.class_name == "Flatten" and flat.config.get("data_format") == "channels_first":
-        _refuse_after_reshape(reshaped, flat, source)
+        _refuse_after_reshape(reshaped, flat, source, rank)
         order = order[1:] + order[0]
     if flatten:
+        _agree(flatten, spatial, channels, flat, source)
         spatial, channels = tuple(flatten[:-1]), flatten[-1]
     elif not all(isinstance(n, int) and not isinstance(n, bool) and n > 0 for n in (*spatial, channels)):
-        raise WeightportError(source, f"the config does not fix the shape {info.shape} that {flat.class_name} '{flat.name}' flattens",
-                              "give --flatten H,W,C (the shape before the Flatten)")
-    assumed = f"; shapes assumed through {', '.join(info.assumed)}" if info.assumed else ""
+        raise WeightportError(source, f"the config does not fix the shape {shape} that {flat.class_name} '{flat.name}' flattens", flatten_hint(rank))
+    assumed = f"; shapes assumed through {', '.join(info.assumed)}" if info is not None and info.assumed else ""
+    assumed += "; window given by --flatten" if info is None else ""
     order = parse_source_order(source_order, rank) or order
     folded = tuple(l.name for l in chain if l.class_name in ("Permute", "Reshape")) + (flat.name,)
     return HeadRole("window", rank, f"after {flat.class_name} '{flat.name}' of {'x'.join(map(str, spatial))}x{channels} (order {order}){assumed}",
                     tuple(int(n) for n in spatial), int(channels), order, "channels_first" if first else "channels_last", folded)
 
 
-def _refuse_after_reshape(reshaped: Optional[ConfigLayer], layer: ConfigLayer, source: str) -> None:
+def _inferred(anchor: ConfigLayer, shapes, config: ModelConfig, flat: ConfigLayer, flatten: Optional[Sequence[int]], source: str):
+    """The shape inference gives the layer before the Flatten; None where a class it cannot
+    follow (a custom layer, a TFOpLambda) stops it and `--flatten` gives the window instead, in
+    the rank the layers before the Flatten have."""
+    try:
+        return shapes.output(anchor.name)
+    except ShapeError:
+        if not flatten:
+            raise
+    rank = spatial_rank(config, anchor.name)
+    if rank is not None and len(flatten) - 1 != rank:
+        raise WeightportError(source, f"--flatten {','.join(map(str, flatten))} is {len(flatten) - 1}-D, but the layers before "
+                                      f"{flat.class_name} '{flat.name}' are {rank}-D", flatten_hint(rank))
+    return None
+
+
+def _agree(flatten: Sequence[int], spatial: Sequence, channels, flat: ConfigLayer, source: str) -> None:
+    """`--flatten` where inference works must say what it says (an axis the config leaves open, None, is free)."""
+    inferred = (*spatial, channels)
+    if len(flatten) != len(inferred) or any(n is not None and n != given for n, given in zip(inferred, flatten)):
+        shown = ",".join("?" if n is None else str(n) for n in inferred)
+        raise WeightportError(source, f"--flatten {','.join(map(str, flatten))} disagrees with the shape {shown} the config gives before "
+                                      f"{flat.class_name} '{flat.name}'", f"drop --flatten, or give --flatten {shown}")
+
+
+def _refuse_after_reshape(reshaped: Optional[ConfigLayer], layer: ConfigLayer, source: str, rank: int) -> None:
     """Axes moved after a Reshape are the reshaped ones, not the window's: no order says that."""
     if reshaped is not None:
         raise WeightportError(source, f"{layer.class_name} '{layer.name}' moves the axes of Reshape '{reshaped.name}', not the window's",
-                              "give --flatten H,W,C and --source-order for the window the Dense sees")
+                              f"give --flatten {flatten_form(rank)} and --source-order for the window the Dense sees")
 
 
 def _apply(layer: ConfigLayer, order: str, source: str) -> str:
@@ -269,7 +300,7 @@ def _apply(layer: ConfigLayer, order: str, source: str) -> str:
     dims = layer.config.get("dims")
     if not isinstance(dims, list) or sorted(dims) != list(range(1, len(order) + 1)):
         raise WeightportError(source, f"Permute '{layer.name}' has dims {dims!r}, not a permutation of the {len(order)} axes before the Flatten",
-                              "the config is damaged; give --flatten H,W,C and --source-order")
+                              f"the config is damaged; give --flatten {flatten_form(len(order) - 1)} and --source-order")
     return "".join(order[d - 1] for d in dims)
 
 
@@ -280,7 +311,7 @@ def _check_window(source: str, layer: Layer, role: HeadRole) -> None:
     expected = math.prod(role.window) * role.channels
     if rows != expected:
         raise WeightportError(source, f"Dense '{layer.name}' has {rows} inputs but the window {'x'.join(map(str, role.window))}x{role.channels} holds {expected}",
-                              "give --flatten H,W,C with the shape that fed the Flatten")
+                              f"give --flatten {flatten_form(role.rank)} with the shape that fed the Flatten")
 
 
 # --- without a config: read the head from the layer order ------------------------------------

@@ -14,6 +14,7 @@ shape downstream of such a guess records it in `TensorInfo.assumed`.
 from __future__ import annotations
 
 import math
+import re
 from dataclasses import dataclass, replace
 from functools import partial
 from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
@@ -21,13 +22,14 @@ from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
 from .config import ConfigLayer, ModelConfig
 from .errors import WeightportError
 
-__all__ = ["TensorInfo", "ShapeError", "Shapes", "infer_shapes"]
+__all__ = ["TensorInfo", "ShapeError", "Shapes", "infer_shapes", "class_rank", "spatial_rank", "flatten_form", "flatten_hint"]
 
 Dim = Optional[int]
 Shape = Tuple[Dim, ...]
 CHANNELS_LAST = "channels_last"
 CHANNELS_FIRST = "channels_first"
-_HINT = "give --flatten H,W,C"
+_FORMS = {1: "L,C", 2: "H,W,C", 3: "D,H,W,C"}  # --flatten's window by spatial rank
+_RANKED = re.compile(r"([123])D(?:Transpose)?$")  # Conv1D, MaxPooling2D, Conv3DTranspose ...
 
 
 @dataclass(frozen=True)
@@ -39,6 +41,38 @@ class TensorInfo:
     shape: tuple
     layout: Optional[str]
     assumed: tuple = ()
+
+
+def class_rank(class_name: Optional[str]) -> Optional[int]:
+    """The spatial rank a layer class names (Conv1D -> 1, MaxPooling2D -> 2), None if none."""
+    match = _RANKED.search(class_name or "")
+    return int(match.group(1)) if match else None
+
+
+def spatial_rank(config: ModelConfig, name: str) -> Optional[int]:
+    """The spatial rank of the tensors at layer `name`: what the nearest layer at or before it
+    says by its class, else the model input's (batch and channels aside); None if neither says."""
+    seen = set()
+    layer = config.get(name)
+    while layer is not None and layer.name not in seen:
+        seen.add(layer.name)
+        rank = class_rank(layer.class_name)
+        if rank is not None:
+            return rank
+        layer = config.get(layer.inbound[0]) if layer.inbound else None
+    axes = len(config.input_shape) - 2 if config.input_shape else 0
+    return axes if axes in _FORMS else None
+
+
+def flatten_form(rank: Optional[int]) -> str:
+    """`--flatten`'s form in a spatial rank: L,C (1-D), H,W,C (2-D), D,H,W,C (3-D)."""
+    return _FORMS.get(rank, "L,C, H,W,C or D,H,W,C")
+
+
+def flatten_hint(rank: Optional[int]) -> str:
+    """The hint that asks for the window, in the model's rank (for a global-pooling head 1,C / 1,1,C / 1,1,1,C)."""
+    pooled = ",".join(["1"] * rank + ["C"]) if rank in _FORMS else "1,1,C"
+    return f"give --flatten {flatten_form(rank)} (the shape before the Flatten; for a global-pooling head --flatten {pooled}, C the pooled channels)"
 
 
 class ShapeError(WeightportError):
@@ -433,7 +467,8 @@ class Shapes:
         return layer
 
     def _error(self, layer: ConfigLayer, detail: str) -> ShapeError:
-        return ShapeError(self._source, f"cannot infer the output shape of layer '{layer.name}' ({layer.class_name}): {detail}", _HINT)
+        return ShapeError(self._source, f"cannot infer the output shape of layer '{layer.name}' ({layer.class_name}): {detail}",
+                          flatten_hint(spatial_rank(self._config, layer.name)))
 
     def _root_input(self, layer: ConfigLayer) -> TensorInfo:
         shape = self._override if self._override is not None else _declared_input(layer)
