@@ -198,3 +198,34 @@ def test_sublayers_of_an_unknown_layer_pair_only_by_their_places(tmp_path: Path)
         refused = run_cli("convert", str(src), "--target", str(tgt), "-o", str(tmp_path / "x.h5"))
         assert refused.returncode == 2 and refused.stderr.count("\n") == 1, refused.stderr
         assert "layer pair block -> block" in refused.stderr and "order weightport cannot establish" in refused.stderr
+
+
+def _recurrent_classifier(K: Any, twin: bool = False) -> Any:
+    """Conv1D, a Bidirectional LSTM and a TimeDistributed Dense over the steps, global average
+    pooling and a Dense head (a sleep-stage classifier's shape), or its twin built in code."""
+    inputs = K.Input(shape=(None if twin else 12, 4))
+    x = K.layers.Conv1D(8, 3)(inputs)
+    x = K.layers.Bidirectional(K.layers.LSTM(4, return_sequences=True))(x)
+    x = K.layers.TimeDistributed(K.layers.Dense(6))(x)
+    x = K.layers.GlobalAveragePooling1D(keepdims=twin)(x)
+    return K.Model(inputs, K.layers.Conv1D(3, 1)(x) if twin else K.layers.Dense(3)(x))
+
+
+@pytest.mark.parametrize("writer,source_name,out_name,extra", [
+    ("k3", "classifier.keras", "fcn.keras", ()), ("k3", "classifier.keras", "fcn.weights.h5", ()),
+    ("tfk", "classifier.h5", "fcn.h5", ("--full-model",))])
+def test_a_twin_with_wrappers_in_its_trunk_loads_with_equal_outputs(tmp_path: Path, writer: str, source_name: str, out_name: str, extra: tuple) -> None:
+    """The derived twin keeps the wrappers (their tensors where Keras looks for them, in a whole
+    model their config) and turns the pooled head into a 1x1 Conv1D."""
+    K = KERAS[writer]
+    source, out = tmp_path / source_name, tmp_path / out_name
+    model = _untrained(K, _recurrent_classifier, source, seed=11)
+    result = run_cli("convert", str(source), "-o", str(out), *extra)
+    assert result.returncode == 0, result.stderr
+    if out_name == "fcn.weights.h5":
+        twin = _recurrent_classifier(K, twin=True)
+        twin.load_weights(str(out))
+    else:
+        twin = K.models.load_model(str(out))
+    x = np.random.default_rng(0).normal(size=(2, 12, 4)).astype("float32")
+    np.testing.assert_allclose(np.asarray(twin(x)).reshape(2, 3), np.asarray(model(x)), rtol=1e-5, atol=1e-6)
