@@ -22,7 +22,6 @@ import errno
 import fcntl
 import os
 import re
-import secrets
 import stat
 from pathlib import Path
 from typing import Iterator, List, Optional
@@ -184,7 +183,7 @@ def atomic_output(out: Path, parts: int = 1, force: bool = False) -> Iterator[Li
     `WeightportError` naming `out`; every temporary is removed on any failure.
     """
     remove_stale(out)
-    stem = out.parent / f"{_prefix(out)}{secrets.token_hex(_TOKEN_HEX // 2)}.tmp"
+    stem = out.parent / f"{_prefix(out)}{os.urandom(_TOKEN_HEX // 2).hex()}.tmp"  # what secrets.token_hex does, without loading OpenSSL (3.6 MiB)
     paths = [stem] + [stem.with_name(f"{stem.name}.{i}") for i in range(1, parts)]
     created: List[Path] = []
     with contextlib.ExitStack() as locks:  # released after the temporaries are removed, never before

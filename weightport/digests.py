@@ -11,11 +11,10 @@ file changed since, it is hashed again. A conversion that fails stops its hash (
 
 from __future__ import annotations
 
-import hashlib
 import os
 import stat
 import threading
-from typing import Callable, Dict, Optional, Tuple
+from typing import Any, Callable, Dict, Optional, Tuple
 
 from blake3 import blake3
 
@@ -27,7 +26,15 @@ __all__ = ["ALGORITHM", "ATTRIBUTE", "RECORDED", "start", "source_digest", "file
 ALGORITHM = "blake3"
 ATTRIBUTE = f"weightport_source_{ALGORITHM}"  # the output's attribute names its algorithm
 # the attributes weightport has written, and the hash each one holds (older outputs: SHA-256)
-RECORDED: Dict[str, Callable[[], "hashlib._Hash"]] = {ATTRIBUTE: blake3, "weightport_source_sha256": hashlib.sha256}
+RECORDED: Dict[str, Callable[[], Any]] = {ATTRIBUTE: blake3, "weightport_source_sha256": lambda: _hashlib().sha256()}
+
+
+def _hashlib() -> Any:
+    """hashlib, imported when an older output's SHA-256 is checked: it loads OpenSSL's libcrypto,
+    3.6 MiB of every conversion's resident memory otherwise."""
+    import hashlib
+
+    return hashlib
 
 BLOCK_BYTES = 1 << 20  # read into one buffer that stays in the CPU cache
 _Key = Tuple[str, int, int, int, int, int]

@@ -21,13 +21,14 @@ from . import budgets
 from .errors import WeightportError
 from .inputs import by_descriptor
 
-__all__ = ["open_h5", "member", "members", "str_list_attr", "str_attr", "has_attr", "damaged_hdf5", "checked_tensor", "read_rows"]
+__all__ = ["open_h5", "member", "members", "str_list_attr", "str_attr", "has_attr", "damaged_hdf5", "checked_tensor", "read_rows", "small_cache"]
 
 _HDF5_SIGNATURE = b"\x89HDF\r\n\x1a\n"
 _HINT_DAMAGED = "the file may be truncated or damaged; save or download it again"
 _HINT_OUTSIDE = "weights must be stored in the file itself"
 _MAX_SOFT_LINKS = 16  # HDF5's own limit on a chain of soft links
 _NUMERIC = ("f", "i", "u")  # float, int, uint: what a Keras variable can hold
+METADATA_CACHE = 512 << 10  # bytes of HDF5 metadata cache per open file, at most
 
 
 def open_h5(path: Union[str, Path], source: Union[int, IO[bytes]]) -> h5py.File:
@@ -58,7 +59,7 @@ def _h5_file(path: Union[str, Path], source: Union[str, IO[bytes]]) -> h5py.File
         # compressed chunks are verified in blocks of about a chunk (each read once or twice). Only
         # a chunked source read for a permuted rule (chw) decompresses a chunk once per piece it
         # touches: slow, but bounded in memory
-        return h5py.File(source, "r", rdcc_nbytes=0)
+        return small_cache(h5py.File(source, "r", rdcc_nbytes=0))
     except (OSError, ValueError) as exc:
         reason = str(exc).split("(")[-1].rstrip(")") if "(" in str(exc) else str(exc)
         if "unable to lock file" in str(exc):  # HDF5's own lock: another program has the file open for writing
@@ -145,6 +146,18 @@ def _open_object(group: h5py.Group, key: bytes, where: _Where, file: Union[str, 
         raise WeightportError(file, f"tensor {where} keeps its values in other files (HDF5 external or virtual storage), which were not opened",
                               _HINT_OUTSIDE)
     return h5py.Dataset(dataset, readonly=True)
+
+
+def small_cache(f: h5py.File) -> h5py.File:
+    """`f` with a small metadata cache (256 KiB to start, 512 KiB at most; HDF5's default grows to
+    32 MiB per file). A conversion opens a few files at once, each with hundreds of object
+    headers; the default cache holds them all, ~8 MiB more peak memory for DenseNet121, and the
+    small one is measured no slower: its misses are reads the page cache answers."""
+    config = f.id.get_mdc_config()
+    config.set_initial_size, config.initial_size = True, METADATA_CACHE >> 1
+    config.min_size, config.max_size = METADATA_CACHE >> 2, METADATA_CACHE
+    f.id.set_mdc_config(config)
+    return f
 
 
 def has_attr(obj: Union[h5py.Group, h5py.Dataset], name: str) -> bool:

@@ -22,7 +22,7 @@ import contextlib
 import ctypes
 import mmap
 import os
-from typing import Callable, Dict, Iterable, Iterator, List, Optional, Tuple
+from typing import Callable, Dict, Iterable, Iterator, List, Optional, Tuple, Union
 
 import h5py
 import numpy as np
@@ -31,7 +31,7 @@ from . import digests
 from .errors import WeightportError
 from .hdf5 import damaged_hdf5, read_rows
 from .rules import RULES, Run, rows_of
-from .view import ModelView
+from .view import ModelView, Tensor
 
 __all__ = ["BLOCK_BYTES", "Output", "keeps_order", "open_data_files", "piece_shape", "raw_location", "transfer", "write_pieces"]
 
@@ -103,19 +103,15 @@ def open_data_files(views: Iterable[ModelView]) -> Iterator[Dict[str, Tuple[int,
             os.close(fd)
 
 
-def raw_location(view: ModelView, dataset: h5py.Dataset, files: Dict[str, Tuple[int, int]]) -> Optional[Tuple[int, int]]:
-    """(open descriptor, byte offset) of a dataset stored contiguously in place in one of `files`
+def raw_location(view: ModelView, tensor: Tensor, files: Dict[str, Tuple[int, int]]) -> Optional[Tuple[int, int]]:
+    """(open descriptor, byte offset) of a tensor stored contiguously in place in one of `files`
     (from `open_data_files`), else None."""
-    offset = dataset.id.get_offset()
-    if offset is None or view.data_base is None or view.data_file is None:
-        return None
-    nbytes = dataset.size * dataset.dtype.itemsize
-    if dataset.id.get_storage_size() != nbytes:
+    if tensor.offset is None or view.data_base is None or view.data_file is None:
         return None
     fd, size = files[view.data_file]
-    start = view.data_base + offset
-    if start + nbytes > size:
-        raise WeightportError(view.path, f"tensor {dataset.name} ends past the end of the file (truncated file)",
+    start = view.data_base + tensor.offset
+    if start + tensor.size * tensor.dtype.itemsize > size:
+        raise WeightportError(view.path, f"tensor {tensor.path} ends past the end of the file (truncated file)",
                               "the file is damaged; save or download it again")
     return fd, start
 
@@ -127,9 +123,10 @@ def keeps_order(rule_name: str, shape: Tuple[int, ...], params: dict) -> bool:
     return runs is not None and runs(shape, params) == [Run(0, 1, 0, 1, rows_of(shape)[0])]
 
 
-def transfer(rule_name: str, params: dict, dataset: h5py.Dataset, source: Optional[Tuple[int, int]],
+def transfer(rule_name: str, params: dict, dataset: Union[Tensor, h5py.Dataset], source: Optional[Tuple[int, int]],
              output: Output, out_offset: int, out_dtype: np.dtype, source_file: str) -> None:
-    """Write the target tensor made by `rule_name` from `dataset` at `out_offset` of `output`.
+    """Write the target tensor made by `rule_name` from `dataset` (a view's tensor, or an h5py
+    dataset) at `out_offset` of `output`.
 
     `source` is (open fd, byte offset) when the dataset can be read in place, else None;
     `source_file` names the file in the error when h5py cannot read the tensor (a damaged
@@ -146,11 +143,11 @@ def transfer(rule_name: str, params: dict, dataset: h5py.Dataset, source: Option
         mover.move(run)
 
 
-def _whole(rule_name: str, params: dict, dataset: h5py.Dataset, source_file: str, dtype: np.dtype) -> np.ndarray:
+def _whole(rule_name: str, params: dict, dataset: Union[Tensor, h5py.Dataset], source_file: str, dtype: np.dtype) -> np.ndarray:
     """The whole target tensor in memory, for what is not moved in place (small tensors, the
     in-memory rules, tensors stored chunked or compressed in the source)."""
     with damaged_hdf5(source_file):
-        values = dataset[()]
+        values = dataset.read() if isinstance(dataset, Tensor) else dataset[()]
     return np.ascontiguousarray(RULES[rule_name].apply(values, params), dtype=dtype)
 
 

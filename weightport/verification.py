@@ -15,6 +15,7 @@ with the wrong one.
 from __future__ import annotations
 
 import os
+import random
 from dataclasses import asdict, dataclass, replace
 from typing import Any, Dict, List, Optional, Tuple
 
@@ -22,6 +23,7 @@ import h5py
 import numpy as np
 
 from . import digests, units
+from .errors import WeightportError
 from .hdf5 import damaged_hdf5, read_rows
 from .planner import Plan, Step
 from .precision import Cast, CastLost, cast_to
@@ -37,6 +39,7 @@ FULL_CHECK_VALUES = 1 << 19  # tensors up to this many values are checked whole 
 SAMPLED_ROWS = 64  # larger ones: this many random rows (window positions) and the first and last,
 # compared exactly; a wrong order, transposition or shift moves nearly every row, so a few dozen
 # catch it (a byte mover's edge cases are covered by its own tests, tests/test_transfer.py)
+_At = Tuple[Optional[Tuple[int, int]], Optional[Tuple[int, int]]]  # (source, target): (descriptor, byte offset) where in place
 
 
 @dataclass
@@ -117,7 +120,7 @@ def check_source_digest(source: ModelView, out: ModelView) -> Optional[DigestChe
 def verify_plan(plan: Plan, views: Dict[str, ModelView], out: ModelView, atol: float = 1e-6, rtol: float = 1e-5,
                 seed: int = 0) -> Verification:
     """Check that `out` holds what `plan` promises, computing both sides of every layer pair."""
-    rng = np.random.default_rng(seed)
+    rng = _Random(seed)
     produced = {layer.name: layer.weights for layer in out.layers}
     sources = {(file, t.path): t for file, view in views.items() for t in view.tensors}
     index: Dict[str, int] = {}
@@ -132,8 +135,8 @@ def verify_plan(plan: Plan, views: Dict[str, ModelView], out: ModelView, atol: f
                 result = ("missing or misshapen in the output", float("inf"), float("inf"))
             else:
                 with damaged_hdf5(f"{step.source_file} or {out.path}"):
-                    result = (_identical(step, (views[step.source_file], source), (out, target), files)
-                              or _check(step, source.dataset, target.dataset, rng))
+                    at = raw_location(views[step.source_file], source, files), raw_location(out, target, files)
+                    result = _identical(step, source, target, at) or _check(step, source.dataset, target.dataset, rng, at)
             by_layer.setdefault((step.source_layer, step.target_layer), []).append(result)
     pairs = []
     for (src, tgt), results in by_layer.items():
@@ -144,18 +147,17 @@ def verify_plan(plan: Plan, views: Dict[str, ModelView], out: ModelView, atol: f
     return Verification(pairs, atol, rtol)
 
 
-def _identical(step: Step, source: Tuple[ModelView, Tensor], target: Tuple[ModelView, Tensor],
-               files: Dict[str, Tuple[int, int]]) -> Optional[Tuple[str, float, float]]:
+def _identical(step: Step, src: Tensor, tgt: Tensor, at: _At) -> Optional[Tuple[str, float, float]]:
     """The quick proof for most tensors of a model: a rule that keeps every element in place,
     the same dtype on both sides and the same bytes, which no numeric check could tell apart,
     compared a block at a time straight from both files. None (the numeric checks decide) for
     any other tensor, for bytes that differ, and for tensors sampled by rows (bigger than
-    FULL_CHECK_VALUES: reading them whole would cost more than the check)."""
-    (src_view, src), (out_view, tgt) = source, target
-    if src.dtype != tgt.dtype or src.size != tgt.size or src.size > FULL_CHECK_VALUES or not keeps_order(step.rule, src.shape, step.params):
+    FULL_CHECK_VALUES: reading them whole would cost more than the check). `at`: where each lies
+    in place in its file (`raw_location`), if it does."""
+    src_at, tgt_at = at
+    if src_at is None or tgt_at is None or src.dtype != tgt.dtype or src.size != tgt.size or src.size > FULL_CHECK_VALUES:
         return None
-    src_at, tgt_at = raw_location(src_view, src.dataset, files), raw_location(out_view, tgt.dataset, files)
-    if src_at is None or tgt_at is None:
+    if not keeps_order(step.rule, src.shape, step.params):
         return None
     nbytes = src.size * src.dtype.itemsize
     for start in range(0, nbytes, BLOCK_BYTES):
@@ -165,25 +167,47 @@ def _identical(step: Step, source: Tuple[ModelView, Tensor], target: Tuple[Model
     return "bytes identical", 0.0, 0.0
 
 
+class _Random:
+    """The checks' random numbers from one seed: rows to sample drawn by the standard library,
+    inputs by numpy's generator, made on first use. Importing numpy.random costs ~7 MiB of
+    memory (it loads OpenSSL), and most models never need it: their tensors are proved by their
+    bytes or by sampled rows."""
+
+    def __init__(self, seed: int) -> None:
+        self.seed = seed
+        self._rows = random.Random(seed)
+        self._values: Optional[np.random.Generator] = None
+
+    def sample(self, population: int, count: int) -> List[int]:
+        """`count` distinct integers below `population`."""
+        return self._rows.sample(range(population), count)
+
+    def standard_normal(self, shape: Tuple[int, ...]) -> np.ndarray:
+        if self._values is None:
+            self._values = np.random.default_rng(self.seed)
+        return self._values.standard_normal(shape)
+
+
 # --- the checks ---------------------------------------------------------------------------
 
-def _check(step: Step, source: h5py.Dataset, target: h5py.Dataset, rng: np.random.Generator) -> Tuple[str, float, float]:
-    """One tensor's check, qualified by the output dtype's rounding where it has one."""
+def _check(step: Step, source: h5py.Dataset, target: h5py.Dataset, rng: _Random, at: _At = (None, None)) -> Tuple[str, float, float]:
+    """One tensor's check, qualified by the output dtype's rounding where it has one; `at` as
+    for `_identical` (sampled rows are read straight from the files where the tensors lie in place)."""
     if step.rule == "units":
         return _check_units(step, source, target, rng)
     cast = cast_to(source.dtype, target.dtype)
     if cast is None:
         return f"{source.dtype} -> {target.dtype}: this dtype cannot hold the weights", float("inf"), float("inf")
     try:
-        name, diff, rel = _compare(step, source, target, cast, rng)
+        name, diff, rel = _compare(step, source, target, cast, rng, at)
     except CastLost as lost:
         return f"{source.dtype} -> {target.dtype} loses more than {target.dtype}'s rounding ({lost})", float("inf"), float("inf")
     return (f"{name} {cast.label}" if cast.label else name), diff, rel
 
 
-def _compare(step: Step, source: h5py.Dataset, target: h5py.Dataset, cast: Cast, rng: np.random.Generator) -> Tuple[str, float, float]:
+def _compare(step: Step, source: h5py.Dataset, target: h5py.Dataset, cast: Cast, rng: _Random, at: _At) -> Tuple[str, float, float]:
     if max(source.size, target.size) > FULL_CHECK_VALUES and step.rule in _ROW_ORDERS and min(source.ndim, target.ndim) >= 2:
-        return _check_rows(step, source, target, cast, rng)
+        return _check_rows(step, source, target, cast, rng, at)
     if step.rule in ("dense-to-conv", "dense-to-1x1", "conv-to-dense"):
         return _check_linear(step, source, target, cast, rng)
     kernel = step.role in (None, "kernel") and len(step.target_shape) >= 3 and step.rule in ("copy", "kernel-flip", "kernel-from-th")
@@ -192,7 +216,7 @@ def _compare(step: Step, source: h5py.Dataset, target: h5py.Dataset, cast: Cast,
     return ("values equal",) + _compare_values(source, target, cast)
 
 
-def _check_linear(step: Step, source: h5py.Dataset, target: h5py.Dataset, cast: Cast, rng: np.random.Generator) -> Tuple[str, float, float]:
+def _check_linear(step: Step, source: h5py.Dataset, target: h5py.Dataset, cast: Cast, rng: _Random) -> Tuple[str, float, float]:
     """Dense on the flattened window (in its flatten order) vs valid correlation with the conv."""
     conv_shape = step.target_shape if step.rule != "conv-to-dense" else step.source_shape
     rank = len(conv_shape) - 2
@@ -206,7 +230,7 @@ def _check_linear(step: Step, source: h5py.Dataset, target: h5py.Dataset, cast: 
     return (f"dense on window ({order}) vs conv",) + _errors(got, want)
 
 
-def _check_kernel(step: Step, source: h5py.Dataset, target: h5py.Dataset, cast: Cast, rng: np.random.Generator) -> Tuple[str, float, float]:
+def _check_kernel(step: Step, source: h5py.Dataset, target: h5py.Dataset, cast: Cast, rng: _Random) -> Tuple[str, float, float]:
     """The source's convolution on random patches vs Keras's cross-correlation with the output."""
     shape = tuple(step.target_shape)
     spatial = len(shape) - 2
@@ -224,7 +248,7 @@ def _check_kernel(step: Step, source: h5py.Dataset, target: h5py.Dataset, cast: 
     return (name,) + _errors(got, want)
 
 
-def _check_units(step: Step, source: h5py.Dataset, target: h5py.Dataset, rng: np.random.Generator) -> Tuple[str, float, float]:
+def _check_units(step: Step, source: h5py.Dataset, target: h5py.Dataset, rng: _Random) -> Tuple[str, float, float]:
     """`--units`: the kept units of the source (a head layer: small), held in an in-memory HDF5
     file, checked against the output by the pair's own rule."""
     kept = units.select(source[()], step.params["units"])
@@ -244,7 +268,7 @@ _ROW_ORDERS = {
 }
 
 
-def _check_rows(step: Step, source: h5py.Dataset, target: h5py.Dataset, cast: Cast, rng: np.random.Generator) -> Tuple[str, float, float]:
+def _check_rows(step: Step, source: h5py.Dataset, target: h5py.Dataset, cast: Cast, rng: _Random, at: _At) -> Tuple[str, float, float]:
     """A big tensor: random window positions, the source's row for each (found through the
     source's flatten order) against the target's row for the same position."""
     conv = step.target_shape if len(step.target_shape) >= len(step.source_shape) else step.source_shape
@@ -253,18 +277,34 @@ def _check_rows(step: Step, source: h5py.Dataset, target: h5py.Dataset, cast: Ca
     dims = dict(zip(axes, conv[:-1])) if len(conv) >= 3 else {"w": 1, "c": conv[0]}
     src_order, tgt_order = _ROW_ORDERS[step.rule](step.params, rank)
     rows = int(np.prod([dims[a] for a in axes], dtype=np.int64))
-    picked = np.union1d([0, rows - 1], rng.choice(rows, size=min(SAMPLED_ROWS, rows), replace=False))  # the edges always
+    picked = np.union1d([0, rows - 1], rng.sample(rows, min(SAMPLED_ROWS, rows)))  # the edges always
     position = dict(zip(axes, np.unravel_index(picked, [dims[a] for a in axes])))
     src_index = np.ravel_multi_index([position[a] for a in src_order], [dims[a] for a in src_order])
     tgt_index = np.ravel_multi_index([position[a] for a in tgt_order], [dims[a] for a in tgt_order])
     per_read = max(1, BLOCK_BYTES // (8 * target.shape[-1]))  # rows whose float64 copies fit a block
     worst, scale = 0.0, 0.0
     for start in range(0, len(picked), per_read):
-        want = cast.store(read_rows(source, src_index[start:start + per_read]))
-        got = read_rows(target, tgt_index[start:start + per_read]).astype("float64")
+        want = cast.store(_read_rows(source, src_index[start:start + per_read], at[0]))
+        got = _read_rows(target, tgt_index[start:start + per_read], at[1]).astype("float64")
         worst, scale = max(worst, _max_diff(got, want)), max(scale, _scale(want))
     name = f"{'dense on window (' + src_order + ') vs conv' if step.rule != 'copy' else 'values equal'}, {len(picked)} of {rows} rows sampled"
     return name, worst, _relative(worst, scale)
+
+
+def _read_rows(dataset: h5py.Dataset, rows: np.ndarray, at: Optional[Tuple[int, int]]) -> np.ndarray:
+    """`read_rows`, straight from the file when the dataset lies there in place (`at`: descriptor,
+    offset): a row is then one run of bytes, read with one call, where HDF5 would build a
+    selection of every row first."""
+    if at is None:
+        return read_rows(dataset, rows)
+    fd, offset = at
+    values = np.empty((len(rows), dataset.shape[-1]), dataset.dtype)
+    size = values.shape[1] * values.itemsize
+    for k, row in enumerate(rows):
+        if os.preadv(fd, [values[k]], offset + int(row) * size) != size:
+            raise WeightportError(dataset.file.filename, "changed or truncated while being verified",
+                                  "convert again once the file is complete and no longer being written")
+    return values
 
 
 def _compare_values(source: h5py.Dataset, target: h5py.Dataset, cast: Cast) -> Tuple[float, float]:

@@ -21,29 +21,40 @@ if TYPE_CHECKING:
 __all__ = ["Tensor", "Layer", "ModelView"]
 
 
-@dataclass
 class Tensor:
-    """One weight of a layer, read lazily from its HDF5 dataset."""
+    """One weight of a layer: what is asked of it many times over (shape, dtype, where its bytes
+    lie) read from HDF5 once, and its dataset opened only when its values are read (`dataset`).
+    A view keeps no dataset open: HDF5 holds ~11 KiB for each open one, which a model of
+    hundreds of tensors, read twice by a checked conversion, turns into megabytes."""
 
-    name: str  # the name as stored (`dense_1/kernel:0`, `dense_1_W`, `0`)
-    role: Optional[str]  # what it is for the layer (`kernel`, `bias`, `gamma` ...), None if unknown
-    path: str  # absolute HDF5 path of the dataset inside its file
-    dataset: h5py.Dataset = field(repr=False)
-    k3_var: Optional[str] = None  # where Keras 3 keeps it below its layer's group (`vars/0`, `forward_layer/cell/vars/0`); None: unknown
-    # asked of every tensor many times over (pairing, planning, checks): read from HDF5 once
-    shape: Tuple[int, ...] = field(init=False)
-    dtype: np.dtype = field(init=False)
-    size: int = field(init=False)
+    __slots__ = ("name", "role", "path", "shape", "dtype", "size", "offset", "k3_var", "_file", "_name")
 
-    def __post_init__(self) -> None:
-        dsid = self.dataset.id
-        self.shape = tuple(int(n) for n in dsid.shape)
-        self.dtype = dsid.dtype
+    def __init__(self, name: str, role: Optional[str], path: str, dataset: h5py.Dataset, k3_var: Optional[str] = None) -> None:
+        self.name = name  # the name as stored (`dense_1/kernel:0`, `dense_1_W`, `0`)
+        self.role = role  # what it is for the layer (`kernel`, `bias`, `gamma` ...), None if unknown
+        self.path = path  # absolute HDF5 path of the dataset inside its file
+        self.k3_var = k3_var  # where Keras 3 keeps it below its layer's group (`vars/0`, `forward_layer/cell/vars/0`); None: unknown
+        dsid = dataset.id
+        self.shape: Tuple[int, ...] = tuple(int(n) for n in dsid.shape)
+        self.dtype: np.dtype = dsid.dtype
         self.size = math.prod(self.shape)
+        offset = dsid.get_offset()  # None unless stored contiguous
+        # where its bytes start in the HDF5 image when they lie there in place, as Keras writes them
+        self.offset: Optional[int] = offset if offset is not None and dsid.get_storage_size() == self.size * self.dtype.itemsize else None
+        self._file, self._name = h5py.h5i.get_file_id(dsid), h5py.h5i.get_name(dsid)
+
+    @property
+    def dataset(self) -> h5py.Dataset:
+        """The HDF5 dataset, opened again on each call (by the path it was opened by, in the same
+        open file); it closes when the caller lets it go."""
+        return h5py.Dataset(h5py.h5d.open(self._file, self._name), readonly=True)
 
     def read(self) -> np.ndarray:
         """The whole tensor; callers that stream use `dataset` slices instead."""
         return self.dataset[()]
+
+    def __repr__(self) -> str:
+        return f"Tensor(name={self.name!r}, role={self.role!r}, path={self.path!r}, shape={self.shape}, dtype={self.dtype})"
 
     def to_dict(self) -> Dict[str, Any]:
         return {

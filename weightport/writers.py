@@ -27,9 +27,10 @@ from . import digests
 from .atomic import atomic_output, cannot_write
 from .compression import compression_filter
 from .errors import WeightportError
+from .hdf5 import small_cache
 from .planner import Plan, Step
 from .transfer import Output, open_data_files, piece_shape, raw_location, transfer, write_pieces
-from .view import ModelView
+from .view import ModelView, Tensor
 
 __all__ = ["output_layout", "write", "LAYOUTS"]
 
@@ -142,7 +143,7 @@ def _structure(plan: Plan, layout: str, tmp: Path, out: Path, model_config: Opti
     """Create every group, attribute and (allocated, empty) dataset; return the datasets' paths
     and data offsets (None for chunked ones). A legacy file with `model_config` is a whole
     model: weights under `model_weights`."""
-    with h5py.File(tmp, "w", locking=False) as f:
+    with small_cache(h5py.File(tmp, "w", locking=False)) as f:
         if layout == "legacy" and model_config is not None:
             _full_model_attrs(plan, f, model_config)
             places = [f"model_weights/{place}" for place in _legacy(plan, f.create_group("model_weights"))]
@@ -249,8 +250,8 @@ class _Datasets:
 
 # --- data ---------------------------------------------------------------------------------
 
-def _source_datasets(views: Dict[str, ModelView]) -> Dict[Tuple[str, str], h5py.Dataset]:
-    return {(file, t.path): t.dataset for file, view in views.items() for t in view.tensors}
+def _source_tensors(views: Dict[str, ModelView]) -> Dict[Tuple[str, str], Tensor]:
+    return {(file, t.path): t for file, view in views.items() for t in view.tensors}
 
 
 def _sizes(plan: Plan) -> List[int]:
@@ -269,27 +270,27 @@ def _advance(plan: Plan, progress: Optional[Callable[[int, int], None]]) -> Opti
 def _fill_pieces(plan: Plan, places: List[str], tmp: Path, views: Dict[str, ModelView],
                  progress: Optional[Callable[[int, int], None]] = None) -> None:
     """Fill chunked (compressed) datasets through h5py, a piece at a time."""
-    datasets, advance = _source_datasets(views), _advance(plan, progress)
-    with h5py.File(tmp, "r+", locking=False) as f:
+    tensors, advance = _source_tensors(views), _advance(plan, progress)
+    with small_cache(h5py.File(tmp, "r+", locking=False)) as f:
         for step, place in zip(plan.steps, places, strict=True):
-            write_pieces(step.rule, step.params, datasets[(step.source_file, step.source_path)], f[place], step.source_file, advance)
+            write_pieces(step.rule, step.params, tensors[(step.source_file, step.source_path)].dataset, f[place], step.source_file, advance)
 
 
 def _fill(plan: Plan, offsets: List[Optional[int]], tmp: Path, views: Dict[str, ModelView],
           progress: Optional[Callable[[int, int], None]] = None, writeback: bool = True) -> None:
     """Fill contiguous datasets with raw byte moves, a tensor at a time."""
-    datasets = _source_datasets(views)
+    tensors = _source_tensors(views)
     with open_data_files(views.values()) as files, open(tmp, "rb+") as out:
         output = Output(out.fileno(), writeback, _advance(plan, progress))
         for step, offset, size in zip(plan.steps, offsets, _sizes(plan), strict=True):
-            dataset = datasets[(step.source_file, step.source_path)]
-            source = raw_location(views[step.source_file], dataset, files)
+            tensor = tensors[(step.source_file, step.source_path)]
+            source = raw_location(views[step.source_file], tensor, files)
             dtype = np.dtype(step.target_dtype).newbyteorder("<")
             if offset is None:
                 if size:
                     raise RuntimeError(f"dataset for {step.target_name} was not allocated")
                 continue
-            transfer(step.rule, step.params, dataset, source, output, offset, dtype, step.source_file)
+            transfer(step.rule, step.params, tensor, source, output, offset, dtype, step.source_file)
 
 
 # --- provenance ---------------------------------------------------------------------------
@@ -298,7 +299,7 @@ def _provenance(plan: Plan, tmp: Path, source_digest: str) -> None:
     """Record who wrote the file, from what, and by which rule each tensor was made."""
     rules = [{"target": step.target_keras3 or step.target_name, "source": step.source_path, "source_file": Path(step.source_file).name,
               "rule": step.rule, "params": step.params} for step in plan.steps]
-    with h5py.File(tmp, "r+", locking=False) as f:
+    with small_cache(h5py.File(tmp, "r+", locking=False)) as f:
         f.attrs["weightport_version"] = __version__
         f.attrs["weightport_source"] = Path(plan.source).name
         f.attrs[digests.ATTRIBUTE] = source_digest
