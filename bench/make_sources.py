@@ -3,6 +3,8 @@
     python bench/make_sources.py keras3 DIR      vgg16.weights.h5 and vgg16.keras (Keras 3, weights=None)
     python bench/make_sources.py tf_keras DIR    vgg16_weights.h5 (tf_keras save_weights, legacy layout)
     python bench/make_sources.py big DIR GB      big_7x7xC.h5: a ~GB legacy weights-only .h5, huge flatten head
+    python bench/make_sources.py apps DIR        <app>.keras (Keras 3 model.save) and <app>_tfk.h5 (tf_keras
+                                                 model.save, a whole legacy model) for every APPS model
 
 The big file has the layout tf_keras `save_weights` writes (root `keras_version`, `backend`,
 `layer_names`; per layer `weight_names` and datasets at `<layer>/<layer>/kernel:0`), written in
@@ -17,6 +19,13 @@ from pathlib import Path
 WINDOW = 7  # the big file's Dense sees a 7x7xC window, as VGG16's fc1 sees 7x7x512
 UNITS = 4096
 BLOCK_ROWS = 1024  # 16 MiB of float32 rows of 4096
+# keras.applications models with hundreds of small tensors (GAP head), weights=None
+APPS = ("ResNet50", "DenseNet121", "EfficientNetB0", "MobileNetV2")
+
+
+def app_names(app: str) -> tuple:
+    """The two cached sources of one application model: (Keras 3 .keras, tf_keras whole-model .h5)."""
+    return f"{app.lower()}.keras", f"{app.lower()}_tfk.h5"
 
 
 def big_channels(gigabytes: float) -> int:
@@ -40,6 +49,28 @@ def make_tf_keras(folder: Path) -> None:
     import tf_keras
 
     tf_keras.applications.VGG16(weights=None).save_weights(str(folder / "vgg16_weights.h5"))
+
+
+def make_apps(folder: Path) -> None:
+    """Each APPS model saved whole by Keras 3 (`.keras`) and by tf_keras (legacy `.h5`), each in a
+    child process of its own so neither Keras shares a process with the other."""
+    import subprocess
+
+    for app in APPS:
+        for kind in ("app-keras3", "app-tf_keras"):
+            subprocess.run([sys.executable, __file__, kind, str(folder), app], check=True)
+
+
+def make_app(folder: Path, app: str, tf_keras_route: bool) -> None:
+    keras3, legacy = app_names(app)
+    if tf_keras_route:
+        import tf_keras
+
+        getattr(tf_keras.applications, app)(weights=None).save(str(folder / legacy))
+    else:
+        import keras
+
+        getattr(keras.applications, app)(weights=None).save(folder / keras3)
 
 
 def make_big(path: Path, gigabytes: float) -> None:
@@ -88,6 +119,10 @@ def main(argv: list[str]) -> None:
         make_keras3(folder)
     elif kind == "tf_keras":
         make_tf_keras(folder)
+    elif kind == "apps":
+        make_apps(folder)
+    elif kind in ("app-keras3", "app-tf_keras"):
+        make_app(folder, argv[2], kind == "app-tf_keras")
     elif kind == "big":
         make_big(folder / big_name(float(argv[2])), float(argv[2]))
     else:
