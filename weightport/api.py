@@ -7,13 +7,14 @@ bad input, exactly as the CLI reports it. Nothing here imports TensorFlow.
 from __future__ import annotations
 
 import contextlib
+import inspect
 import tempfile
 from dataclasses import replace
 from pathlib import Path
 from typing import Any, Callable, Dict, Iterator, List, Optional, Sequence, Tuple, Union
 
-from . import digests
-from .errors import WeightportError
+from . import arguments, digests
+from .errors import WeightportError, speaks_api
 from .head import HeadRole, analyze_head
 from .planner import Plan, PlanOptions, make_plan, refuse_lossy_casts
 from .readers import read
@@ -83,6 +84,13 @@ def _options(source_order: Optional[str], flip_kernels: bool, maps: Optional[Dic
     return PlanOptions(source_order, flip_kernels, maps, skips, drops, units, align, score_map)  # checked there
 
 
+def _files(source: Any, target: Any, config: Any, flatten: Any) -> Tuple[str, Optional[str], Optional[str], Optional[Tuple[int, ...]]]:
+    """The files and window every call takes, checked (`arguments`): bad ones are WeightportError."""
+    return (arguments.path("source", source), arguments.path("target", target, optional=True),
+            arguments.path("config", config, optional=True), arguments.window(flatten))
+
+
+@speaks_api
 def plan(source: PathLike, target: Optional[PathLike] = None, *, config: Optional[PathLike] = None,
          flatten: Optional[Sequence[int]] = None, source_order: Optional[str] = None, flip_kernels: bool = False,
          maps: Optional[Dict[str, str]] = None, skips: Optional[List[str]] = None, drops: Optional[List[str]] = None,
@@ -110,12 +118,14 @@ def plan(source: PathLike, target: Optional[PathLike] = None, *, config: Optiona
         >>> p = weightport.plan("vgg16.keras")  # doctest: +SKIP
         >>> [(s.target_layer, s.rule) for s in p.steps][-6:]  # doctest: +SKIP
     """
+    source, target, config, flatten = _files(source, target, config, flatten)
     options = _options(source_order, flip_kernels, maps, skips, drops, units, align, score_map)
     _derived_only(options, target)
     with planned(source, target, config, flatten, options) as (built, _):
         return built
 
 
+@speaks_api
 def convert(source: PathLike, out: PathLike, target: Optional[PathLike] = None, *, force: bool = False,
             full_model: bool = False, config: Optional[PathLike] = None, flatten: Optional[Sequence[int]] = None,
             source_order: Optional[str] = None, flip_kernels: bool = False, maps: Optional[Dict[str, str]] = None,
@@ -141,6 +151,10 @@ def convert(source: PathLike, out: PathLike, target: Optional[PathLike] = None, 
     Example:
         >>> weightport.convert("vgg16.keras", "fcn.keras")  # doctest: +SKIP
     """
+    source, target, config, flatten = _files(source, target, config, flatten)
+    out = arguments.path("out", out)
+    force, full_model, verify = (arguments.flag(name, value) for name, value in (("force", force), ("full_model", full_model), ("verify", verify)))
+    progress, compression = arguments.progress(progress), arguments.compression(compression)
     options = _options(source_order, flip_kernels, maps, skips, drops, units, align, score_map)
     _derived_only(options, target)
     layout = output_layout(Path(out))
@@ -182,6 +196,7 @@ def _whole_model_config(views: Dict[str, ModelView], source: str, target: Option
     return config
 
 
+@speaks_api
 def verify(source: PathLike, out: PathLike, *, config: Optional[PathLike] = None, flatten: Optional[Sequence[int]] = None,
            source_order: Optional[str] = None, flip_kernels: bool = False, maps: Optional[Dict[str, str]] = None,
            skips: Optional[List[str]] = None, drops: Optional[List[str]] = None, units: Optional[Dict[str, Any]] = None,
@@ -197,10 +212,12 @@ def verify(source: PathLike, out: PathLike, *, config: Optional[PathLike] = None
         >>> weightport.verify("vgg16.keras", "fcn.weights.h5").ok  # doctest: +SKIP
         True
     """
-    digests.start(str(source))
+    source, _, config, flatten = _files(source, None, config, flatten)
+    out, atol, rtol = arguments.path("out", out), arguments.tolerance("atol", atol), arguments.tolerance("rtol", rtol)
+    options = _options(source_order, flip_kernels, maps, skips, drops, units, align, score_map)
+    digests.start(source)
     try:
-        return _verify(source, out, config, flatten, _options(source_order, flip_kernels, maps, skips, drops, units, align, score_map),
-                       atol, rtol, digest=True)
+        return _verify(source, out, config, flatten, options, atol, rtol, digest=True)
     finally:
         digests.discard(str(source))
 
@@ -216,6 +233,7 @@ def _verify(source: PathLike, out: PathLike, config: Optional[PathLike], flatten
         return result
 
 
+@speaks_api
 def convert_into_model(source: PathLike, model: Any, **options: Any) -> Plan:
     """Transplant `source` into a live Keras model (Keras 3 or tf_keras) and load it.
 
@@ -226,6 +244,13 @@ def convert_into_model(source: PathLike, model: Any, **options: Any) -> Plan:
         >>> fcn = build_my_fcn()  # doctest: +SKIP
         >>> weightport.convert_into_model("vgg16.keras", fcn)  # doctest: +SKIP
     """
+    source = arguments.path("source", source)
+    if not all(callable(getattr(model, name, None)) for name in ("save_weights", "load_weights")):
+        raise WeightportError(None, f"model is {type(model).__name__}, not a Keras model", "give a Keras 3 or tf_keras model (with save_weights and load_weights)")
+    known = [name for name, p in inspect.signature(convert).parameters.items() if p.kind is p.KEYWORD_ONLY]
+    unknown = sorted(set(options) - set(known))
+    if unknown:
+        raise WeightportError(None, f"convert_into_model takes no {', '.join(unknown)}", f"its options are those of convert: {', '.join(known)}")
     legacy = type(model).__module__.startswith("tf_keras")
     suffix = ".h5" if legacy else ".weights.h5"
     with tempfile.TemporaryDirectory(prefix="weightport-") as folder:

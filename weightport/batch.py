@@ -60,7 +60,7 @@ def convert_one(job: Job, options: Dict[str, Any], verify: bool, debug: bool) ->
     except VerificationFailed as failed:
         return Outcome(job, 1, f"weightport: {job.out} not written: {failed}")
     except WeightportError as exc:
-        return Outcome(job, 2, f"weightport: error: {exc.line()}")
+        return Outcome(job, 2, f"weightport: error: {exc.line('cli')}")
     except Exception as exc:  # reported per file; the sweep goes on
         detail = traceback.format_exc() if debug else ""
         return Outcome(job, 1, f"{detail}weightport: internal error: {job.source}: {type(exc).__name__}: {exc} (rerun with --debug)")

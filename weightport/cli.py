@@ -277,7 +277,7 @@ def main(argv: Optional[List[str]] = None) -> int:
     try:
         return args.run(args)
     except WeightportError as exc:
-        print(f"weightport: error: {exc.line()}", file=sys.stderr)
+        print(f"weightport: error: {exc.line('cli')}", file=sys.stderr)
         if exc.detail:
             print("\n".join(printable(line) for line in exc.detail.split("\n")), file=sys.stderr)
         return 2

@@ -16,7 +16,7 @@ from typing import Any, Deque, Dict, List, Mapping, Optional, Sequence, Tuple
 
 import numpy as np
 
-from . import units
+from . import arguments, units
 from .align import Ambiguous, align
 from .errors import WeightportError, printable
 from .head import HeadRole, is_conv_kernel, is_th_kernel, layer_class, parse_source_order
@@ -50,16 +50,16 @@ class PlanOptions:
         self.maps = _mapping("maps", self.maps)
         self.skips, self.drops = _names("skips", self.skips), _names("drops", self.drops)
         self.units = {layer: _unit_spec(layer, spec) for layer, spec in _mapping("units", self.units).items()}
-        for flag in ("flip_kernels", "align", "score_map"):
-            if not isinstance(getattr(self, flag), bool):
-                raise WeightportError(None, f"{flag} is {getattr(self, flag)!r}, not True or False", f"give {flag}=True or leave it out")
+        self.source_order = arguments.source_order(self.source_order)
+        for name in ("flip_kernels", "align", "score_map"):
+            arguments.flag(name, getattr(self, name))
 
 
 def _names(what: str, value: Optional[Sequence[str]]) -> List[str]:
     """Layer names: a list (a lone string would be taken letter by letter)."""
     if value is None:
         return []
-    if isinstance(value, (str, bytes)) or not all(isinstance(name, str) for name in value):
+    if not isinstance(value, (list, tuple)) or not all(isinstance(name, str) for name in value):
         raise WeightportError(None, f"{what} takes a list of layer names, not {value!r}", f"e.g. {what}=['predictions']")
     return list(value)
 
@@ -67,7 +67,8 @@ def _names(what: str, value: Optional[Sequence[str]]) -> List[str]:
 def _mapping(what: str, value: Optional[Mapping[str, Any]]) -> Dict[str, Any]:
     if value is None:
         return {}
-    if not isinstance(value, Mapping) or not all(isinstance(name, str) for name in value):
+    names = list(value.items()) if isinstance(value, Mapping) else None
+    if names is None or not all(isinstance(name, str) and (what == "units" or isinstance(other, str)) for name, other in names):
         raise WeightportError(None, f"{what} takes a dict keyed by source layer names, not {value!r}",
                               f"e.g. {what}={{'predictions': {'1:1001' if what == 'units' else repr('score')}}}")
     return dict(value)
@@ -75,6 +76,8 @@ def _mapping(what: str, value: Optional[Mapping[str, Any]]) -> Dict[str, Any]:
 
 def _unit_spec(layer: str, spec: units.Spec) -> str:
     try:
+        if not isinstance(spec, (str, list, tuple)):
+            raise ValueError(f"{spec!r} is not a SPEC: give START:STOP (a slice) or a list like 0,5,9")
         return units.normalize(spec)
     except ValueError as exc:
         raise WeightportError(None, f"--units {layer}={spec}: {exc}", "give START:STOP (a slice) or a list like 0,5,9") from None

@@ -10,10 +10,10 @@ import os
 from pathlib import Path
 from typing import Optional, Union
 
-from . import budgets, digests
+from . import arguments, budgets, digests
 from .archive import is_archive, read_archive
 from .config import ModelConfig, load_config_file
-from .errors import WeightportError
+from .errors import WeightportError, speaks_api
 from .hdf5 import damaged_hdf5, open_h5
 from .inputs import by_descriptor, open_input
 from .keras3 import is_keras3, read_keras3
@@ -25,6 +25,7 @@ __all__ = ["read"]
 PathLike = Union[str, Path]
 
 
+@speaks_api
 def read(path: PathLike, config: Optional[Union[PathLike, ModelConfig]] = None) -> ModelView:
     """Read a Keras weights file into an ordered, lazy view of its weighted layers.
 
@@ -40,8 +41,9 @@ def read(path: PathLike, config: Optional[Union[PathLike, ModelConfig]] = None) 
         >>> with read("vgg16.weights.h5") as view:  # doctest: +SKIP
         ...     print([layer.name for layer in view.layers])
     """
+    path = arguments.path("path", path)
     if config is not None and not isinstance(config, ModelConfig):
-        config = load_config_file(config)
+        config = load_config_file(arguments.path("config", config))
     fd = open_input(path)  # checked once; every later open goes through this descriptor
     try:
         budgets.check_allocated(path, fd)
