@@ -54,9 +54,12 @@ def _window(text: str) -> List[int]:
         dims = [int(part) for part in text.split(",")]
     except ValueError:
         raise argparse.ArgumentTypeError(f"'{text}' is not a list of sizes like 7,7,512") from None
-    if not 2 <= len(dims) <= 4 or min(dims) <= 0:
-        raise argparse.ArgumentTypeError(f"'{text}' must be L,C or H,W,C or D,H,W,C with positive sizes")
-    return dims
+    from .arguments import window  # the one rule for a window, the API's too
+
+    try:
+        return list(window(dims))
+    except WeightportError:
+        raise argparse.ArgumentTypeError(f"'{text}' must be L,C or H,W,C or D,H,W,C with positive sizes") from None
 
 
 def _compression(text: str) -> str:
