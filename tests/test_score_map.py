@@ -167,7 +167,7 @@ def test_weights_only_resnet50_takes_flatten_1_1_c(score_map, tmp_path: Path) ->
     _, classifier, *_ = score_map
     source = tmp_path / "resnet50.weights.h5"
     classifier.save_weights(str(source))
-    with pytest.raises(weightport.WeightportError, match=r"global-pooling head --flatten 1,1,C"):
+    with pytest.raises(weightport.WeightportError, match=r"global-pooling head flatten=\(1, 1, C\)"):
         weightport.plan(source)
     built = weightport.convert(source, tmp_path / "fcn.weights.h5", flatten=[1, 1, 2048])
     assert built.verification.ok
