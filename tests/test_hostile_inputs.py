@@ -28,7 +28,7 @@ import h5py
 import numpy as np
 import pytest
 
-from conftest import FIXTURES, measured_cli_command
+from conftest import FIXTURES, cli_command, measured_cli_command
 
 CPU_SECONDS = 2.0
 MAX_RSS_MIB = 200
