@@ -19,17 +19,23 @@ user). After each command:
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import io
 import json
+import os
+import resource
 import shutil
+import signal
 import struct
+import subprocess
 import tempfile
+import time
 import zipfile
 import zlib
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, Dict, List, Optional, Sequence, Tuple
+from typing import Callable, Dict, Iterator, List, Optional, Sequence, Tuple
 
 import h5py
 import numpy as np
@@ -37,7 +43,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from conftest import FIXTURES, run_cli
+from conftest import FIXTURES, measured_cli_command, peak_mib, run_cli
 from weightport import cli
 
 SEED = 20240611
@@ -150,17 +156,18 @@ def _zip(dst: Path, members: Sequence[Tuple[str, bytes]], compress: Optional[Dic
             archive.writestr(zipfile.ZipInfo(name, (1980, 1, 1, 0, 0, 0)), data, compress_type=method)
 
 
-def _edit_h5(src: Path, dst: Path, edit: Callable[[h5py.File], None]) -> None:
-    """Copy `src` to `dst` and run `edit` on the HDF5 file (the weights member of an archive)."""
+def _edit_h5(src: Path, dst: Path, edit: Callable[[h5py.File], None], libver: Optional[str] = None) -> None:
+    """Copy `src` to `dst` and run `edit` on the HDF5 file (the weights member of an archive);
+    `libver="latest"` lets it write attributes past 64 KB (dense attribute storage)."""
     if src.suffix != ".keras":
         shutil.copyfile(src, dst)
-        with h5py.File(dst, "r+") as f:
+        with h5py.File(dst, "r+", libver=libver) as f:
             edit(f)
         return
     members = _members(src)
     work = dst.with_name(dst.name + ".member.h5")
     work.write_bytes(dict(members)[WEIGHTS_MEMBER])
-    with h5py.File(work, "r+") as f:
+    with h5py.File(work, "r+", libver=libver) as f:
         edit(f)
     _zip(dst, [(n, work.read_bytes() if n == WEIGHTS_MEMBER else d) for n, d in members])
     work.unlink()
@@ -599,6 +606,342 @@ ARCHIVE = {"zmiss": z_missing, "zmember": z_member, "zconfig": z_config, "zsize"
 
 
 # ---------------------------------------------------------------------------------------------
+# Adversarial files (issue 11): not damage but a file made to cost: vars indices that are not
+# 0..n-1, name lists that lie or repeat, declared shapes the stored bytes cannot be, links that
+# loop or alias, attributes of the wrong size and encoding, files mostly holes; configs with cycles,
+# thousands of layers, absurd sizes, odd names and structures. Each must be refused (or converted)
+# within the bounds below, in process and, for a sample, in a real process.
+
+def _vars_groups(f: h5py.File) -> List[str]:
+    return [n for n in _all(f, h5py.Group) if n.endswith("vars") and any(isinstance(v, h5py.Dataset) for v in f[n].values())]
+
+
+VARS_KEYS = ["00", "01", "000", "20000000", str(2**63), "9" * 40, "\u00b2", "\u0663", "\uff11", "-1", "+1", " 1", "1 ", "1.0", "0x1", "1e3", "\u0661\u0660"]
+
+
+def a_vars(f: h5py.File, rng: np.random.Generator, aux: Path) -> None:
+    """A Keras 3 `vars` group whose keys are not exactly 0..n-1 (a legacy file: its names lie)."""
+    groups = _vars_groups(f)
+    if not groups:
+        return a_names(f, rng, aux)
+    group = f[_pick(groups, rng)]
+    keys = sorted(group)
+    how = int(rng.integers(0, 4))
+    if how == 0:  # an extra key, canonical or not
+        group.create_dataset(_pick(VARS_KEYS, rng), data=np.ones(int(rng.integers(1, 5)), "f4"))
+    elif how == 1:  # a key renamed: a gap, or a spelling of the same number
+        group.move(_pick(keys, rng), _pick(VARS_KEYS, rng))
+    elif how == 2:  # many keys: a run far past any layer's variable count
+        for k in range(len(keys), len(keys) + int(rng.integers(50, 400))):
+            group.create_dataset(str(k), data=np.ones(1, "f4"))
+    else:  # one key linked twice (an alias: two variables, one dataset)
+        group[str(len(keys))] = group[_pick(keys, rng)]
+
+
+def _name_list_attrs(f: h5py.File) -> List[Tuple[str, str]]:
+    return [(o, k) for o, k in _attrs(f) if k.rstrip("0123456789") in ("layer_names", "weight_names")]
+
+
+def _set_names(obj, key: str, names: List[bytes], vlen: bool = False) -> None:
+    base = key.rstrip("0123456789")
+    for old in [k for k in obj.attrs if k.rstrip("0123456789") == base]:
+        del obj.attrs[old]
+    dtype = h5py.string_dtype("utf-8") if vlen else "S"
+    step = max(1, 30_000 // max([len(n) for n in names] + [1]))  # each part under HDF5's 64 KB for an old object header
+    if len(names) <= step:
+        obj.attrs.create(base, np.array(names, dtype=dtype) if names else np.array([], dtype="S1"))
+        return
+    for k, start in enumerate(range(0, len(names), step)):
+        obj.attrs.create(f"{base}{k}", np.array(names[start:start + step], dtype=dtype))
+
+
+ODD_NAMES = [b"conv\xff\xfe2d", b"\xed\xa0\x80", b"\x1b[31mred\x1b[0m", b"two\nlines", b"tab\there", b"\xe2\x80\xae" + b"evil",
+             b"a" * 60_000, b"/", b"..", b".", b"", b" ", b"dense/../dense"]
+
+
+def a_names(f: h5py.File, rng: np.random.Generator, aux: Path) -> None:
+    """A name list (`layer_names`, `weight_names`) that repeats, runs long, or holds odd bytes."""
+    keyed = _name_list_attrs(f)
+    if not keyed:  # a Keras 3 file: odd group names instead
+        groups = [n for n in _all(f, h5py.Group) if n.count("/") == 1 and n.startswith("layers/")]
+        if groups:
+            f.move(_pick(groups, rng), "layers/" + _pick(ODD_NAMES[2:6], rng).decode())
+        return
+    obj, key = _pick(keyed, rng)
+    names = [bytes(n) if not isinstance(n, str) else n.encode() for n in np.asarray(f[obj].attrs[key]).reshape(-1)]
+    how = int(rng.integers(0, 6))
+    if how == 0 and names:  # one name repeated thousands of times
+        names = names + [_pick(names, rng)] * int(rng.integers(2, 40_000))
+    elif how == 1:  # thousands of distinct names with nothing behind them
+        names = names + [b"n%d" % i for i in range(int(rng.integers(10, 30_000)))]
+    elif how == 2 and names:  # a name replaced by odd bytes
+        names[int(rng.integers(0, len(names)))] = _pick(ODD_NAMES, rng)
+    elif how == 3:  # split like a long list, with a part missing
+        _set_names(f[obj], key, names * 2 + [b"x%d" % i for i in range(9000)])
+        part = key.rstrip("0123456789") + "1"
+        if part in f[obj].attrs:
+            del f[obj].attrs[part]
+        return
+    elif how == 4:  # stored as variable-length UTF-8 with invalid bytes in it
+        _set_names(f[obj], key, names + [b"bad\xff"], vlen=True)
+        return
+    else:  # stored as a 2-D list
+        f[obj].attrs[key] = np.array([names[:40] or [b"x"]] * int(rng.integers(2, 20)), dtype="S")
+        return
+    _set_names(f[obj], key, names)
+
+
+def _zeros_compressed(shape: Tuple[int, ...], chunks) -> Callable[[h5py.Group, str], None]:
+    return lambda g, n: g.create_dataset(n, data=np.zeros(shape, "f4"), chunks=chunks, compression="gzip", compression_opts=9)
+
+
+def a_shape(f: h5py.File, rng: np.random.Generator, aux: Path) -> None:
+    """A tensor declared as something its stored bytes cannot be."""
+    name = _pick(_datasets(f), rng)
+    shape = f[name].shape or (1,)
+    wide = (shape[0], 2_000_000) if len(shape) == 1 else tuple(shape[:-1]) + (2_000_000,)
+    makers = [
+        lambda g, n: g.create_dataset(n, data=np.ones(tuple(shape[:-1]) + (0,), "f4")),  # an empty axis
+        lambda g, n: g.create_dataset(n, shape=(8, 0), dtype="f4"),
+        lambda g, n: g.create_dataset(n, shape=wide, dtype="f4", chunks=True),  # chunks never written
+        lambda g, n: g.create_dataset(n, shape=wide, dtype="f4", chunks=True, compression="gzip"),
+        _zeros_compressed((16, 400_000), (16, 400_000)),  # one 24 MiB chunk of zeros in ~25 KB
+        _zeros_compressed((16, 400_000), (16, 16_384)),  # zeros compressed a thousandfold
+        lambda g, n: g.create_dataset(n, data=np.ones(shape, "f4"), chunks=shape, compression="lzf"),  # a real compressed tensor
+        lambda g, n: g.create_dataset(n, data=np.ones((1,) * 7, "f4")),  # seven axes
+        lambda g, n: g.create_dataset(n, data=np.float32(1.0)),  # a scalar
+        lambda g, n: g.create_dataset(n, shape=(2**31, 2**31, 2**31), dtype="f4", chunks=(1, 1, 1024), compression="gzip"),
+    ]
+    how = int(rng.integers(0, len(makers)))
+    if how == 2:  # some chunks written, most not
+        _replace(f, name, makers[how])
+        f[name][(0,) * (len(wide) - 1) + (slice(0, 8),)] = 1
+        return
+    _replace(f, name, makers[how])
+
+
+def a_links(f: h5py.File, rng: np.random.Generator, aux: Path) -> None:
+    """Links that alias or loop inside the file: a chain of soft links, a soft-link loop, one
+    layer's group linked under a second name, a tensor linked into another layer, a link to the root."""
+    name = _pick(_datasets(f), rng)
+    parent = name.rpartition("/")[0]
+    group = f[parent] if parent else f
+    how = int(rng.integers(0, 5))
+    if how == 0:  # a chain of 20 soft links ending at the tensor
+        values = f[name][()]
+        f.create_dataset("chain/end", data=values)
+        for k in range(20):
+            f[f"chain/l{k}"] = h5py.SoftLink(f"/chain/l{k + 1}" if k < 19 else "/chain/end")
+        _replace(f, name, lambda g, n: g.__setitem__(n, h5py.SoftLink("/chain/l0")))
+    elif how == 1:  # a soft-link loop in place of the tensor
+        _replace(f, name, lambda g, n: g.__setitem__(n, h5py.SoftLink(f"/{name}")))
+    elif how == 2:  # another tensor's dataset linked here too
+        other = _pick(_datasets(f), rng)
+        if other != name:
+            _replace(f, name, lambda g, n: g.__setitem__(n, f[other]))
+    elif how == 3:  # the root linked inside a layer
+        group["root"] = f["/"]
+    else:  # the tensor's group linked under a second name beside it
+        top = name.split("/")[0]
+        if top in f and isinstance(f[top], h5py.Group) and top + "_alias" not in f:
+            f[top + "_alias"] = f[top]
+
+
+def a_attrs(f: h5py.File, rng: np.random.Generator, aux: Path) -> None:
+    """Scalar attributes of odd sizes and encodings: a megabyte model_config, invalid UTF-8, NULs,
+    an array where a string goes, a null dataspace."""
+    obj = _pick(["/"] + [n for n in _all(f, h5py.Group) if n.count("/") <= 1], rng)
+    key = _pick(["keras_version", "backend", "model_config", "name", "layer_names", "weight_names"], rng)
+    values = [
+        lambda: np.bytes_(b"3.\xff\xfe"), lambda: np.bytes_(b"3.1\x00\x00junk"), lambda: "\ud800".encode("utf-8", "surrogatepass"),
+        lambda: np.array([b"3", b"1"]), lambda: h5py.Empty("f4"), lambda: np.zeros((300, 300), "S1"),
+        lambda: '{"class_name": "Sequential", "config": {"layers": [' + ",".join(['{"class_name": "Dense", "config": {}}'] * 20_000) + "]}}",
+    ]
+    value = _pick(values, rng)()
+    if key in f[obj].attrs:
+        del f[obj].attrs[key]
+    try:
+        f[obj].attrs[key] = value
+    except OSError:  # past 64 KB on an object header of the old format: the largest that fits
+        f[obj].attrs[key] = value[:60_000] if isinstance(value, str) else np.zeros((200, 200), "S1")
+
+
+def _hollow(src: Path, dst: Path, rng: np.random.Generator, aux: Path) -> None:
+    """The file made far longer than its bytes on disk with holes (a sparse file)."""
+    shutil.copyfile(src, dst)
+    with open(dst, "r+b") as fh:
+        fh.truncate(int(rng.integers(96, 160)) << 20)
+
+
+# Configs (a `.keras` archive's config.json or a legacy file's model_config).
+
+def _layer_list(config: dict) -> List[dict]:
+    body = config.get("config")
+    return body if isinstance(body, list) else body.get("layers", []) if isinstance(body, dict) else []
+
+
+def _entry_name(entry: dict) -> Optional[str]:
+    return entry.get("name") or (entry.get("config") or {}).get("name")
+
+
+def _rename_producer(entry: dict, new: str) -> None:
+    """Make `entry` fed by `new`: its inbound nodes' first producer name replaced."""
+    text = json.dumps(entry.get("inbound_nodes") or [])
+    names = [n for n in _strings(json.loads(text)) if n != "__keras_tensor__"]
+    if names:
+        entry["inbound_nodes"] = json.loads(text.replace(json.dumps(names[0]), json.dumps(new), 1))
+
+
+def _strings(obj) -> List[str]:
+    if isinstance(obj, str):
+        return [obj]
+    items = obj.values() if isinstance(obj, dict) else obj if isinstance(obj, list) else []
+    return [s for item in items for s in _strings(item)]
+
+
+def c_cycle(config: dict, rng: np.random.Generator) -> None:
+    """A graph that feeds itself: a layer fed by itself or by a layer after it (a Sequential is
+    made Functional with its layers in a loop)."""
+    layers = _layer_list(config)
+    fed = [k for k, e in enumerate(layers) if e.get("inbound_nodes")]
+    if not fed:  # a Sequential: add a producer list that points forward
+        if len(layers) > 1:
+            k = int(rng.integers(0, len(layers) - 1))
+            layers[k]["inbound_nodes"] = [[[_entry_name(layers[k + 1]) or "x", 0, 0, {}]]]
+            config["class_name"] = "Functional"
+            if isinstance(config.get("config"), dict):
+                config["config"].setdefault("input_layers", [[_entry_name(layers[0]) or "x", 0, 0]])
+                config["config"].setdefault("output_layers", [[_entry_name(layers[-1]) or "x", 0, 0]])
+        return
+    k = _pick(fed, rng)
+    later = [i for i in range(k, len(layers))]
+    _rename_producer(layers[k], _entry_name(layers[_pick(later, rng)]) or "x")
+
+
+def c_many(config: dict, rng: np.random.Generator) -> None:
+    """Thousands of weightless layers spliced in (within the JSON budget, under and over the layer budget)."""
+    layers = _layer_list(config)
+    if not layers:
+        return
+    at = int(rng.integers(1, max(2, len(layers))))
+    count = int(rng.integers(1000, 30_000))  # under and over the layer budget
+    previous = _entry_name(layers[at - 1]) or "x"
+    spliced = []
+    for i in range(count):
+        entry = {"class_name": "Dropout", "config": {"name": f"drop_{i}", "rate": 0.0}}
+        if any("inbound_nodes" in e for e in layers):
+            entry["name"] = f"drop_{i}"
+            entry["inbound_nodes"] = [[[previous, 0, 0, {}]]]
+            previous = f"drop_{i}"
+        spliced.append(entry)
+    layers[at:at] = spliced
+    if at < len(layers) - count and "inbound_nodes" in layers[at + count]:
+        _rename_producer(layers[at + count], previous)
+
+
+HUGE_SIZES = [10**9, 2**31, 2**63 - 1, 2**64, 10**18, -(2**63)]
+
+
+def c_sizes(config: dict, rng: np.random.Generator) -> None:
+    """Sizes no model has: an input of 10^9 x 10^9 pixels, units or filters of 2^63, a name of
+    100,000 characters, a name with control characters or a lone surrogate."""
+    layers = _layer_list(config)
+    if not layers:
+        return
+    entry = _pick(layers, rng)
+    cfg = entry.get("config")
+    if not isinstance(cfg, dict):
+        return
+    how = int(rng.integers(0, 4))
+    if how == 0:
+        for key in ("batch_shape", "batch_input_shape"):
+            if isinstance(cfg.get(key), list) and len(cfg[key]) > 1:
+                cfg[key] = [None] + [_pick(HUGE_SIZES, rng) for _ in cfg[key][1:]]
+    elif how == 1:
+        for key in ("units", "filters", "kernel_size", "pool_size", "strides", "target_shape", "dims"):
+            if key in cfg:
+                cfg[key] = _pick(HUGE_SIZES, rng) if not isinstance(cfg[key], list) else [_pick(HUGE_SIZES, rng)] * len(cfg[key])
+    elif how == 2:
+        cfg["name"] = "n" * 100_000
+    else:
+        cfg["name"] = _pick(["\ud800", "a\udcffb", "\x1b[2J", "line\nbreak", "\u202eevil", "nul\x00"], rng)
+
+
+def c_struct(config: dict, rng: np.random.Generator) -> None:
+    """Structures that lie: duplicate names, a nested model named like its own layer, outputs or
+    producers that do not exist, the layers of a model given as its own config."""
+    layers = _layer_list(config)
+    how = int(rng.integers(0, 5))
+    if how == 0 and len(layers) > 1:
+        a, b = layers[0], _pick(layers[1:], rng)
+        if isinstance(b.get("config"), dict):
+            b["config"]["name"] = _entry_name(a)
+            if "name" in b:
+                b["name"] = _entry_name(a)
+    elif how == 1 and layers:
+        nested = {"class_name": config.get("class_name"), "config": json.loads(json.dumps(config.get("config")))}
+        if isinstance(nested["config"], dict):
+            nested["config"]["name"] = _entry_name(layers[-1])
+        layers.append(nested)
+    elif how == 2 and isinstance(config.get("config"), dict):
+        config["config"]["output_layers"] = [["no_such_layer", 0, 0]]
+        config["config"]["input_layers"] = [["no_such_input", 0, 0], ["no_such_input", 0, 0]]
+    elif how == 3 and layers:
+        _rename_producer(_pick(layers, rng), "no_such_layer")
+    elif layers:  # a layer whose settings are a model's body
+        entry = _pick(layers, rng)
+        entry["config"] = {"layers": [json.loads(json.dumps(e)) for e in layers[:2]], "name": _entry_name(entry)}
+
+
+CONFIG_ATTACKS = {"ccycle": c_cycle, "cmany": c_many, "csizes": c_sizes, "cstruct": c_struct}
+
+
+def _attack_config(text: str, kind: str, rng: np.random.Generator) -> str:
+    config = json.loads(text)
+    CONFIG_ATTACKS[kind](config, rng)
+    return json.dumps(config)
+
+
+def adversarial_config(kind: str) -> Callable[[Path, Path, np.random.Generator, Path], None]:
+    def attack(src: Path, dst: Path, rng: np.random.Generator, aux: Path) -> None:
+        if src.suffix == ".keras":
+            members = dict(_members(src))
+            members["config.json"] = _attack_config(members["config.json"].decode(), kind, rng).encode()
+            _zip(dst, list(members.items()), compress={"config.json": zipfile.ZIP_DEFLATED})
+            return
+        shutil.copyfile(src, dst)
+        with h5py.File(dst, "r+", libver="latest") as f:  # dense attribute storage: no 64 KB limit
+            old = f.attrs["model_config"]
+            f.attrs["model_config"] = _attack_config(old.decode() if isinstance(old, bytes) else str(old), kind, rng)
+    return attack
+
+
+ADVERSARIAL_H5 = {"avars": a_vars, "anames": a_names, "ashape": a_shape, "alinks": a_links, "aattrs": a_attrs}
+
+
+def adversarial(kind: str) -> Callable[[Path, Path, np.random.Generator, Path], None]:
+    if kind in CONFIG_ATTACKS:
+        return adversarial_config(kind)
+    if kind == "aholes":
+        return _hollow
+    def attack(src: Path, dst: Path, rng: np.random.Generator, aux: Path) -> None:
+        _edit_h5(src, dst, lambda f: ADVERSARIAL_H5[kind](f, rng, aux), libver="latest")
+    return attack
+
+
+def _adversarial_cases() -> List["Case"]:
+    """About 1,100 cases: every fixture attacked in its HDF5 structure, every fixture with a config
+    in its config; the seed of each is its id."""
+    cases = []
+    for name in FIXTURE_FILES:
+        counts = {"avars": 4, "anames": 3, "ashape": 5, "alinks": 3, "aattrs": 2, "aholes": 1}
+        if _has_config(name) and (name.endswith(".keras") or _has_model_config(name)):
+            counts.update({"ccycle": 2, "cmany": 1, "csizes": 2, "cstruct": 2})
+        cases += [Case(f"{_short(name)}-{kind}{i}", name, f"{kind}{i}") for kind, count in counts.items() for i in range(count)]
+    return cases
+
+
+# ---------------------------------------------------------------------------------------------
 # Files that are not weights files at all.
 
 def _plain_hdf5(dst: Path) -> None:
@@ -680,6 +1023,9 @@ class Case:
             SYNTHETIC[self.damage](dst)
             return dst
         kind = self.damage.rstrip("0123456789")
+        if kind in ADVERSARIAL_KINDS:
+            adversarial(kind)(FIXTURES / self.fixture, dst, self.rng, aux)
+            return dst
         damage = {"trunc": d_trunc, "hflip": d_hflip, "bflip": d_bflip, "zero": d_zero, "dflip": d_dflip, "zbomb": z_bomb, "chunkflip": d_chunkflip,
                   **ARCHIVE}.get(kind) or structural(kind)
         damage(FIXTURES / self.fixture, dst, self.rng, aux)
@@ -716,6 +1062,8 @@ def _cases() -> List[Case]:
 
 
 CASES = _cases()
+ADVERSARIAL_KINDS = {*ADVERSARIAL_H5, *CONFIG_ATTACKS, "aholes"}
+ADVERSARIAL_CASES = _adversarial_cases()
 
 
 def _commands(case: Case, damaged: Path, work: Path) -> List[Tuple[str, List[str], Optional[Path]]]:
@@ -726,13 +1074,16 @@ def _commands(case: Case, damaged: Path, work: Path) -> List[Tuple[str, List[str
     out_args = OUTPUTS[int(pick.integers(0, len(OUTPUTS)))]
     out, target_out = work / "out-convert" / out_args[0], work / "out-target" / "o.h5"
     partner = FIXTURES / (_partner(name) if case.fixture else "seq__k3.keras")
-    return [
+    commands = [
         ("inspect", ["inspect", str(damaged)], None),
         ("json", ["inspect", str(damaged), "--json"], None),
         ("plan", ["plan", str(damaged), *flat], None),
         ("convert", ["convert", str(damaged), "-o", str(out), *out_args[1:], *flat], out),
         ("target", ["convert", str(partner), "-o", str(target_out), "--target", str(damaged), *_flatten_args(partner.name)], target_out),
     ]
+    if case.damage.rstrip("0123456789") in ADVERSARIAL_KINDS:  # two commands each, so a thousand cases stay quick
+        return [commands[int(pick.integers(0, 3))], commands[3 + int(pick.integers(0, 2))]]
+    return commands
 
 
 def _digest(path: Path) -> str:
@@ -740,7 +1091,8 @@ def _digest(path: Path) -> str:
         return "absent"
     if path.is_dir():
         return "directory"
-    return hashlib.sha256(path.read_bytes()).hexdigest()
+    with open(path, "rb") as fh:  # a file of holes is hashed a block at a time
+        return hashlib.file_digest(fh, "sha256").hexdigest()
 
 
 def _problems(argv: List[str], status: object, err: str, out: Optional[Path], files: Sequence[Path] = ()) -> List[str]:
@@ -770,6 +1122,40 @@ def _problems(argv: List[str], status: object, err: str, out: Optional[Path], fi
     return problems
 
 
+CPU_S = 2.0  # per command, in process (the real-process sample bounds the whole process)
+GROWTH_MIB = 200  # how far one command may raise the test process's peak memory
+HANG_S = 60
+
+
+class _Hang(BaseException):
+    """Raised by the alarm in a command that runs past `HANG_S` (never caught by weightport)."""
+
+
+@contextlib.contextmanager
+def _bounded(argv: List[str], problems: List[str]) -> Iterator[None]:
+    """Run one in-process command under the fuzz's bounds: CPU time, growth of the peak memory,
+    and a wall-clock alarm that stops a hang; what is exceeded is added to `problems`."""
+    def hang(*_: object) -> None:
+        raise _Hang()
+    command = "weightport " + " ".join(argv)
+    previous = signal.signal(signal.SIGALRM, hang)
+    peak, cpu = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss, time.process_time()
+    signal.alarm(HANG_S)
+    try:
+        yield
+    except _Hang:
+        problems.append(f"{command}: still running after {HANG_S} s (a hang)")
+    finally:
+        signal.alarm(0)
+        signal.signal(signal.SIGALRM, previous)
+    cpu = time.process_time() - cpu
+    grown = (resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - peak) / 1024
+    if cpu > CPU_S:
+        problems.append(f"{command}: {cpu:.1f} s of CPU")
+    if grown > GROWTH_MIB:
+        problems.append(f"{command}: peak memory grew by {grown:.0f} MiB")
+
+
 def run_case(case: Case, work: Path, capfd=None) -> List[str]:
     """Build the damaged file, run every command on it in process, return the problems found."""
     for sub in ("in", "aux"):
@@ -783,10 +1169,14 @@ def run_case(case: Case, work: Path, capfd=None) -> List[str]:
             out.parent.mkdir(exist_ok=True)
         if capfd is not None:
             capfd.readouterr()
-        try:
-            status: object = cli.main(argv)
-        except BaseException as exc:  # noqa: BLE001 - the point is that nothing escapes main
-            status = f"raised {type(exc).__name__}: {exc}"
+        status: object = "hung"
+        with _bounded(argv, problems):
+            try:
+                status = cli.main(argv)
+            except _Hang:
+                raise
+            except BaseException as exc:  # noqa: BLE001 - the point is that nothing escapes main
+                status = f"raised {type(exc).__name__}: {exc}"
         err = capfd.readouterr().err if capfd is not None else ""
         named = [Path(a) for a in argv[1:] if a.startswith(str(work)) or a.startswith(str(FIXTURES))]
         problems += _problems(argv, status, err, out, named)
@@ -798,13 +1188,63 @@ def run_case(case: Case, work: Path, capfd=None) -> List[str]:
 # The tests.
 
 def test_there_are_enough_cases() -> None:
-    assert len(CASES) >= 500
-    assert len({case.id for case in CASES}) == len(CASES)
+    assert len(CASES) >= 500 and len(ADVERSARIAL_CASES) >= 1000
+    everything = CASES + ADVERSARIAL_CASES
+    assert len({case.id for case in everything}) == len(everything)
 
 
 @pytest.mark.parametrize("case", CASES, ids=[case.id for case in CASES])
 def test_damaged_input(case: Case, tmp_path: Path, capfd: pytest.CaptureFixture) -> None:
     problems = run_case(case, tmp_path, capfd)
+    assert not problems, "\n".join(problems)
+
+
+@pytest.mark.parametrize("case", ADVERSARIAL_CASES, ids=[case.id for case in ADVERSARIAL_CASES])
+def test_adversarial_input(case: Case, tmp_path: Path, capfd: pytest.CaptureFixture) -> None:
+    problems = run_case(case, tmp_path, capfd)
+    assert not problems, "\n".join(problems)
+
+
+def _wait_bounded(child: subprocess.Popen) -> Tuple[object, float]:
+    """The child's exit status and CPU time (its own, from wait4), or "hung" once killed after `HANG_S`."""
+    start = time.monotonic()
+    while True:
+        pid, status, usage = os.wait4(child.pid, os.WNOHANG)
+        if pid:
+            child.returncode = os.waitstatus_to_exitcode(status)
+            return child.returncode, usage.ru_utime + usage.ru_stime
+        if time.monotonic() - start > HANG_S:
+            child.kill()
+            child.wait()
+            return "hung", 0.0
+        time.sleep(0.01)
+
+
+@pytest.mark.parametrize("case", [pytest.param(case, id=case.id) for case in ADVERSARIAL_CASES[::37]])
+def test_adversarial_input_in_a_real_process(case: Case, tmp_path: Path) -> None:
+    """A sample in real processes, each held to the bounds a user sees: under 2 s of CPU and 200 MiB
+    for the whole process, exit 0 or 2, one line, no traceback, nothing beside OUT."""
+    for sub in ("in", "aux"):
+        (tmp_path / sub).mkdir()
+    damaged = case.build(tmp_path / "in", tmp_path / "aux")
+    problems: List[str] = []
+    for _label, argv, out in _commands(case, damaged, tmp_path):
+        if out is not None:
+            out.parent.mkdir()
+        peak = tmp_path / "aux" / "peak"
+        command = measured_cli_command(*argv, peak_file=peak)
+        with tempfile.TemporaryFile() as err:
+            child = subprocess.Popen(command["args"], env=command["env"], stdout=subprocess.DEVNULL, stderr=err)
+            status, cpu = _wait_bounded(child)
+            err.seek(0)
+            text = err.read().decode("utf-8", "replace")
+        label = "weightport " + " ".join(argv)
+        named = [Path(a) for a in argv[1:] if a.startswith(str(tmp_path)) or a.startswith(str(FIXTURES))]
+        problems += _problems(argv, status, text, out, named)
+        if status == "hung":
+            continue
+        if cpu > CPU_S or peak_mib(peak) > GROWTH_MIB:
+            problems.append(f"{label}: {cpu:.1f} s of CPU, peak memory {peak_mib(peak):.0f} MiB")
     assert not problems, "\n".join(problems)
 
 

@@ -21,7 +21,7 @@ from .errors import WeightportError
 if TYPE_CHECKING:  # h5py is imported where a dataset is checked: `digests` uses `hollow` before h5py is loaded
     import h5py
 
-__all__ = ["check_allocated", "hollow", "read_limited", "check_config_text", "check_name_count", "check_names", "vars_keys", "check_stored"]
+__all__ = ["check_allocated", "hollow", "read_limited", "check_config_text", "check_name_count", "check_layer_count", "check_names", "vars_keys", "check_stored"]
 
 PathLike = Union[str, Path]
 _HINT_DAMAGED = "the file is damaged or was not written by Keras; save or download it again"
@@ -35,9 +35,9 @@ HOLLOW_SLACK = 16 << 20
 # write ~1 MB and ~65,000 JSON values; these ceilings are 16 times that.
 MAX_CONFIG_BYTES = 16 << 20
 MAX_CONFIG_VALUES = 1_000_000
-# Entries of `layer_names` (weightless layers too): the largest Keras applications have ~1,000;
-# each costs a few HDF5 look-ups (~0.1 ms), so this many are walked in a second or two.
-MAX_LAYER_NAMES = 20_000
+# Layers of a model (`layer_names` entries, config layers; weightless ones too): the largest Keras
+# applications have ~1,000; each costs ~0.1 ms to walk, plan and rewrite, so this many take about a second.
+MAX_LAYERS = 10_000
 # Compressed tensors: the declared bytes may exceed the stored ones by this factor (float weights
 # compress ~1.1x; an all-zero vector much more, which the slack allows), and one chunk, which is
 # inflated whole every time any part of it is read, may hold at most this many bytes.
@@ -94,10 +94,16 @@ def check_config_text(text: Union[str, bytes], source: PathLike) -> None:
 
 
 def check_name_count(count: int, group: "h5py.Group", what: str, path: PathLike) -> None:
-    """A list of names (`layer_names`, `weight_names`) no longer than `MAX_LAYER_NAMES`, checked
+    """A list of names (`layer_names`, `weight_names`) no longer than `MAX_LAYERS`, checked
     before its names are decoded."""
-    if count > MAX_LAYER_NAMES:
-        raise WeightportError(path, f"{what} of '{group.name}' lists {count:,} names, more than any model has ({MAX_LAYER_NAMES:,})", _HINT_DAMAGED)
+    if count > MAX_LAYERS:
+        raise WeightportError(path, f"{what} of '{group.name}' lists {count:,} names, more than any model has layers ({MAX_LAYERS:,})", _HINT_DAMAGED)
+
+
+def check_layer_count(count: int, source: PathLike) -> None:
+    """A model config of no more than `MAX_LAYERS` layers (nested models' counted in)."""
+    if count > MAX_LAYERS:
+        raise WeightportError(source, f"model config of {count:,} layers, more than any model has ({MAX_LAYERS:,})", "give the output of model.to_json()")
 
 
 def check_names(names: Sequence[str], group: "h5py.Group", what: str, path: PathLike) -> None:

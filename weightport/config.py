@@ -140,6 +140,7 @@ def parse_model_config(obj: Union[str, bytes, Dict[str, Any]], source: Union[str
         raise WeightportError(source, "not a Keras model config (no Sequential/Functional/Model class_name)", "give the output of model.to_json()")
     try:
         layers, _, _ = _parse_container(obj, container=None, prefix="")
+        budgets.check_layer_count(len(layers), source)
         body = obj.get("config")
         name = body.get("name") if isinstance(body, dict) else None
         return ModelConfig(
