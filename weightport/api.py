@@ -16,11 +16,12 @@ from typing import Any, Callable, Dict, Iterator, List, Optional, Sequence, Tupl
 from . import arguments, digests
 from .errors import WeightportError, speaks_api
 from .head import HeadRole, analyze_head
+from .keras_load import keras_of, load_in_keras
 from .planner import Plan, PlanOptions, make_plan, refuse_lossy_casts
 from .readers import read
 from .target import target_from_view
 from .twin import derive_twin
-from .twinconfig import open_input_size, twin_config
+from .twinconfig import as_keras3, open_input_size, twin_config
 from .verification import Verification, VerificationFailed, check_source_digest, verify_plan
 from .view import ModelView
 from .writers import output_layout, write
@@ -142,7 +143,10 @@ def convert(source: PathLike, out: PathLike, target: Optional[PathLike] = None, 
     the tensor bytes go in. With `verify` the file is checked with numpy before it takes `out`'s
     place: an `.h5` as soon as its tensors are in place (the provenance attributes are added
     after), a `.keras` archive whole; `plan.verification` holds the result, and a failure raises
-    `VerificationFailed`.
+    `VerificationFailed`. A whole model (`.keras`, `full_model`) is then loaded by the Keras it
+    is for (Keras 3, or tf_keras for a Keras 2 config) in a child process, when that Keras is
+    installed: `plan.loaded_by` names it (None: not installed), and a model it cannot load
+    raises `LoadFailed` (or `WeightportError` when it cannot load the source either).
     `compression` ("gzip", "gzip=LEVEL" with LEVEL 0-9, or "lzf") stores the tensors chunked and
     compressed (smaller, slower to write); by default they are contiguous, as Keras writes them.
     The output is written atomically: `out` is either left as it was or replaced by a complete,
@@ -162,7 +166,9 @@ def convert(source: PathLike, out: PathLike, target: Optional[PathLike] = None, 
         raise WeightportError(out, "--full-model is for a legacy .h5 output", "name the output *.h5, or *.keras for a whole Keras 3 model")
     with planned(source, target, config, flatten, options) as (built, views):
         refuse_lossy_casts(built)
-        model_config = _whole_model_config(views, str(source), target, flatten, options, layout) if full_model or layout == "keras-archive" else None
+        whole = full_model or layout == "keras-archive"
+        model_config = _whole_model_config(views, str(source), target, flatten, options, layout) if whole else None
+        consumer = keras_of(views[str(target) if target is not None else str(source)]) if whole else None
 
         checked = options if target is not None else replace(options, skips=[], drops=[*options.skips, *options.drops])
 
@@ -170,6 +176,8 @@ def convert(source: PathLike, out: PathLike, target: Optional[PathLike] = None, 
             built.verification = _verify(source, written, config, flatten, checked, opened=views[str(source)])
             if not built.verification.ok:
                 raise VerificationFailed(built.verification, built)
+            if consumer is not None:
+                built.loaded_by = load_in_keras("keras" if layout == "keras-archive" else consumer, written, Path(out), str(source), config)
 
         write(built, Path(out), views, force=force, model_config=model_config, keras_version=views[str(source)].keras_version,
               progress=progress, check=check if verify else None, compression=compression,
@@ -184,16 +192,16 @@ def _whole_model_config(views: Dict[str, ModelView], source: str, target: Option
     model = views[str(target)] if target is not None else views[source]
     if model.config is None:
         raise WeightportError(model.path, "no model config to write a whole model from", "give a .keras or full-model .h5 file")
-    if layout == "keras-archive" and model.layout != "keras-archive" and not (model.keras_version or "").startswith("3"):
+    if layout == "keras-archive" and keras_of(model) != "keras":
         raise WeightportError(model.path, f"a .keras output holds a Keras 3 config, and this one was written by Keras {model.keras_version or '(unknown)'}",
                               "write a whole legacy model instead: -o OUT.h5 --full-model")
     if target is not None:
-        return model.config.raw
-    src = model
-    head = analyze_head(src, flatten, options.source_order)
-    config = twin_config(src, head, per_location=options.score_map)
-    open_input_size(config, src, head)
-    return config
+        config = model.config.raw
+    else:
+        head = analyze_head(model, flatten, options.source_order)
+        config = twin_config(model, head, per_location=options.score_map)
+        open_input_size(config, model, head)
+    return as_keras3(config) if layout == "keras-archive" else config
 
 
 @speaks_api

@@ -52,12 +52,13 @@ def out_path(source: str, out_dir: Path) -> str:
 def convert_one(job: Job, options: Dict[str, Any], verify: bool, debug: bool) -> Outcome:
     """Convert (and verify) one file; never raises, so one failure does not stop a sweep."""
     from .api import convert
+    from .keras_load import LoadFailed
     from .verification import VerificationFailed
 
     try:
         convert(job.source, job.out, verify=verify, **options)
         return Outcome(job, 0, f"wrote {job.out}" + (" (verified)" if verify else ""))
-    except VerificationFailed as failed:
+    except (VerificationFailed, LoadFailed) as failed:
         return Outcome(job, 1, f"weightport: {job.out} not written: {failed}")
     except WeightportError as exc:
         return Outcome(job, 2, f"weightport: error: {exc.line('cli')}")

@@ -137,8 +137,9 @@ def _convert_and_report(args: argparse.Namespace, source: str, out: str) -> int:
     from pathlib import Path
 
     from .api import convert
+    from .keras_load import LoadFailed
     from .progress import byte_progress
-    from .report import convert_json, plan_table, verification_table
+    from .report import convert_json, load_line, plan_table, verification_table
     from .verification import VerificationFailed
     from .writers import output_layout
 
@@ -151,6 +152,9 @@ def _convert_and_report(args: argparse.Namespace, source: str, out: str) -> int:
         _out(convert_json(failed.plan, out, layout, written=False) if args.json else verification_table(failed.result))
         print(printable(f"weightport: {out} not written: what was converted did not pass verification"), file=sys.stderr)
         return 1
+    except LoadFailed as failed:
+        print(printable(f"weightport: {out} not written: {failed}"), file=sys.stderr)
+        return 1
     if args.json:
         _out(convert_json(built, out, layout, written=True))
     elif not args.quiet:
@@ -158,6 +162,8 @@ def _convert_and_report(args: argparse.Namespace, source: str, out: str) -> int:
         _out(printable(f"wrote {out} ({layout} layout)"))
         if built.verification is not None:
             _out(verification_table(built.verification))
+            if args.full_model or layout == "keras-archive":
+                _out(load_line(built))
     return 0
 
 

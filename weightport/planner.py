@@ -123,6 +123,7 @@ class Plan:
     notes: List[str]
     alignment: List[AlignRow] = field(default_factory=list)
     verification: Optional[Any] = None  # set by `convert`: the Verification of what was written
+    loaded_by: Optional[str] = None  # set by `convert` of a whole model: the Keras that loaded it
 
     def to_dict(self) -> Dict[str, Any]:
         """The `plan --json` document (contract in the README)."""

@@ -11,7 +11,7 @@ from .planner import Plan, Step
 from .verification import Verification
 from .view import Layer, ModelView, Tensor
 
-__all__ = ["view_table", "view_json", "plan_table", "plan_json", "verification_table", "verification_json", "convert_json"]
+__all__ = ["view_table", "view_json", "plan_table", "plan_json", "verification_table", "verification_json", "convert_json", "load_line"]
 
 
 def view_json(view: ModelView) -> str:
@@ -180,3 +180,10 @@ def _digest_lines(result: Verification) -> List[str]:
     if check.ok:
         return ["", f"source {algorithm}: {check.actual}, as OUT records ({check.attribute})"]
     return ["", f"source {algorithm}: {check.actual}, but OUT records {check.recorded} ({check.attribute}): DIFFERS"]
+
+
+def load_line(plan: Plan) -> str:
+    """What the final check of a whole model found: which Keras loaded it, or that none could."""
+    if plan.loaded_by:
+        return f"loaded: {plan.loaded_by} loads the whole model"
+    return "not loaded in Keras (not installed): the numpy check above proves the weights, not that Keras can build the model"

@@ -18,12 +18,18 @@ from .errors import WeightportError
 from .head import PASS_THROUGH, HeadRole
 from .view import ModelView
 
-__all__ = ["twin_config", "open_input_size"]
+__all__ = ["twin_config", "open_input_size", "as_keras3"]
 
 # Layers that fix the size of what they see: with one of them outside the head, the twin's
 # input keeps the source's size.
 _FIXED_SIZE = {"Reshape", "RepeatVector", "Lambda", "Flatten", "Dense"}
 _SHAPE_KEYS = ("batch_input_shape", "batch_shape")
+
+# How Keras 3 names the classes it deserializes a `.keras` config by (`module` + `class_name`,
+# `registered_name`), as `keras.saving.serialize_keras_object` writes them; every other layer
+# class of a Keras 3 config is one of `keras.layers`.
+_KERAS3_MODELS = {"Sequential": ("keras", None), "Functional": ("keras.src.models.functional", "Functional"),
+                  "Model": ("keras.src.models.functional", "Functional")}
 
 _CARRIED = ("name", "trainable", "dtype", "activation", "use_bias", "kernel_initializer", "bias_initializer",
             "kernel_regularizer", "bias_regularizer", "activity_regularizer", "kernel_constraint", "bias_constraint")
@@ -56,6 +62,28 @@ def twin_config(view: ModelView, head: Dict[str, HeadRole], per_location: bool =
         elif name in head:
             _rewrite(entry, head[name], view.path)
     return raw
+
+
+def as_keras3(raw: Dict[str, Any]) -> Dict[str, Any]:
+    """The config in the shape a `.keras` archive holds: the model and every layer entry with
+    its `module` and `registered_name`. Keras 3's `model.save('x.h5')` leaves them out of a
+    legacy file's `model_config` (its h5 loader does not need them), but `load_model` of a
+    `.keras` cannot locate a class without them."""
+    raw = copy.deepcopy(raw)
+    _name_class(raw)
+    for entry in _entries(raw):
+        _name_class(entry)
+    return raw
+
+
+def _name_class(entry: Dict[str, Any]) -> None:
+    if "module" in entry:
+        return
+    if entry.get("class_name") in _KERAS3_MODELS:
+        entry["module"], entry["registered_name"] = _KERAS3_MODELS[entry["class_name"]]
+        entry["class_name"] = "Functional" if entry["class_name"] == "Model" else entry["class_name"]
+    else:
+        entry["module"], entry["registered_name"] = "keras.layers", None
 
 
 def _check_consumers(view: ModelView, head: Dict[str, HeadRole]) -> None:
