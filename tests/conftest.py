@@ -179,3 +179,11 @@ def vgg16_classifier(K, seed: int):
             kernel, bias = layer.get_weights()
             layer.set_weights([kernel, rng.normal(0, 0.05, bias.shape).astype("float32")])
     return classifier
+
+
+@pytest.fixture
+def no_keras_load(monkeypatch: pytest.MonkeyPatch) -> None:
+    """`convert` in this process behaves as without Keras installed: no child process loads its
+    whole-model outputs. For tests of other things that convert hundreds of files (the load
+    check itself is tested in test_loads.py and test_load_matrix.py)."""
+    monkeypatch.setattr("weightport.keras_load.installed", lambda module: False)

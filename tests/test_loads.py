@@ -3,16 +3,19 @@ proves it by loading it before the output takes OUT's place."""
 
 from __future__ import annotations
 
-import zipfile
 import json
+import zipfile
 from pathlib import Path
 
+import h5py
 import pytest
 
 import weightport
 import weightport.api
+from weightport.config import parse_model_config
 from weightport.keras_load import LoadFailed, load_in_keras
-from conftest import FIXTURES, import_or_skip, run_cli
+from weightport.shapes import free_input_axes
+from conftest import FIXTURES, SHARED_FILES, import_or_skip, load_maker, run_cli
 from consumers import run_consumers
 
 import_or_skip("keras")
@@ -65,6 +68,96 @@ def test_a_model_keras_cannot_load_at_all_is_refused_as_input(tmp_path: Path) ->
 
 
 def test_without_keras_the_numpy_check_still_runs(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr("weightport.keras_load.importlib.util.find_spec", lambda name: None)
+    monkeypatch.setattr("weightport.keras_load.installed", lambda module: False)
     built = weightport.convert(FIXTURES / "seq__k3.keras", tmp_path / "fcn.keras")
     assert built.verification.ok and built.loaded_by is None
+
+
+# --- case 2: data formats mixed in one model ------------------------------------------------
+
+def _mixed_model(folder: Path) -> Path:
+    """A Keras 2.0.6-style classifier (tf_keras): Conv2D channels_last, then MaxPooling2D with
+    data_format channels_first (it pools the width and the filters, taking the height as its
+    channels), Flatten, Dense."""
+    K = import_or_skip("tf_keras")
+    K.backend.clear_session()
+    model = K.Sequential([K.layers.InputLayer(input_shape=(12, 10, 3)), K.layers.Conv2D(4, 3, activation="relu"),
+                          K.layers.MaxPooling2D(2, data_format="channels_first"), K.layers.Flatten(),
+                          K.layers.Dense(8, activation="relu"), K.layers.Dense(5)], name="mixed")
+    load_maker().fill_weights(K, model, 10)
+    path = folder / "mixed.h5"
+    model.save(str(path))
+    return path
+
+
+def _model_config(path: Path) -> dict:
+    with h5py.File(path, "r") as f:
+        return json.loads(f.attrs["model_config"])
+
+
+def test_free_input_axes_follow_each_layers_data_format() -> None:
+    """The pooling takes the height as its channels but has no weights, so the height stays
+    free; a width that a later Conv takes as its channels (dl4j's file) does not."""
+    mixed = parse_model_config({"class_name": "Sequential", "config": {"layers": [
+        {"class_name": "InputLayer", "config": {"name": "in", "batch_input_shape": [None, 12, 10, 3]}},
+        {"class_name": "Conv2D", "config": {"name": "c", "filters": 4, "kernel_size": [3, 3]}},
+        {"class_name": "MaxPooling2D", "config": {"name": "p", "data_format": "channels_first"}},
+        {"class_name": "Conv2D", "config": {"name": "w", "filters": 2, "kernel_size": [4, 1]}}]}}, "m.h5")
+    assert free_input_axes(mixed, "m.h5") == {"in": (0, 1)}  # the head's Conv (channels_last) sizes the pooled filters only
+    assert free_input_axes(mixed, "m.h5", ["p"]) == {"in": (0, 1)}
+    mixed.raw["config"]["layers"][3]["config"]["data_format"] = "channels_first"
+    flipped = parse_model_config(mixed.raw, "m.h5")
+    assert free_input_axes(flipped, "m.h5") == {"in": (1,)}  # a channels_first head Conv would size the height
+
+
+def test_mixed_data_formats_full_model_loads_and_is_right_window_by_window(tmp_path: Path) -> None:
+    """Case 2: the --full-model output opens only the input axes no layer sizes its weights by,
+    its head Conv reads the window channels_last (the pooled filters as channels), tf_keras
+    loads it (convert's own final check), and at twice the input it is right window by window.
+    tf_keras on a CPU cannot run the channels_first pooling (of the source either), so the
+    numbers come from Keras 3 (JAX backend), which loads the same legacy file."""
+    source, out = _mixed_model(tmp_path), tmp_path / "fcn.h5"
+    done = run_cli("convert", str(source), "--full-model", "-o", str(out))
+    assert done.returncode == 0, done.stderr
+    assert "loaded: tf_keras" in done.stdout
+    layers = _model_config(out)["config"]["layers"]
+    assert layers[0]["config"]["batch_input_shape"] == [None, None, None, 3]
+    assert (layers[-2]["class_name"], layers[-2]["config"]["data_format"], layers[-2]["config"]["kernel_size"]) == ("Conv2D", "channels_last", [10, 4])
+    job = {"id": "mixed", "output": str(out), "reference": str(source), "train": [12, 10, 3], "dtype": "float32"}
+    results = run_consumers({"tf_keras": [job], "k3-jax": [job]}, tmp_path)
+    assert results["tf_keras"]["mixed"]["loaded"], results["tf_keras"]["mixed"]
+    assert "only supports NHWC" in results["tf_keras"]["mixed"]["reference_error"]
+    jax = results["k3-jax"]["mixed"]
+    assert jax["loaded"] and jax["train_rel_error"] < 1e-5, jax
+    assert jax["big"]["input"] == [24, 20, 3] and jax["big"]["map"] == [13, 6] and jax["big"]["rel_error"] < 1e-5, jax
+
+
+def test_verify_keras_names_the_cpu_limit_and_blames_weightport_for_its_own_output(tmp_path: Path) -> None:
+    """`verify --keras` on the mixed model: the channels_first pooling that TensorFlow's CPU
+    kernels cannot run is named as the environment's limit (exit 2); an output whose config
+    Keras cannot build (the input opened on the channels, as before the fix) is weightport's
+    fault (exit 1), not "Keras cannot build this model here"."""
+    source, out = _mixed_model(tmp_path), tmp_path / "fcn.h5"
+    assert run_cli("convert", str(source), "--full-model", "-o", str(out), "--no-verify").returncode == 0
+    done = run_cli("verify", str(source), str(out), "--keras")
+    assert done.returncode == 2, done.stderr
+    assert "TensorFlow on this CPU cannot run channels_first layers" in done.stderr and "NHWC" in done.stderr
+    config = _model_config(out)
+    config["config"]["layers"][0]["config"]["batch_input_shape"] = [None, 12, None, None]
+    with h5py.File(out, "r+") as f:
+        f.attrs["model_config"] = json.dumps(config).encode()
+    done = run_cli("verify", str(source), str(out), "--keras")
+    assert done.returncode == 1, done.stderr
+    assert "cannot build the twin" in done.stdout and "though it builds the source" in done.stdout
+    assert "cannot build this model here" not in done.stdout + done.stderr
+
+
+@pytest.mark.skipif(not (SHARED_FILES / "dl4j__simpleconv2d.hdf5").exists(), reason="../shared/keras-files is not here")
+def test_dl4j_mixed_formats_full_model_loads_in_tf_keras(tmp_path: Path) -> None:
+    """A real Keras 2.3.1 file: Conv2D channels_first on 1x28x28, then channels_last layers that
+    take the width as channels. Only the height may grow; tf_keras loads the output."""
+    out = tmp_path / "fcn.h5"
+    done = run_cli("convert", str(SHARED_FILES / "dl4j__simpleconv2d.hdf5"), "--full-model", "-o", str(out))
+    assert done.returncode == 0, done.stderr
+    assert "loaded: tf_keras" in done.stdout
+    assert _model_config(out)["config"]["layers"][0]["config"]["batch_input_shape"] == [None, 1, None, 28]

@@ -200,7 +200,7 @@ def _whole_model_config(views: Dict[str, ModelView], source: str, target: Option
     else:
         head = analyze_head(model, flatten, options.source_order)
         config = twin_config(model, head, per_location=options.score_map)
-        open_input_size(config, model, head)
+        open_input_size(config, model)
     return as_keras3(config) if layout == "keras-archive" else config
 
 

@@ -20,7 +20,7 @@ from .config import ConfigLayer, ModelConfig
 from .errors import WeightportError
 from .roles import guess_class
 from .rules import SPATIAL, canonical_order, check_order
-from .shapes import ShapeError, class_rank, flatten_form, flatten_hint, infer_shapes, spatial_rank
+from .shapes import ShapeError, TensorInfo, class_rank, flatten_form, flatten_hint, infer_shapes, open_shapes, spatial_rank
 from .view import Layer, ModelView, Tensor
 
 __all__ = ["HeadRole", "analyze_head", "layer_class", "is_conv_kernel", "is_th_kernel", "parse_source_order"]
@@ -237,7 +237,10 @@ def _window(flat: ConfigLayer, shapes, config: ModelConfig, source: str, flatten
     rank = len(shape) - 1
     if rank not in SPATIAL:
         return None
-    first = (info.layout if info is not None else anchor.data_format) == "channels_first"
+    if info is not None:
+        first = _channels_first(info, open_shapes(config, source, [anchor.name]).output(anchor.name))
+    else:
+        first = anchor.data_format == "channels_first"
     spatial, channels = (shape[1:], shape[0]) if first and info is not None else (shape[:-1], shape[-1])
     order = ("c" + SPATIAL[rank]) if first else canonical_order(rank)
     reshaped = None  # a Reshape keeps the row-major order, so Flatten after it lists the window as before
@@ -286,6 +289,19 @@ def _agree(flatten: Sequence[int], spatial: Sequence, channels, flat: ConfigLaye
         shown = ",".join("?" if n is None else str(n) for n in inferred)
         raise WeightportError(source, f"--flatten {','.join(map(str, flatten))} disagrees with the shape {shown} the config gives before "
                                       f"{flat.class_name} '{flat.name}'", f"drop --flatten, or give --flatten {shown}")
+
+
+def _channels_first(info: TensorInfo, grown: TensorInfo) -> bool:
+    """The layout of the Conv that covers the window: its producer's, unless the producer's
+    channel axis grows with the input (`grown` has None there) while the axis at the other end
+    does not, as after a channels_first pooling of a channels_last convolution's output. The
+    twin then reads the same window the other way round, so its Conv slides over every axis
+    that grows and is right at any input size, not only at the training size."""
+    first = info.layout == "channels_first"
+    channel, other = (0, -1) if first else (-1, 0)
+    if grown.shape[channel] is None and grown.shape[other] is not None and info.shape[channel] is not None:
+        return not first
+    return first
 
 
 def _refuse_after_reshape(reshaped: Optional[ConfigLayer], layer: ConfigLayer, source: str, rank: int) -> None:

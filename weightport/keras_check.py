@@ -17,6 +17,7 @@ from __future__ import annotations
 import contextlib
 import importlib
 import json
+import os
 from pathlib import Path
 from dataclasses import asdict, dataclass
 from typing import Any, ContextManager, Dict, Iterator, List, Optional, Tuple, Union
@@ -26,8 +27,9 @@ import numpy as np
 from .config import MODEL_CLASSES, ModelConfig
 from .errors import WeightportError
 from .head import analyze_head
+from .keras_load import keras_of
 from .readers import read
-from .twinconfig import twin_config
+from .twinconfig import as_keras3, twin_config
 from .view import ModelView
 
 __all__ = ["Comparison", "EndToEnd", "check_end_to_end"]
@@ -36,14 +38,10 @@ PathLike = Union[str, Path]
 
 
 def _keras_for(view: ModelView) -> Any:
-    """Keras 3 for files Keras 3 wrote, tf_keras (the Keras 2 line) for the rest."""
-    keras3 = (view.keras_version or "").startswith("3") or (view.keras_version is None and view.layout != "legacy-h5")
+    """The Keras that wrote the source: Keras 3, or tf_keras (the Keras 2 line) for the rest."""
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")  # TensorFlow's start-up log would break the one-line reports
     try:
-        if keras3:
-            import keras
-            return keras
-        import tf_keras
-        return tf_keras
+        return importlib.import_module(keras_of(view))
     except ImportError as exc:
         raise WeightportError(view.path, f"--keras needs Keras ({exc.name} is not installed)", 'pip install "weightport[keras]"') from None
 
@@ -101,13 +99,46 @@ def _safe_mode(K: Any) -> ContextManager[Any]:
     return contextlib.nullcontext()
 
 
-def _build(K: Any, path: PathLike, view: ModelView, config_json: Optional[str]) -> Any:
+def _build(K: Any, path: PathLike, config_json: Optional[str]) -> Any:
+    with _safe_mode(K):
+        return _load(K, path, config_json)
+
+
+def _message(exc: BaseException) -> str:
+    return f"{type(exc).__name__}: {(str(exc).strip().splitlines() or [''])[0][:200]}"
+
+
+def _cannot_run_source(source: PathLike, exc: BaseException, what: str) -> WeightportError:
+    """Keras fails on the source model itself: the environment's limit, not weightport's output."""
+    limit = next((line.strip() for line in str(exc).splitlines() if "NHWC" in line), None)
+    if limit:  # TensorFlow's CPU kernels for Conv and pooling take channels_last only
+        return WeightportError(source, f"TensorFlow on this CPU cannot run channels_first layers, and this model has them: the source fails here too ({limit[:200]})",
+                               "run verify --keras where TensorFlow has a GPU, or (a Keras 3 file) with KERAS_BACKEND=jax; the numpy verification stands")
+    return WeightportError(source, f"Keras cannot {what} the source model here ({_message(exc)})", "check with the numpy verification only (without --keras)")
+
+
+class _TwinFailed(Exception):
+    """Keras builds and runs the source but not what weightport wrote: weightport's fault."""
+
+
+def _twin(K: Any, out: PathLike, config_json: Optional[str]) -> Any:
+    """The twin model; `_TwinFailed` when Keras cannot build it."""
     try:
-        with _safe_mode(K):
-            return _load(K, path, config_json)
-    except Exception as exc:  # Keras's own refusal: report it as the input problem it is
-        raise WeightportError(path, f"Keras cannot build this model here ({type(exc).__name__}: {str(exc).splitlines()[0][:200]})",
-                              "check with the numpy verification only (without --keras)") from None
+        return _build(K, out, config_json)
+    except Exception as exc:  # noqa: BLE001 - whatever Keras raises, the source built: the fault is the output's
+        raise _TwinFailed(f"cannot build the twin from {out} ({_message(exc)}), though it builds the source") from None
+
+
+def _run_twin(model: Any, x: np.ndarray) -> Any:
+    try:
+        return model.predict(x, verbose=0)
+    except Exception as exc:  # noqa: BLE001
+        raise _TwinFailed(f"cannot run the twin ({_message(exc)}), though it runs the source") from None
+
+
+def _config_json(K: Any, config: dict) -> str:
+    """A config as this Keras's `model_from_json` reads it (Keras 3: with its class keys)."""
+    return json.dumps(as_keras3(config) if K.__name__ == "keras" else config)
 
 
 def _load(K: Any, path: PathLike, config_json: Optional[str]) -> Any:
@@ -142,19 +173,20 @@ class EndToEnd:
 
     keras: str  # the Keras version, e.g. "3.15.1" (tf_keras: "2.21.0")
     comparisons: List[Comparison]
+    failure: Optional[str] = None  # Keras could not build or run the twin, though it did the source
 
     @property
     def ok(self) -> bool:
-        return all(c.ok for c in self.comparisons)
+        return self.failure is None and all(c.ok for c in self.comparisons)
 
     def to_dict(self) -> Dict[str, Any]:
         """The `keras` key of the `verify --json` document (contract in the README)."""
-        return {"ok": self.ok, "keras_version": self.keras, "comparisons": [asdict(c) for c in self.comparisons]}
+        return {"ok": self.ok, "keras_version": self.keras, "comparisons": [asdict(c) for c in self.comparisons], "failure": self.failure}
 
     def lines(self) -> List[str]:
         """One line per comparison, for the table."""
         return [f"keras {self.keras}: {c.what} {'agree' if c.ok else 'DIFFER'} {c.how} (max abs {c.max_abs:.3g}, max rel {c.max_rel:.3g})"
-                for c in self.comparisons]
+                for c in self.comparisons] + ([f"keras {self.keras}: FAILED: {self.failure}"] if self.failure else [])
 
 
 def check_end_to_end(source: PathLike, out: PathLike, config: Optional[PathLike] = None, atol: float = 1e-6,
@@ -173,22 +205,35 @@ def check_end_to_end(source: PathLike, out: PathLike, config: Optional[PathLike]
         if score_map and not poolings:
             raise WeightportError(source, "--score-map: this head has no global pooling to take out", "verify without --score-map")
         whole_source = src.kind == "full-model" and config is None
-        source_model = _build(K, source, src, None if whole_source else json.dumps(src.config.raw) if src.config else None)
+        try:
+            source_model = _build(K, source, None if whole_source else _config_json(K, src.config.raw) if src.config else None)
+        except Exception as exc:  # noqa: BLE001 - Keras's own refusal of the input
+            raise _cannot_run_source(config or source, exc, "build") from None
         x = _inputs(source_model, np.random.default_rng(0))
-        results = []
-        if not score_map:
-            twin = _build(K, out, converted, None if converted.kind == "full-model" else json.dumps(twin_config(src, head)))
-            want, got = source_model.predict(x, verbose=0), twin.predict(x, verbose=0)
-            if np.size(want) != np.size(got):
-                raise WeightportError(out, f"the twin gives {np.shape(got)} where the source gives {np.shape(want)}",
-                                      "an output written with --score-map is verified with --score-map")
-            worst = _worst(want, got)
-            results.append(_verdict("source and twin models", "end to end", worst, atol, rtol))
-        if poolings:
-            own = score_map and converted.kind == "full-model"
-            per_location = _build(K, out, converted, None if own else json.dumps(twin_config(src, head, per_location=True)))
-            worst_map = _worst(_head_per_location(K, source_model, poolings[0], x), per_location.predict(x, verbose=0))
-            results.append(_verdict("the source's head at every location and the twin's score map", "per location", worst_map, atol, rtol))
+        own = converted.kind == "full-model"
+        try:  # the twins are built first: a twin Keras cannot build is weightport's fault, whatever the source does
+            twin = None if score_map else _twin(K, out, None if own else _config_json(K, twin_config(src, head)))
+            mapper = _twin(K, out, None if own and score_map else _config_json(K, twin_config(src, head, per_location=True))) if poolings else None
+        except _TwinFailed as failed:
+            return EndToEnd(K.__version__, [], str(failed))
+        try:
+            want = source_model.predict(x, verbose=0)
+            wanted_map = _head_per_location(K, source_model, poolings[0], x) if poolings else None
+        except Exception as exc:  # noqa: BLE001
+            raise _cannot_run_source(source, exc, "run") from None
+        results: List[Comparison] = []
+        try:
+            if twin is not None:
+                got = _run_twin(twin, x)
+                if np.size(want) != np.size(got):
+                    raise WeightportError(out, f"the twin gives {np.shape(got)} where the source gives {np.shape(want)}",
+                                          "an output written with --score-map is verified with --score-map")
+                results.append(_verdict("source and twin models", "end to end", _worst(want, got), atol, rtol))
+            if mapper is not None:
+                results.append(_verdict("the source's head at every location and the twin's score map", "per location",
+                                        _worst(wanted_map, _run_twin(mapper, x)), atol, rtol))
+        except _TwinFailed as failed:
+            return EndToEnd(K.__version__, results, str(failed))
     return EndToEnd(K.__version__, results)
 
 

@@ -54,6 +54,11 @@ def _is_policy(dtype: Any) -> bool:
     return isinstance(dtype, dict) and dtype.get("class_name") == "DTypePolicy"
 
 
+def installed(module: str) -> bool:
+    """Whether `module` can be imported, found without importing it."""
+    return importlib.util.find_spec(module) is not None
+
+
 def load_in_keras(module: str, written: Path, out: Path, source: str, config: Optional[str]) -> Optional[str]:
     """Load `written` (the temporary file that becomes `out`) with `module`'s `load_model`.
 
@@ -62,7 +67,7 @@ def load_in_keras(module: str, written: Path, out: Path, source: str, config: Op
     `WeightportError` when neither loads (the model needs code this environment lacks)."""
     from .errors import WeightportError
 
-    if importlib.util.find_spec(module) is None:
+    if not installed(module):
         return None
     with tempfile.TemporaryDirectory(prefix="weightport-load-") as folder:
         named = Path(folder) / out.name  # Keras picks the format by the file's suffix; the temporary has none

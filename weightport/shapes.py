@@ -17,12 +17,13 @@ import math
 import re
 from dataclasses import dataclass, replace
 from functools import partial
-from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
+from typing import Any, Callable, Dict, Iterator, List, Optional, Sequence, Set, Tuple
 
 from .config import ConfigLayer, ModelConfig
 from .errors import WeightportError
 
-__all__ = ["TensorInfo", "ShapeError", "Shapes", "infer_shapes", "class_rank", "spatial_rank", "flatten_form", "flatten_hint"]
+__all__ = ["TensorInfo", "ShapeError", "Shapes", "infer_shapes", "class_rank", "spatial_rank", "flatten_form", "flatten_hint",
+           "free_input_axes", "open_shapes"]
 
 Dim = Optional[int]
 Shape = Tuple[Dim, ...]
@@ -409,6 +410,47 @@ SHAPE_FUNCTIONS: Dict[str, LayerFn] = {
 
 
 # ---------------------------------------------------------------------------------------------
+# The axes a layer must know the size of: its weights (or its code) are sized by them. Every
+# other axis may be any size, so an input axis that reaches none of these may be left open.
+
+def _channel_axis(layer: ConfigLayer, x: TensorInfo) -> List[int]:
+    return [0 if _layout(layer) == CHANNELS_FIRST else len(x.shape) - 1]
+
+
+def _last_axis(layer: ConfigLayer, x: TensorInfo) -> List[int]:
+    return [len(x.shape) - 1]
+
+
+def _all_axes(layer: ConfigLayer, x: TensorInfo) -> List[int]:
+    return list(range(len(x.shape)))
+
+
+def _normalised_axes(layer: ConfigLayer, x: TensorInfo) -> List[int]:
+    """BatchNormalization/LayerNormalization `axis` (counting the batch axis, or from the end)."""
+    axis = layer.config.get("axis", -1)
+    return [a - 1 if a > 0 else len(x.shape) + a for a in (axis if isinstance(axis, list) else [axis])]
+
+
+def _unshared_axes(layer: ConfigLayer, x: TensorInfo) -> List[int]:
+    """PReLU: one alpha per position of every axis not in `shared_axes`."""
+    shared = layer.config.get("shared_axes") or []
+    shared = [shared] if isinstance(shared, int) else shared
+    return [i for i in range(len(x.shape)) if i + 1 not in shared]
+
+
+SIZED_AXES: Dict[str, Callable[[ConfigLayer, TensorInfo], List[int]]] = {
+    **{f"{kind}{r}D": _channel_axis for kind in ("Conv", "SeparableConv", "DepthwiseConv") for r in (1, 2, 3)},
+    **{f"Conv{r}DTranspose": _channel_axis for r in (1, 2, 3)},
+    **{f"LocallyConnected{r}D": _all_axes for r in (1, 2)},
+    **{name: _all_axes for name in ("Flatten", "Reshape", "RepeatVector", "Lambda")},  # a Lambda's code is never read
+    "Dense": _last_axis,
+    "BatchNormalization": _normalised_axes,
+    "LayerNormalization": _normalised_axes,
+    "PReLU": _unshared_axes,
+}
+
+
+# ---------------------------------------------------------------------------------------------
 # The lazy, memoised walk.
 
 def _declared_input(layer: ConfigLayer) -> Optional[Shape]:
@@ -429,11 +471,37 @@ def _declared_input(layer: ConfigLayer) -> Optional[Shape]:
 class Shapes:
     """Output shapes of a config's layers, each computed on first request from its inputs."""
 
-    def __init__(self, config: ModelConfig, source: str, input_shape: Optional[Sequence[Dim]] = None) -> None:
+    def __init__(self, config: ModelConfig, source: str, input_shape: Optional[Sequence[Dim]] = None,
+                 inputs: Optional[Dict[str, Shape]] = None) -> None:
         self._config, self._source = config, source
         self._roots = [layer.name for layer in config.layers if not layer.inbound]
         self._memo: Dict[str, TensorInfo] = {}
         self._override = None if input_shape is None else self._check_override(input_shape)
+        self._inputs = dict(inputs or {})  # root name -> its shape without the batch axis, replacing the declared one
+
+    @property
+    def roots(self) -> List[str]:
+        """The layers that take the model's inputs."""
+        return list(self._roots)
+
+    def input(self, name: str) -> TensorInfo:
+        """What layer `name` receives (its first input): the model's input for a root."""
+        layer = self._layer(name)
+        if not layer.inbound:
+            return self._root_input(layer)
+        self.output(name)
+        return self._memo[layer.inbound[0]]
+
+    def unknown_sizes(self) -> Set[Tuple[str, int, int]]:
+        """(layer, input, axis) for every axis a layer computed so far must know and does not."""
+        found = set()
+        for name in self._memo:
+            layer = self._layer(name)
+            sized = SIZED_AXES.get(layer.class_name)
+            infos = [self._memo[n] for n in layer.inbound] or [self._root_input(layer)]
+            for index, info in enumerate(infos if sized else []):
+                found.update((name, index, axis) for axis in sized(layer, info) if 0 <= axis < len(info.shape) and info.shape[axis] is None)
+        return found
 
     def output(self, name: str) -> TensorInfo:
         """The output of layer `name`, computing (once) only the layers upstream of it."""
@@ -471,7 +539,7 @@ class Shapes:
                           flatten_hint(spatial_rank(self._config, layer.name)))
 
     def _root_input(self, layer: ConfigLayer) -> TensorInfo:
-        shape = self._override if self._override is not None else _declared_input(layer)
+        shape = self._inputs[layer.name] if layer.name in self._inputs else self._override if self._override is not None else _declared_input(layer)
         if shape is None and self._roots == [layer.name] and self._config.input_shape:
             shape = tuple(self._config.input_shape[1:])
         if shape is None:
@@ -498,3 +566,48 @@ class Shapes:
 def infer_shapes(config: ModelConfig, source: str, input_shape: Optional[Sequence[Dim]] = None) -> Shapes:
     """Shapes of `config`'s layers; `input_shape` (batch axis included) replaces the model's own."""
     return Shapes(config, source, input_shape)
+
+
+def _opened(shape: Shape, axes: Sequence[int]) -> Shape:
+    return tuple(None if i in axes else n for i, n in enumerate(shape))
+
+
+def free_input_axes(config: ModelConfig, source: str, names: Optional[Sequence[str]] = None) -> Dict[str, Tuple[int, ...]]:
+    """The input axes (per input layer, batch axis not counted) that may take any size: no layer
+    up to `names` (every layer when None) sizes its weights or its code by an axis they reach.
+
+    Each input axis is left unknown in turn and followed through the layers, data format by
+    data format: a channels_last height that a channels_first pooling takes as its channels is
+    still free (pooling has no weights), a width that a later Conv takes as its channels is not.
+    Empty when the shapes cannot be inferred (an unknown layer class): nothing is opened."""
+    names = [layer.name for layer in config.layers] if names is None else list(names)
+    try:
+        base = Shapes(config, source)
+        for name in names:
+            base.output(name)
+        declared = {root: base.input(root).shape for root in base.roots}
+        known = base.unknown_sizes()
+        free = {root: tuple(axis for axis in range(len(shape)) if shape[axis] is not None
+                            and not _sizes_unknown(config, source, {root: _opened(shape, [axis])}, names, known))
+                for root, shape in declared.items()}
+        together = {root: _opened(declared[root], axes) for root, axes in free.items()}
+        return {} if _sizes_unknown(config, source, together, names, known) else free
+    except ShapeError:
+        return {}
+
+
+def _sizes_unknown(config: ModelConfig, source: str, inputs: Dict[str, Shape], names: Sequence[str], known: Set[Tuple[str, int, int]]) -> bool:
+    """Whether, with these inputs, a layer up to `names` needs a size it no longer knows."""
+    shapes = Shapes(config, source, inputs=inputs)
+    for name in names:
+        shapes.output(name)
+    return bool(shapes.unknown_sizes() - known)
+
+
+def open_shapes(config: ModelConfig, source: str, names: Optional[Sequence[str]] = None,
+                free: Optional[Dict[str, Tuple[int, ...]]] = None) -> Shapes:
+    """The shapes with every free input axis (`free`, else `free_input_axes`) unknown: an axis
+    that is None here grows with the input."""
+    free = free_input_axes(config, source, names) if free is None else free
+    base = Shapes(config, source)
+    return Shapes(config, source, inputs={root: _opened(base.input(root).shape, axes) for root, axes in free.items()})

@@ -13,16 +13,14 @@ from __future__ import annotations
 import copy
 from typing import Any, Dict, Iterator, List
 
-from .config import MODEL_CLASSES
+from .config import MODEL_CLASSES, parse_model_config
 from .errors import WeightportError
 from .head import PASS_THROUGH, HeadRole
+from .shapes import free_input_axes, open_shapes
 from .view import ModelView
 
 __all__ = ["twin_config", "open_input_size", "as_keras3"]
 
-# Layers that fix the size of what they see: with one of them outside the head, the twin's
-# input keeps the source's size.
-_FIXED_SIZE = {"Reshape", "RepeatVector", "Lambda", "Flatten", "Dense"}
 _SHAPE_KEYS = ("batch_input_shape", "batch_shape")
 
 # How Keras 3 names the classes it deserializes a `.keras` config by (`module` + `class_name`,
@@ -138,28 +136,33 @@ def _rewrite(entry: Dict[str, Any], role: HeadRole, source: str) -> None:
         raise WeightportError(source, f"cannot rewrite layer '{config.get('name')}' ({entry['class_name']}) as a convolution", "build the twin in code")
 
 
-def open_input_size(raw: Dict[str, Any], view: ModelView, head: Dict[str, HeadRole]) -> bool:
-    """Let the twin accept any spatial size (None) where its layers allow it; True if done."""
-    changed = set(head) | {name for role in head.values() for name in role.folded}
-    if any(layer.class_name in _FIXED_SIZE and layer.name not in changed for layer in view.config.layers):
+def open_input_size(raw: Dict[str, Any], view: ModelView) -> bool:
+    """Let the twin accept any size (None) on the input axes its layers allow; True if any.
+
+    The axes come from shape inference over the twin's own config (`shapes.free_input_axes`),
+    data format by data format, so only axes that no layer sizes its weights by are opened:
+    the spatial axes of an ordinary network, fewer in one that mixes data formats (a width
+    that a later channels_last Conv takes as its channels stays fixed). Every input-shape key
+    in the config gets the shape that reaches its layer, nested models' inputs included."""
+    targets = [(entry["config"], key) for entry in _entries(raw) for key in _SHAPE_KEYS if key in entry.get("config", {})]
+    for cfg, key in targets:
+        _check_shape(cfg[key], view.path, f"layer '{cfg.get('name')}' has {key}")
+    twin = parse_model_config(raw, view.path)
+    free = free_input_axes(twin, view.path)
+    if not any(free.values()):
         return False
-    channels_first = any(role.data_format == "channels_first" for role in head.values())
-    targets = [entry["config"] for entry in _entries(raw) if any(k in entry.get("config", {}) for k in _SHAPE_KEYS)]
+    shapes = open_shapes(twin, view.path, free=free)
+    for cfg, key in targets:
+        if twin.get(cfg.get("name")) is not None:
+            cfg[key] = [cfg[key][0], *shapes.input(cfg["name"]).shape]
     build = raw.get("build_config")
-    for cfg in targets:
-        key = next(k for k in _SHAPE_KEYS if k in cfg)
-        cfg[key] = _free(cfg[key], channels_first, view.path, f"layer '{cfg.get('name')}' has {key}")
-    if isinstance(build, dict) and isinstance(build.get("input_shape"), list):
-        build["input_shape"] = _free(build["input_shape"], channels_first, view.path, "the model's build_config has input_shape")
-    return bool(targets)
+    if isinstance(build, dict) and isinstance(build.get("input_shape"), list) and len(shapes.roots) == 1:
+        build["input_shape"] = [build["input_shape"][0], *shapes.input(shapes.roots[0]).shape]
+    return True
 
 
-def _free(shape: Any, channels_first: bool, source: str, where: str) -> List[Any]:
-    """[None, 224, 224, 3] -> [None, None, None, 3] (channels kept, spatial axes free); a shape
-    that is no input's (null, [], not a list) is refused, not written into the twin."""
+def _check_shape(shape: Any, source: str, where: str) -> None:
+    """A shape that is no input's (null, [], not a list) is refused, not written into the twin."""
     if not isinstance(shape, list) or not shape:
         raise WeightportError(source, f"{where} {shape!r}, not the shape of an input (a batch axis, then the sizes)",
                               "the model config is damaged; save the model again")
-    if len(shape) <= 2:
-        return [shape[0]] + [None] * (len(shape) - 1)
-    return [shape[0], shape[1]] + [None] * (len(shape) - 2) if channels_first else [shape[0]] + [None] * (len(shape) - 2) + [shape[-1]]
