@@ -7,7 +7,8 @@ output (a whole model, or weights with the twin's config to build it from), a re
 this Keras can load holding the same weights as the source, and the training input shape. The
 twin is compared with the reference at the training size (its map is 1x1) and, when its input
 accepts other sizes, on an input twice as large on every free axis, window by window: the
-twin's score at each map position against the reference run on the crop under it.
+twin's score at each map position against the reference run on the crop under it (a twin that
+keeps a global pooling gives one score, compared with the reference on the whole input).
 """
 
 from __future__ import annotations
@@ -45,6 +46,25 @@ def _error(got: np.ndarray, want: np.ndarray) -> float:
     return float(np.abs(got - want).max() / max(float(np.abs(want).max()), 1e-12))
 
 
+def _opened(model: Any, free: List[int]) -> Any:
+    """The same model and weights with its input open on the `free` axes (no batch axis)."""
+    config = json.loads(model.to_json())
+    pending = [config]
+    while pending:
+        node = pending.pop()
+        if isinstance(node, dict):
+            for key in ("batch_shape", "batch_input_shape"):
+                if isinstance(node.get(key), list):
+                    node[key] = [None if i - 1 in free else n for i, n in enumerate(node[key])]
+            pending.extend(node.values())
+        elif isinstance(node, list):
+            pending.extend(node)
+    K = sys.modules[type(model).__module__.split(".")[0]]
+    opened = K.models.model_from_json(json.dumps(config))
+    opened.set_weights(model.get_weights())
+    return opened
+
+
 def _windows(twin: Any, reference: Any, train: List[int], dtype: str, map_first: bool, rng: np.random.Generator) -> Optional[Dict[str, Any]]:
     """Twin on an input twice as large on its free axes vs the reference on every window."""
     free = [i for i, n in enumerate(twin.input_shape[1:]) if n is None]
@@ -56,6 +76,9 @@ def _windows(twin: Any, reference: Any, train: List[int], dtype: str, map_first:
     scores = np.moveaxis(scores, 0, -1) if map_first else scores  # (*map, classes)
     grid = scores.shape[:-1]
     moving = [a for a, m in enumerate(grid) if m > 1]
+    if not moving:  # the twin keeps a global pooling: one score for the whole input, as the source gives
+        got, want = scores.reshape(1, -1), _run(_opened(reference, free), x).reshape(1, -1)
+        return {"input": big, "map": list(grid), "windows": 1, "rel_error": _error(got, want)}
     if len(moving) != len(free):
         return {"error": f"map {grid} from input {big}: {len(moving)} axes slide, {len(free)} input axes are free"}
     strides = {}

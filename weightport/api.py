@@ -193,7 +193,7 @@ def _whole_model_config(views: Dict[str, ModelView], source: str, target: Option
     if model.config is None:
         raise WeightportError(model.path, "no model config to write a whole model from", "give a .keras or full-model .h5 file")
     if layout == "keras-archive" and keras_of(model) != "keras":
-        raise WeightportError(model.path, f"a .keras output holds a Keras 3 config, and this one was written by Keras {model.keras_version or '(unknown)'}",
+        raise WeightportError(model.path, f"a .keras output holds a Keras 3 config, and this one was written by Keras {model.keras_version or model.config.keras_version or '2'}",
                               "write a whole legacy model instead: -o OUT.h5 --full-model")
     if target is not None:
         config = model.config.raw

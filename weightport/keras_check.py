@@ -27,7 +27,7 @@ import numpy as np
 from .config import MODEL_CLASSES, ModelConfig
 from .errors import WeightportError
 from .head import analyze_head
-from .keras_load import keras_of
+from .keras_load import first_line, keras_of
 from .readers import read
 from .twinconfig import as_keras3, twin_config
 from .view import ModelView
@@ -104,17 +104,13 @@ def _build(K: Any, path: PathLike, config_json: Optional[str]) -> Any:
         return _load(K, path, config_json)
 
 
-def _message(exc: BaseException) -> str:
-    return f"{type(exc).__name__}: {(str(exc).strip().splitlines() or [''])[0][:200]}"
-
-
 def _cannot_run_source(source: PathLike, exc: BaseException, what: str) -> WeightportError:
     """Keras fails on the source model itself: the environment's limit, not weightport's output."""
     limit = next((line.strip() for line in str(exc).splitlines() if "NHWC" in line), None)
     if limit:  # TensorFlow's CPU kernels for Conv and pooling take channels_last only
         return WeightportError(source, f"TensorFlow on this CPU cannot run channels_first layers, and this model has them: the source fails here too ({limit[:200]})",
                                "run verify --keras where TensorFlow has a GPU, or (a Keras 3 file) with KERAS_BACKEND=jax; the numpy verification stands")
-    return WeightportError(source, f"Keras cannot {what} the source model here ({_message(exc)})", "check with the numpy verification only (without --keras)")
+    return WeightportError(source, f"Keras cannot {what} the source model here ({first_line(exc)})", "check with the numpy verification only (without --keras)")
 
 
 class _TwinFailed(Exception):
@@ -126,14 +122,14 @@ def _twin(K: Any, out: PathLike, config_json: Optional[str]) -> Any:
     try:
         return _build(K, out, config_json)
     except Exception as exc:  # noqa: BLE001 - whatever Keras raises, the source built: the fault is the output's
-        raise _TwinFailed(f"cannot build the twin from {out} ({_message(exc)}), though it builds the source") from None
+        raise _TwinFailed(f"cannot build the twin from {out} ({first_line(exc)}), though it builds the source") from None
 
 
 def _run_twin(model: Any, x: np.ndarray) -> Any:
     try:
         return model.predict(x, verbose=0)
     except Exception as exc:  # noqa: BLE001
-        raise _TwinFailed(f"cannot run the twin ({_message(exc)}), though it runs the source") from None
+        raise _TwinFailed(f"cannot run the twin ({first_line(exc)}), though it runs the source") from None
 
 
 def _config_json(K: Any, config: dict) -> str:

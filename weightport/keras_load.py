@@ -24,7 +24,7 @@ import tempfile
 from pathlib import Path
 from typing import Any, Dict, Optional
 
-__all__ = ["LoadFailed", "keras_of", "load_in_keras"]
+__all__ = ["LoadFailed", "first_line", "keras_of", "load_in_keras"]
 
 TIMEOUT = 600  # seconds: importing TensorFlow alone takes 5-20 s on a busy machine
 _NAMES = {"keras": "Keras 3", "tf_keras": "tf_keras"}
@@ -98,7 +98,8 @@ def _run_child(module: str, named: Path, source: str, config: Optional[str]) -> 
 
 # --- the child ----------------------------------------------------------------------------
 
-def _first_line(exc: BaseException) -> str:
+def first_line(exc: BaseException) -> str:
+    """An exception as one short line: its type and the first line of its message."""
     return f"{type(exc).__name__}: {(str(exc).strip().splitlines() or [''])[0][:200]}"
 
 
@@ -118,11 +119,11 @@ def _child(module: str, out: str, source: str, config: str) -> Dict[str, Any]:
         K.models.load_model(out, compile=False)
         return dict(report, ok=True)
     except Exception as exc:  # Keras's refusal, whatever its type: reported, then the source is tried
-        report.update(ok=False, error=_first_line(exc))
+        report.update(ok=False, error=first_line(exc))
     try:
         _load_source(K, source, config)
     except Exception as exc:
-        report["source_error"] = _first_line(exc)
+        report["source_error"] = first_line(exc)
     return report
 
 
