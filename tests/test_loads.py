@@ -161,3 +161,20 @@ def test_dl4j_mixed_formats_full_model_loads_in_tf_keras(tmp_path: Path) -> None
     assert done.returncode == 0, done.stderr
     assert "loaded: tf_keras" in done.stdout
     assert _model_config(out)["config"]["layers"][0]["config"]["batch_input_shape"] == [None, 1, None, 28]
+
+
+def test_a_whole_model_holding_code_is_not_loaded_to_check_it(tmp_path: Path) -> None:
+    """Loading a config with a Lambda would run the code the file carries: the final check
+    declines (and says why) rather than run it; the numpy verification still runs."""
+    K = import_or_skip("tf_keras")
+    marker = tmp_path / "marker"
+    writes_marker = eval(f"lambda x: (__import__('pathlib').Path({str(marker)!r}).write_text('ran'), x)[1]")  # noqa: S307
+    inputs = K.Input((8, 8, 3))
+    x = K.layers.Lambda(writes_marker, name="evil")(K.layers.Conv2D(4, 3, name="conv")(inputs))
+    source = tmp_path / "src.h5"
+    K.Model(inputs, K.layers.Dense(5, name="fc")(K.layers.Flatten(name="flat")(x))).save(source)
+    marker.unlink()
+    done = run_cli("convert", str(source), "--full-model", "-o", str(tmp_path / "fcn.h5"))
+    assert done.returncode == 0, done.stderr
+    assert "not loaded in Keras (the model config holds a Lambda layer 'evil'" in done.stdout and "verified:" in done.stdout
+    assert not marker.exists()

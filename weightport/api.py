@@ -16,6 +16,8 @@ from typing import Any, Callable, Dict, Iterator, List, Optional, Sequence, Tupl
 from . import arguments, digests
 from .errors import WeightportError, speaks_api
 from .head import HeadRole, analyze_head
+from .config import parse_model_config
+from .keras_check import code_in
 from .keras_load import keras_of, load_in_keras
 from .planner import Plan, PlanOptions, make_plan, refuse_lossy_casts
 from .readers import read
@@ -145,8 +147,9 @@ def convert(source: PathLike, out: PathLike, target: Optional[PathLike] = None, 
     after), a `.keras` archive whole; `plan.verification` holds the result, and a failure raises
     `VerificationFailed`. A whole model (`.keras`, `full_model`) is then loaded by the Keras it
     is for (Keras 3, or tf_keras for a Keras 2 config) in a child process, when that Keras is
-    installed: `plan.loaded_by` names it (None: not installed), and a model it cannot load
-    raises `LoadFailed` (or `WeightportError` when it cannot load the source either).
+    installed: `plan.loaded_by` names it (None: not installed, or `plan.load_skipped` says what
+    code in the config loading it would run), and a model it cannot load raises `LoadFailed`
+    (or `WeightportError` when it cannot load the source either).
     `compression` ("gzip", "gzip=LEVEL" with LEVEL 0-9, or "lzf") stores the tensors chunked and
     compressed (smaller, slower to write); by default they are contiguous, as Keras writes them.
     The output is written atomically: `out` is either left as it was or replaced by a complete,
@@ -177,7 +180,9 @@ def convert(source: PathLike, out: PathLike, target: Optional[PathLike] = None, 
             if not built.verification.ok:
                 raise VerificationFailed(built.verification, built)
             if consumer is not None:
-                built.loaded_by = load_in_keras("keras" if layout == "keras-archive" else consumer, written, Path(out), str(source), config)
+                built.load_skipped = code_in(parse_model_config(model_config, str(out)))
+                if built.load_skipped is None:
+                    built.loaded_by = load_in_keras("keras" if layout == "keras-archive" else consumer, written, Path(out), str(source), config)
 
         write(built, Path(out), views, force=force, model_config=model_config, keras_version=views[str(source)].keras_version,
               progress=progress, check=check if verify else None, compression=compression,

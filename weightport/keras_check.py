@@ -32,7 +32,7 @@ from .readers import read
 from .twinconfig import as_keras3, twin_config
 from .view import ModelView
 
-__all__ = ["Comparison", "EndToEnd", "check_end_to_end"]
+__all__ = ["Comparison", "EndToEnd", "check_end_to_end", "code_in"]
 
 PathLike = Union[str, Path]
 
@@ -89,6 +89,15 @@ def _refuse_unknown(K: Any, config: Optional[ModelConfig], path: PathLike) -> No
         if layer.class_name not in MODEL_CLASSES and not isinstance(getattr(K.layers, layer.class_name, None), type):
             raise WeightportError(path, f"the model config uses layer class '{layer.class_name}' ('{layer.name}'), which {K.__name__} "
                                         "does not define (a custom object), so it is not looked up", _HINT_CODE)
+
+
+def code_in(config: ModelConfig) -> Optional[str]:
+    """What in `config` loading it would run (a Lambda, a custom object), or None."""
+    try:
+        _refuse_code(config, "")
+    except WeightportError as exc:
+        return exc.problem
+    return None
 
 
 def _safe_mode(K: Any) -> ContextManager[Any]:

@@ -112,16 +112,30 @@ def _load_source(K: Any, source: str, config: str) -> None:
     model.load_weights(source)
 
 
+def _safe_mode(module: str) -> Any:
+    """Keras's safe mode (no stored Lambda code loaded), which legacy `.h5` loading honours only
+    inside this scope; the parent has already declined to load a config holding code."""
+    import contextlib
+    import importlib
+
+    try:
+        return importlib.import_module(f"{module}.src.saving.serialization_lib").SafeModeScope(True)
+    except (ImportError, AttributeError):
+        return contextlib.nullcontext()
+
+
 def _child(module: str, out: str, source: str, config: str) -> Dict[str, Any]:
     K = __import__(module)
     report: Dict[str, Any] = {"version": K.__version__, "backend": K.backend.backend()}
     try:
-        K.models.load_model(out, compile=False)
+        with _safe_mode(module):
+            K.models.load_model(out, compile=False)
         return dict(report, ok=True)
     except Exception as exc:  # Keras's refusal, whatever its type: reported, then the source is tried
         report.update(ok=False, error=first_line(exc))
     try:
-        _load_source(K, source, config)
+        with _safe_mode(module):
+            _load_source(K, source, config)
     except Exception as exc:
         report["source_error"] = first_line(exc)
     return report

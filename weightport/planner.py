@@ -124,6 +124,7 @@ class Plan:
     alignment: List[AlignRow] = field(default_factory=list)
     verification: Optional[Any] = None  # set by `convert`: the Verification of what was written
     loaded_by: Optional[str] = None  # set by `convert` of a whole model: the Keras that loaded it
+    load_skipped: Optional[str] = None  # or why it was not loaded: code in its config that loading would run
 
     def to_dict(self) -> Dict[str, Any]:
         """The `plan --json` document (contract in the README)."""

@@ -186,4 +186,5 @@ def load_line(plan: Plan) -> str:
     """What the final check of a whole model found: which Keras loaded it, or that none could."""
     if plan.loaded_by:
         return f"loaded: {plan.loaded_by} loads the whole model"
-    return "not loaded in Keras (not installed): the numpy check above proves the weights, not that Keras can build the model"
+    why = f"{plan.load_skipped}, and it is not run here" if plan.load_skipped else "not installed"
+    return f"not loaded in Keras ({why}): the numpy check above proves the weights, not that Keras can build the model"
