@@ -592,7 +592,7 @@ def free_input_axes(config: ModelConfig, source: str, names: Optional[Sequence[s
                 for root, shape in declared.items()}
         together = {root: _opened(declared[root], axes) for root, axes in free.items()}
         return {} if _sizes_unknown(config, source, together, names, known) else free
-    except ShapeError:
+    except (ShapeError, TypeError, ValueError, KeyError, IndexError):  # a damaged config's axis settings: nothing is opened
         return {}
 
 
