@@ -459,6 +459,38 @@ def test_verify_keras_never_runs_a_lambdas_code(tmp_path: Path) -> None:
     assert marker.read_text() == "ran"
 
 
+_SWAP_BEFORE_KERAS = """
+import os, sys
+import weightport.keras_check as keras_check
+chosen = keras_check._keras_for
+def swapped(view):  # the source's name is given to a FIFO after its config was checked, before Keras loads it
+    os.replace(sys.argv[1], sys.argv[1] + ".moved")
+    os.mkfifo(sys.argv[1])
+    return chosen(view)
+keras_check._keras_for = swapped
+from weightport import cli
+sys.exit(cli.main(["verify", sys.argv[1], sys.argv[2], "--keras"]))
+"""
+
+
+@pytest.mark.parametrize("name", ["seq__k3.keras", "seq__tfk.h5"])
+def test_verify_keras_loads_the_file_it_checked(name: str, tmp_path: Path) -> None:
+    """Keras opened the source by name after weightport had checked its config: a FIFO given that
+    name in between hung `verify --keras` for ever (and a file swapped in would be built unchecked).
+    Keras now opens the very file checked, through its descriptor, or the run is refused."""
+    from conftest import import_or_skip, run_cli
+
+    import_or_skip("keras" if name.endswith(".keras") else "tf_keras")
+    path = _copy(name, tmp_path)
+    out = tmp_path / "fcn.h5"
+    assert run_cli("convert", str(path), "-o", str(out)).returncode == 0
+    command = cli_command()
+    result = subprocess.run([command["args"][0], "-c", _SWAP_BEFORE_KERAS, str(path), str(out)], env=command["env"],
+                            capture_output=True, text=True, timeout=180)
+    assert result.returncode == 2, result.stderr
+    assert result.stderr.splitlines()[-1].startswith(f"weightport: error: {path}: changed while being converted"), result.stderr
+
+
 def test_verify_keras_refuses_a_custom_object_by_name(tmp_path: Path) -> None:
     """A Keras 3 config naming a class from outside Keras (which Keras would import) is refused
     by name from the config as data, before Keras is imported."""

@@ -18,6 +18,7 @@ import contextlib
 import importlib
 import json
 import os
+import tempfile
 from pathlib import Path
 from dataclasses import asdict, dataclass
 from typing import Any, ContextManager, Dict, Iterator, List, Optional, Tuple, Union
@@ -29,6 +30,7 @@ from .errors import WeightportError
 from .head import analyze_head
 from .keras_load import first_line, keras_of
 from .readers import read
+from .transfer import open_data_files
 from .twinconfig import as_keras3, twin_config
 from .view import ModelView
 
@@ -108,6 +110,18 @@ def _safe_mode(K: Any) -> ContextManager[Any]:
     return contextlib.nullcontext()
 
 
+@contextlib.contextmanager
+def _pinned(view: ModelView) -> Iterator[str]:
+    """A name under which Keras, which opens files by name, opens the very file whose config was
+    checked: a symlink, with the file's own name (Keras reads the format from its suffix), to the
+    descriptor of that file. A file put in its place since (another model, a FIFO whose open would
+    block for ever) is refused, never opened."""
+    with open_data_files([view]) as files, tempfile.TemporaryDirectory(prefix="weightport-keras-") as folder:
+        link = os.path.join(folder, Path(view.data_file).name)
+        os.symlink(f"/proc/self/fd/{files[view.data_file][0]}", link)
+        yield link
+
+
 def _build(K: Any, path: PathLike, config_json: Optional[str]) -> Any:
     with _safe_mode(K):
         return _load(K, path, config_json)
@@ -126,10 +140,10 @@ class _TwinFailed(Exception):
     """Keras builds and runs the source but not what weightport wrote: weightport's fault."""
 
 
-def _twin(K: Any, out: PathLike, config_json: Optional[str]) -> Any:
-    """The twin model; `_TwinFailed` when Keras cannot build it."""
+def _twin(K: Any, out: PathLike, name: str, config_json: Optional[str]) -> Any:
+    """The twin model, from `name` (`out` as pinned); `_TwinFailed` when Keras cannot build it."""
     try:
-        return _build(K, out, config_json)
+        return _build(K, name, config_json)
     except Exception as exc:  # noqa: BLE001 - whatever Keras raises, the source built: the fault is the output's
         raise _TwinFailed(f"cannot build the twin from {out} ({first_line(exc)}), though it builds the source") from None
 
@@ -199,7 +213,7 @@ def check_end_to_end(source: PathLike, out: PathLike, config: Optional[PathLike]
     """Every comparison of the source model and the twin on random inputs.
     With `score_map`, OUT is the twin without its global pooling (`convert --score-map`): only
     the per-location comparison applies, with OUT's own config when it is a whole model."""
-    with read(source, config=config) as src, read(out) as converted:
+    with read(source, config=config) as src, read(out) as converted, _pinned(src) as source_name, _pinned(converted) as out_name:
         _refuse_code(src.config, config or source)
         _refuse_code(converted.config, out)
         K = _keras_for(src)
@@ -211,14 +225,14 @@ def check_end_to_end(source: PathLike, out: PathLike, config: Optional[PathLike]
             raise WeightportError(source, "--score-map: this head has no global pooling to take out", "verify without --score-map")
         whole_source = src.kind == "full-model" and config is None
         try:
-            source_model = _build(K, source, None if whole_source else _config_json(K, src.config.raw) if src.config else None)
+            source_model = _build(K, source_name, None if whole_source else _config_json(K, src.config.raw) if src.config else None)
         except Exception as exc:  # noqa: BLE001 - Keras's own refusal of the input
             raise _cannot_run_source(config or source, exc, "build") from None
         x = _inputs(source_model, np.random.default_rng(0))
         own = converted.kind == "full-model"
         try:  # the twins are built first: a twin Keras cannot build is weightport's fault, whatever the source does
-            twin = None if score_map else _twin(K, out, None if own else _config_json(K, twin_config(src, head)))
-            mapper = _twin(K, out, None if own and score_map else _config_json(K, twin_config(src, head, per_location=True))) if poolings else None
+            twin = None if score_map else _twin(K, out, out_name, None if own else _config_json(K, twin_config(src, head)))
+            mapper = _twin(K, out, out_name, None if own and score_map else _config_json(K, twin_config(src, head, per_location=True))) if poolings else None
         except _TwinFailed as failed:
             return EndToEnd(K.__version__, [], str(failed))
         try:
