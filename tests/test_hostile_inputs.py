@@ -477,7 +477,7 @@ sys.exit(cli.main(["verify", sys.argv[1], sys.argv[2], "--keras"]))
 def test_verify_keras_loads_the_file_it_checked(name: str, tmp_path: Path) -> None:
     """Keras opened the source by name after weightport had checked its config: a FIFO given that
     name in between hung `verify --keras` for ever (and a file swapped in would be built unchecked).
-    Keras now opens the very file checked, through its descriptor, or the run is refused."""
+    Keras now opens the very file checked, through its descriptor."""
     from conftest import import_or_skip, run_cli
 
     import_or_skip("keras" if name.endswith(".keras") else "tf_keras")
@@ -487,8 +487,8 @@ def test_verify_keras_loads_the_file_it_checked(name: str, tmp_path: Path) -> No
     command = cli_command()
     result = subprocess.run([command["args"][0], "-c", _SWAP_BEFORE_KERAS, str(path), str(out)], env=command["env"],
                             capture_output=True, text=True, timeout=180)
-    assert result.returncode == 2, result.stderr
-    assert result.stderr.splitlines()[-1].startswith(f"weightport: error: {path}: changed while being converted"), result.stderr
+    assert result.returncode == 0, result.stderr  # Keras built the file that was checked, through its descriptor
+    assert "agree end to end" in result.stdout and path.is_fifo()  # the FIFO now under the name was never opened
 
 
 def test_verify_keras_refuses_a_custom_object_by_name(tmp_path: Path) -> None:
