@@ -21,7 +21,7 @@ from .errors import WeightportError
 if TYPE_CHECKING:  # h5py is imported where a dataset is checked: `digests` uses `hollow` before h5py is loaded
     import h5py
 
-__all__ = ["check_allocated", "hollow", "read_limited", "check_config_text", "check_name_count", "check_layer_count", "check_names", "vars_keys", "check_stored"]
+__all__ = ["check_allocated", "hollow", "read_limited", "check_config_text", "check_name_count", "check_layer_count", "check_nesting", "check_names", "vars_keys", "check_stored"]
 
 PathLike = Union[str, Path]
 _HINT_DAMAGED = "the file is damaged or was not written by Keras; save or download it again"
@@ -38,6 +38,9 @@ MAX_CONFIG_VALUES = 1_000_000
 # Layers of a model (`layer_names` entries, config layers; weightless ones too): the largest Keras
 # applications have ~1,000; each costs ~0.1 ms to walk, plan and rewrite, so this many take about a second.
 MAX_LAYERS = 10_000
+# Groups below a Keras 3 file's root: a layer of a model nested in a model nested in ... sits a few
+# levels deeper per model (`layers/functional/layers/dense/vars`); no real file nests this deep.
+MAX_NESTING = 64
 # Compressed tensors: the declared bytes may exceed the stored ones by this factor (float weights
 # compress ~1.1x; an all-zero vector much more, which the slack allows), and one chunk, which is
 # inflated whole every time any part of it is read, may hold at most this many bytes.
@@ -98,6 +101,13 @@ def check_name_count(count: int, group: "h5py.Group", what: str, path: PathLike)
     before its names are decoded."""
     if count > MAX_LAYERS:
         raise WeightportError(path, f"{what} of '{group.name}' lists {count:,} names, more than any model has layers ({MAX_LAYERS:,})", _HINT_DAMAGED)
+
+
+def check_nesting(depth: int, group: "h5py.Group", path: PathLike) -> None:
+    """Groups nested no deeper than `MAX_NESTING` (checked as the walk goes down, so a chain of
+    thousands of groups is refused at its 65th level, not walked to its end)."""
+    if depth > MAX_NESTING:
+        raise WeightportError(path, f"groups nest more than {MAX_NESTING} deep below '{group.name[:60]}...'", _HINT_DAMAGED)
 
 
 def check_layer_count(count: int, source: PathLike) -> None:

@@ -92,9 +92,10 @@ def _walk(root: h5py.Group, path: Union[str, Path]) -> List[Tuple[str, _Vars]]:
     ancestor cannot make it recurse without end; a link into another file is refused (`member`)."""
     found: List[Tuple[str, _Vars]] = []
     seen = {root.id}
-    pending = [root]
+    pending = [(root, 0)]
     while pending:
-        group = pending.pop()
+        group, depth = pending.pop()
+        budgets.check_nesting(depth, group, path)
         for key in group:
             if not isinstance(key, str):  # h5py gives the bytes of a name that is not UTF-8
                 raise WeightportError(path, f"a group in {group.name!r:.60} has a name that is not text ({key[:40]!r})", "the file is damaged; save the weights again")
@@ -105,7 +106,7 @@ def _walk(root: h5py.Group, path: Union[str, Path]) -> List[Tuple[str, _Vars]]:
                 continue
             seen.add(child.id)
             if key != "vars":
-                pending.append(child)
+                pending.append((child, depth + 1))
                 continue
             datasets = {name: value for name, value in members(child, path) if isinstance(value, h5py.Dataset)}
             if datasets:

@@ -157,6 +157,7 @@ def open_input_size(raw: Dict[str, Any], view: ModelView) -> bool:
             cfg[key] = [cfg[key][0], *shapes.input(cfg["name"]).shape]
     build = raw.get("build_config")
     if isinstance(build, dict) and isinstance(build.get("input_shape"), list) and len(shapes.roots) == 1:
+        _check_shape(build["input_shape"], view.path, "the build_config has input_shape")
         build["input_shape"] = [build["input_shape"][0], *shapes.input(shapes.roots[0]).shape]
     return True
 
