@@ -14,6 +14,7 @@ import weightport
 import weightport.api
 from weightport.config import parse_model_config
 from weightport.keras_load import LoadFailed, load_in_keras
+from weightport.cli import main
 from weightport.shapes import free_input_axes
 from conftest import FIXTURES, SHARED_FILES, import_or_skip, load_maker, run_cli
 from consumers import run_consumers
@@ -56,6 +57,25 @@ def test_convert_reports_which_keras_loaded_the_whole_model(tmp_path: Path) -> N
     done = run_cli("convert", str(FIXTURES / "seq__tfk.h5"), "--full-model", "-o", str(tmp_path / "fcn.h5"))
     assert done.returncode == 0, done.stderr
     assert "loaded: tf_keras 2." in done.stdout
+
+
+def test_convert_json_says_which_keras_loaded_the_whole_model(tmp_path: Path) -> None:
+    done = run_cli("convert", str(FIXTURES / "seq__k3.keras"), "-o", str(tmp_path / "fcn.keras"), "--json")
+    assert done.returncode == 0, done.stderr
+    document = json.loads(done.stdout)
+    assert document["ok"] and document["output"]["written"]
+    assert document["load"]["loaded_by"].startswith("Keras 3") and document["load"]["failure"] is None
+
+
+def test_convert_json_of_a_whole_model_keras_cannot_load_is_one_document(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                                                                          capsys: pytest.CaptureFixture) -> None:
+    """The load failure is in the document (ok false, nothing written), and exit 1."""
+    monkeypatch.setattr(weightport.api, "as_keras3", lambda config: config)
+    status = main(["convert", str(FIXTURES / "seq__k3.h5"), "-o", str(tmp_path / "fx.keras"), "--json"])
+    document = json.loads(capsys.readouterr().out)
+    assert status == 1 and document["ok"] is False and document["output"]["written"] is False
+    assert "Could not locate class 'Sequential'" in document["load"]["failure"] and document["load"]["loaded_by"] is None
+    assert list(tmp_path.iterdir()) == []
 
 
 def test_a_model_keras_cannot_load_at_all_is_refused_as_input(tmp_path: Path) -> None:

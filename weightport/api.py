@@ -18,7 +18,7 @@ from .errors import WeightportError, speaks_api
 from .head import HeadRole, analyze_head
 from .config import parse_model_config
 from .keras_check import code_in
-from .keras_load import keras_of, load_in_keras
+from .keras_load import LoadFailed, keras_of, load_in_keras
 from .planner import Plan, PlanOptions, make_plan, refuse_lossy_casts
 from .readers import read
 from .target import target_from_view
@@ -182,7 +182,11 @@ def convert(source: PathLike, out: PathLike, target: Optional[PathLike] = None, 
             if consumer is not None:
                 built.load_skipped = code_in(parse_model_config(model_config, str(out)))
                 if built.load_skipped is None:
-                    built.loaded_by = load_in_keras("keras" if layout == "keras-archive" else consumer, written, Path(out), str(source), config)
+                    try:
+                        built.loaded_by = load_in_keras("keras" if layout == "keras-archive" else consumer, written, Path(out), str(source), config)
+                    except LoadFailed as failed:
+                        failed.plan = built  # what was planned and verified, for the caller's report
+                        raise
 
         write(built, Path(out), views, force=force, model_config=model_config, keras_version=views[str(source)].keras_version,
               progress=progress, check=check if verify else None, compression=compression,

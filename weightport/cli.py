@@ -153,6 +153,8 @@ def _convert_and_report(args: argparse.Namespace, source: str, out: str) -> int:
         print(printable(f"weightport: {out} not written: what was converted did not pass verification"), file=sys.stderr)
         return 1
     except LoadFailed as failed:
+        if args.json and failed.plan is not None:
+            _out(convert_json(failed.plan, out, layout, written=False, load_failure=str(failed)))
         print(printable(f"weightport: {out} not written: {failed}"), file=sys.stderr)
         return 1
     if args.json:

@@ -31,7 +31,10 @@ _NAMES = {"keras": "Keras 3", "tf_keras": "tf_keras"}
 
 
 class LoadFailed(Exception):
-    """Keras could not load what weightport wrote from a source it loads: weightport's fault."""
+    """Keras could not load what weightport wrote from a source it loads: weightport's fault.
+    `plan` is the conversion that was written and verified before the load failed."""
+
+    plan: Any = None
 
 
 def keras_of(view: Any) -> str:

@@ -145,13 +145,15 @@ def verification_json(result: Verification) -> str:
     return json.dumps(result.to_dict(), indent=2)
 
 
-def convert_json(plan: Plan, out: str, layout: str, written: bool) -> str:
-    """The `convert --json` document: the plan, its verification and the output; its keys are
-    documented in the README. `ok` is the verdict the exit status gives."""
+def convert_json(plan: Plan, out: str, layout: str, written: bool, load_failure: Optional[str] = None) -> str:
+    """The `convert --json` document: the plan, its verification, the final Keras load of a whole
+    model and the output; its keys are documented in the README. `ok` is the verdict the exit
+    status gives."""
     verification = plan.verification.to_dict() if plan.verification is not None else None
     ok = written and (plan.verification is None or plan.verification.ok)
+    load = {"loaded_by": plan.loaded_by, "skipped": plan.load_skipped, "failure": load_failure}
     return json.dumps({"ok": ok, "output": {"path": out, "layout": layout, "written": written}, "plan": plan.to_dict(),
-                       "verification": verification}, indent=2)
+                       "verification": verification, "load": load}, indent=2)
 
 
 def verification_table(result: Verification) -> str:
