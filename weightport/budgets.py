@@ -37,7 +37,7 @@ MAX_CONFIG_BYTES = 16 << 20
 MAX_CONFIG_VALUES = 1_000_000
 # Layers of a model (`layer_names` entries, config layers; weightless ones too): the largest Keras
 # applications have ~1,000; each costs ~0.1 ms to walk, plan and rewrite, so this many take about a second.
-MAX_LAYERS = 10_000
+MAX_LAYERS = 4_000
 # Groups below a Keras 3 file's root: a layer of a model nested in a model nested in ... sits a few
 # levels deeper per model (`layers/functional/layers/dense/vars`); no real file nests this deep.
 MAX_NESTING = 64
