@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import math
 import os
+import sys
 from pathlib import Path
 from types import ModuleType
 from typing import Any, Callable, Dict, Iterator, List, Optional, Tuple
@@ -13,6 +14,7 @@ import h5py
 import pytest
 
 import weightport
+from weightport import budgets
 from conftest import SHARED_FILES, import_or_skip, needs_shared_files, shared_files, sidecar_config
 from weightport.config import ModelConfig, load_config_file, parse_model_config
 from weightport.errors import WeightportError
@@ -191,7 +193,8 @@ def test_dynamic_axes_stay_unknown() -> None:
 
 
 def test_deep_graph_needs_no_recursion() -> None:
-    depth = 5000
+    depth = budgets.MAX_LAYERS  # the deepest config accepted: four times Python's recursion limit
+    assert depth > 3 * sys.getrecursionlimit()
     layers = [("l0", "InputLayer", {"batch_input_shape": [None, 3]}, [])]
     layers += [(f"l{i}", "Activation", {"activation": "relu"}, [f"l{i - 1}"]) for i in range(1, depth)]
     assert infer_shapes(functional(*layers), "m.h5").output(f"l{depth - 1}").shape == (3,)
