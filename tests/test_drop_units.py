@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 
 import weightport
-from conftest import FIXTURES, run_cli
+from conftest import FIXTURES, import_or_skip, run_cli
 from test_plan import legacy_file
 
 SEQ = FIXTURES / "seq__tfk_weights.h5"  # conv2d 3x3x3x4, dense 196x8, dense_1 8x5
@@ -160,3 +160,46 @@ def test_target_only_options_without_a_target_are_one_line_errors() -> None:
     gap = str(FIXTURES / "gap__k3.keras")
     result = run_cli("plan", gap, "--target", gap, "--score-map")
     assert result.returncode == 2 and "--score-map rewrites the derived twin" in result.stderr
+
+
+def _features(K, model_file: Path, layer: str, x: np.ndarray) -> np.ndarray:
+    """The source model's output at `layer` (what a whole model with its tail cut must give)."""
+    model = K.models.load_model(str(model_file), compile=False)
+    return K.Model(model.inputs, model.get_layer(layer).output)(x).numpy()
+
+
+@pytest.mark.parametrize("fixture, keras_module, out_name, extra", [
+    ("gap__k3.keras", "keras", "cut.keras", []),
+    ("gap__tfk.h5", "tf_keras", "cut.h5", ["--full-model"]),
+])
+@pytest.mark.parametrize("flag", ["--drop", "--skip"])
+def test_a_whole_model_without_its_head_ends_where_the_head_was(fixture: str, keras_module: str, out_name: str, extra: list,
+                                                                flag: str, tmp_path: Path) -> None:
+    """--drop / --skip of the head into a whole model: the model is written without the head, its
+    global pooling is its output again (as in the source, a vector), Keras loads it, and it
+    computes the source's features."""
+    K = import_or_skip(keras_module)
+    out = tmp_path / out_name
+    result = run_cli("convert", str(FIXTURES / fixture), flag, "dense", "-o", str(out), *extra)
+    assert result.returncode == 0, result.stderr
+    x = np.random.default_rng(0).standard_normal((2, 10, 10, 3)).astype("float32")
+    cut = K.models.load_model(str(out), compile=False)
+    assert "dense" not in [layer.name for layer in cut.layers]
+    got = cut(x).numpy()
+    want = _features(K, FIXTURES / fixture, "global_average_pooling2d", x)
+    assert got.shape == want.shape == (2, 4)
+    np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.parametrize("fixture, drop, problem", [
+    ("gap__k3.keras", "batch_normalization", "cannot leave 'batch_normalization' out of a whole model: 'dense' (Dense) is computed from it"),
+    ("nested__k3.keras", "bb_conv1", "cannot leave 'bb_conv1' out of a whole model: it sits inside the nested model 'backbone'"),
+])
+def test_a_whole_model_loses_only_its_tail(fixture: str, drop: str, problem: str, tmp_path: Path) -> None:
+    """A layer inside the model (or a nested model) cannot be cut out of a whole model: one line,
+    exit 2, nothing written; the weights-only output is the way, and the message says so."""
+    out = tmp_path / "cut.keras"
+    result = run_cli("convert", str(FIXTURES / fixture), "--drop", drop, "-o", str(out))
+    assert result.returncode == 2 and len(result.stderr.splitlines()) == 1, result.stderr
+    assert problem in result.stderr and "write the weights only" in result.stderr
+    assert not out.exists() and not list(tmp_path.iterdir())

@@ -208,7 +208,7 @@ def _whole_model_config(views: Dict[str, ModelView], source: str, target: Option
         config = model.config.raw
     else:
         head = analyze_head(model, flatten, options.source_order)
-        config = twin_config(model, head, per_location=options.score_map)
+        config = twin_config(model, head, per_location=options.score_map, left_out=[*options.skips, *options.drops])
         open_input_size(config, model)
     return as_keras3(config) if layout == "keras-archive" else config
 

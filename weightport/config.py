@@ -214,7 +214,7 @@ def _parse_container(model: Dict[str, Any], container: Optional[str], prefix: st
         first = [layers[0].name] if layers else []
         return layers, first, _resolve(previous, aliases)
     body = model["config"]
-    return layers, _io_names(body.get("input_layers")), _resolve(_io_names(body.get("output_layers")), aliases)
+    return layers, io_names(body.get("input_layers")), _resolve(io_names(body.get("output_layers")), aliases)
 
 
 def _check_shapes(name: str, config: Dict[str, Any]) -> None:
@@ -279,7 +279,7 @@ def _walk(node: Any) -> Iterator[str]:
             yield from _walk(value)
 
 
-def _io_names(spec: Any) -> List[str]:
+def io_names(spec: Any) -> List[str]:
     if not spec:
         return []
     if isinstance(spec, list) and spec and isinstance(spec[0], str):

@@ -11,9 +11,9 @@ and head PReLUs share their alpha over the spatial axes. Nothing in the config i
 from __future__ import annotations
 
 import copy
-from typing import Any, Dict, Iterator, List
+from typing import Any, Dict, Iterator, List, Sequence, Set
 
-from .config import MODEL_CLASSES, parse_model_config
+from .config import MODEL_CLASSES, io_names, parse_model_config
 from .errors import WeightportError
 from .head import PASS_THROUGH, HeadRole
 from .shapes import free_input_axes, open_shapes
@@ -33,12 +33,13 @@ _CARRIED = ("name", "trainable", "dtype", "activation", "use_bias", "kernel_init
             "kernel_regularizer", "bias_regularizer", "activity_regularizer", "kernel_constraint", "bias_constraint")
 
 
-def twin_config(view: ModelView, head: Dict[str, HeadRole], per_location: bool = False) -> Dict[str, Any]:
+def twin_config(view: ModelView, head: Dict[str, HeadRole], per_location: bool = False, left_out: Sequence[str] = ()) -> Dict[str, Any]:
     """A deep copy of the source's model config describing the fully-convolutional twin.
 
     The twin keeps a global pooling that feeds a 1x1 head (with its dimensions), so it computes
     exactly what the classifier computes; `per_location` drops that pooling instead, giving a
-    map of the head's scores at every location (a class-activation map)."""
+    map of the head's scores at every location (a class-activation map). The layers `left_out`
+    (`--drop`, `--skip` without a target) are cut off the twin's tail (`_cut_tail`)."""
     if view.config is None:
         raise WeightportError(view.path, "no model config to rewrite", "give a full model (.keras, model.save('x.h5')) or --config")
     raw = copy.deepcopy(view.config.raw)
@@ -59,7 +60,69 @@ def twin_config(view: ModelView, head: Dict[str, HeadRole], per_location: bool =
             entry["config"]["keepdims"] = True
         elif name in head:
             _rewrite(entry, head[name], view.path)
+    if left_out:
+        _cut_tail(raw, view, set(left_out))
     return raw
+
+
+def _cut_tail(raw: Dict[str, Any], view: ModelView, left_out: Set[str]) -> None:
+    """Take the layers left out of the twin, and the weightless layers only they feed (a softmax
+    Activation, say), off the end of the model: their producers become its outputs, as the source
+    defines them (a global pooling that fed a dropped 1x1 head gives its vector again). Only a
+    tail can go: a layer left out that feeds a weighted layer kept, or sits in a nested model,
+    cannot be cut out of a whole model, and is refused."""
+    cut = _downstream(view.config.layers, left_out)
+    weighted = {layer.name for layer in view.layers}
+    for layer in (layer for layer in view.config.layers if layer.name in cut):
+        if layer.container is not None:
+            raise WeightportError(view.path, f"cannot leave '{layer.name}' out of a whole model: it sits inside the nested model '{layer.container}'",
+                                  "write the weights only (-o OUT.weights.h5 or OUT.h5) and build the model in code")
+        if layer.name in weighted and layer.name not in left_out:
+            fed_by = next(name for name in sorted(left_out) if layer.name in _downstream(view.config.layers, {name}))
+            raise WeightportError(view.path, f"cannot leave '{fed_by}' out of a whole model: '{layer.name}' ({layer.class_name}) is computed from it and keeps its weights",
+                                  f"leave '{layer.name}' out too, or write the weights only (-o OUT.weights.h5 or OUT.h5) and build the model in code")
+    if not weighted - cut:
+        raise WeightportError(view.path, "leaving those layers out leaves no weighted layer in the model", "leave fewer layers out")
+    feeders = list(dict.fromkeys(name for layer in view.config.layers if layer.name in cut for name in layer.inbound if name not in cut))
+    originals = {_name(entry): entry for entry in _entries(view.config.raw)}
+    body = raw["config"]
+    entries = body if isinstance(body, list) else body["layers"]
+    entries[:] = [_as_output(entry, originals) if _name(entry) in feeders and _name(entry) not in weighted else entry
+                  for entry in entries if _name(entry) not in cut]
+    if isinstance(body, dict):
+        outputs = [name for name in io_names(body.get("output_layers")) if name not in cut]
+        outputs += [name for name in feeders if name not in outputs]
+        flat = isinstance(body.get("output_layers"), list) and isinstance((body["output_layers"] or [None])[0], str)
+        body["output_layers"] = [outputs[0], 0, 0] if flat and len(outputs) == 1 else [[name, 0, 0] for name in outputs]
+
+
+def _name(entry: Dict[str, Any]) -> str:
+    return entry.get("name") or entry["config"].get("name")
+
+
+def _as_output(entry: Dict[str, Any], originals: Dict[str, Dict[str, Any]]) -> Dict[str, Any]:
+    """A weightless layer that becomes an output once the tail is cut: as the source has it (a
+    pooling given its dimensions for the head, or made an identity, computes its vector again)."""
+    restored = copy.deepcopy(originals[_name(entry)])
+    restored.pop("build_config", None)
+    restored.update({key: entry[key] for key in ("module", "registered_name") if key in entry})
+    return restored
+
+
+def _downstream(layers: List[Any], start: Set[str]) -> Set[str]:
+    """`start` and every layer fed, directly or not, by one of them."""
+    consumers: Dict[str, List[str]] = {}
+    for layer in layers:
+        for producer in layer.inbound:
+            consumers.setdefault(producer, []).append(layer.name)
+    found: Set[str] = set()
+    pending = list(start)
+    while pending:
+        name = pending.pop()
+        if name not in found:
+            found.add(name)
+            pending.extend(consumers.get(name, []))
+    return found
 
 
 def as_keras3(raw: Dict[str, Any]) -> Dict[str, Any]:
