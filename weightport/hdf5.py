@@ -12,7 +12,7 @@ import contextlib
 import math
 import os
 from pathlib import Path
-from typing import Any, IO, Iterator, List, Optional, Tuple, Union
+from typing import Any, Callable, Dict, IO, Iterator, List, Optional, Tuple, Union
 
 import h5py
 import numpy as np
@@ -21,7 +21,7 @@ from . import budgets
 from .errors import WeightportError
 from .inputs import by_descriptor
 
-__all__ = ["open_h5", "member", "members", "str_list_attr", "str_attr", "has_attr", "damaged_hdf5", "checked_tensor", "read_rows", "small_cache"]
+__all__ = ["open_h5", "member", "members", "finder", "str_list_attr", "str_attr", "has_attr", "damaged_hdf5", "checked_tensor", "read_rows", "small_cache"]
 
 _HDF5_SIGNATURE = b"\x89HDF\r\n\x1a\n"
 _HINT_DAMAGED = "the file may be truncated or damaged; save or download it again"
@@ -112,6 +112,24 @@ def members(group: h5py.Group, file: Union[str, Path]) -> Iterator[Tuple[str, Un
         yield key, member(group, key, file)
 
 
+def finder(group: h5py.Group, file: Union[str, Path]) -> Callable[[str], Optional[Union[h5py.Group, h5py.Dataset]]]:
+    """`member(group, name, file)` for many names below one group: the group each name sits in is
+    reached once and kept, so the weights of a layer (`conv1/conv/kernel:0`, `conv1/conv/bias:0`
+    ...) walk the links they share once, not once each."""
+    parents: Dict[str, Optional[Union[h5py.Group, h5py.Dataset]]] = {}
+
+    def find(name: str) -> Optional[Union[h5py.Group, h5py.Dataset]]:
+        parent, sep, leaf = name.rpartition("/")
+        if not sep:
+            return member(group, name, file)
+        if parent not in parents:
+            parents[parent] = member(group, parent or "/", file)
+        found = parents[parent]
+        return member(found, leaf, file) if isinstance(found, h5py.Group) else None
+
+    return find
+
+
 class _Where:
     """The path of link `part` of `group`, for a message: asked of HDF5 only when one is written."""
 
@@ -135,17 +153,18 @@ def _open_hard(group: h5py.Group, key: bytes, where: _Where, file: Union[str, Pa
 
 
 def _open_object(group: h5py.Group, key: bytes, where: _Where, file: Union[str, Path]) -> Optional[Union[h5py.Group, h5py.Dataset]]:
-    kind = h5py.h5o.get_info(group.id, key).type
-    if kind == h5py.h5o.TYPE_GROUP:
-        return h5py.Group(h5py.h5g.open(group.id, key))
-    if kind != h5py.h5o.TYPE_DATASET:
-        return None  # a named datatype: nothing weightport reads
-    dataset = h5py.h5d.open(group.id, key)  # opening reads the header only; h5py's Dataset may ask a virtual one its extent
-    plist = dataset.get_create_plist()
+    """The object a hard link names, opened with one call that also tells its type (a group, a
+    dataset, or a named datatype: nothing weightport reads)."""
+    opened = h5py.h5o.open(group.id, key)  # a dataset's opening reads its header only; h5py's Dataset may ask a virtual one its extent
+    if isinstance(opened, h5py.h5g.GroupID):
+        return h5py.Group(opened)
+    if not isinstance(opened, h5py.h5d.DatasetID):
+        return None
+    plist = opened.get_create_plist()
     if plist.get_layout() == h5py.h5d.VIRTUAL or plist.get_external_count() > 0:
         raise WeightportError(file, f"tensor {where} keeps its values in other files (HDF5 external or virtual storage), which were not opened",
                               _HINT_OUTSIDE)
-    return h5py.Dataset(dataset, readonly=True)
+    return h5py.Dataset(opened, readonly=True)
 
 
 def small_cache(f: h5py.File) -> h5py.File:
@@ -188,7 +207,9 @@ def str_list_attr(obj: Union[h5py.Group, h5py.Dataset], name: str, file: Union[s
         shapes = [obj.attrs.get_id(key).shape for key in keys]
         budgets.check_name_count(sum(math.prod(shape) for shape in shapes if shape is not None), obj, name, file)  # before reading them
         values: List[str] = []
-        for key in keys:
+        for key, shape in zip(keys, shapes):
+            if shape is not None and math.prod(shape) == 0:  # nothing to read (a weightless layer's empty list)
+                continue
             array = np.asarray(obj.attrs[key])
             if array.size == 0:
                 continue
@@ -240,24 +261,24 @@ def checked_tensor(dataset: h5py.Dataset, root: h5py.File, file: Union[str, Path
     (contiguous data past the end of the file, chunks never written or compressed past the
     budgets of `budgets.check_stored`), which would otherwise make numpy allocate it.
     """
-    name = dataset.name
     dtype = dataset.dtype
     if dtype.kind not in _NUMERIC or dtype.fields is not None or dtype.subdtype is not None:
-        raise WeightportError(file, f"tensor {name} holds {_dtype_name(dtype)} values, not numbers", "the file is damaged or was not written by Keras")
-    plist = dataset.id.get_create_plist()
+        raise WeightportError(file, f"tensor {dataset.name} holds {_dtype_name(dtype)} values, not numbers", "the file is damaged or was not written by Keras")
+    plist = dataset.id.get_create_plist()  # asked once: budgets.check_stored reads it too
     layout = plist.get_layout()
-    declared = math.prod(int(n) for n in dataset.shape) * dtype.itemsize
-    budgets.check_stored(dataset, declared, file)
+    shape = dataset.shape
+    declared = math.prod(int(n) for n in shape) * dtype.itemsize
+    budgets.check_stored(dataset, declared, file, plist)
     size = root.id.get_filesize()
     if layout != h5py.h5d.CHUNKED and declared > size:
-        raise WeightportError(file, f"tensor {name} declares {'x'.join(map(str, dataset.shape))} {dtype} values ({declared:,} bytes), "
+        raise WeightportError(file, f"tensor {dataset.name} declares {'x'.join(map(str, shape))} {dtype} values ({declared:,} bytes), "
                                     f"more than the {size:,}-byte file can hold", _HINT_DAMAGED)
     if layout == h5py.h5d.CONTIGUOUS and declared:
         offset = dataset.id.get_offset()
         if offset is None:
-            raise WeightportError(file, f"tensor {name} has no values stored", _HINT_DAMAGED)
+            raise WeightportError(file, f"tensor {dataset.name} has no values stored", _HINT_DAMAGED)
         if offset + declared > size:
-            raise WeightportError(file, f"tensor {name} ends past the end of the file (truncated file)", _HINT_DAMAGED)
+            raise WeightportError(file, f"tensor {dataset.name} ends past the end of the file (truncated file)", _HINT_DAMAGED)
     return dataset
 
 

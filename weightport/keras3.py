@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import re
 from pathlib import Path
-from typing import Any, Dict, List, NamedTuple, Optional, Tuple, Union
+from typing import Any, Collection, Dict, List, NamedTuple, Optional, Tuple, Union
 
 import h5py
 
@@ -135,13 +135,12 @@ def _make_layer(group_path: str, groups: Dict[str, _Vars], path: Union[str, Path
     """One layer from its `vars` groups (`groups`: path below the layer -> vars; "" its own):
     wrappers and recurrent layers keep their tensors in sub-objects, listed in Keras's order."""
     relatives, known = arrange(class_name, spec_config, list(groups))
-    own = member(next(iter(groups.values())).group.file, f"/{group_path}/vars", path)  # there even when empty (a wrapper's)
 
     def roles_of(relative: str, count: int) -> List[Optional[str]]:
         return roles_at(owner_at(class_name, spec_config, relative), count)
 
     return Layer(
-        name=name or (str_attr(own, "name", path) if isinstance(own, h5py.Group) else None) or group_path,
+        name=name or _stored_name(group_path, groups, path),
         class_name=class_name,
         weights=[t for relative in relatives for t in _tensors(groups[relative], path, roles_of, relative)],
         group=groups[""].group.name if relatives == [""] else "/" + group_path,
@@ -152,12 +151,21 @@ def _make_layer(group_path: str, groups: Dict[str, _Vars], path: Union[str, Path
     )
 
 
-def _owner(group_path: str, owners: List[str]) -> Optional[str]:
-    """The longest of `owners` that is `group_path` or holds it."""
-    return max((o for o in owners if group_path == o or group_path.startswith(o + "/")), key=len, default=None)
+def _stored_name(group_path: str, groups: Dict[str, _Vars], path: Union[str, Path]) -> str:
+    """The layer's name as its `vars` group records it (there even when empty: a wrapper's), else
+    its group's path; looked up only without a config, which names every layer."""
+    own = member(next(iter(groups.values())).group.file, f"/{group_path}/vars", path)
+    return (str_attr(own, "name", path) if isinstance(own, h5py.Group) else None) or group_path
 
 
-def _by_layer(found: Dict[str, _Vars], owners: List[str]) -> Dict[str, Dict[str, _Vars]]:
+def _owner(group_path: str, owners: Collection[str]) -> Optional[str]:
+    """The longest of `owners` (a set: each of hundreds of groups asks) that is `group_path` or
+    holds it, found among the path's own prefixes, longest first."""
+    parts = group_path.split("/")
+    return next((prefix for prefix in ("/".join(parts[:k]) for k in range(len(parts), 0, -1)) if prefix in owners), None)
+
+
+def _by_layer(found: Dict[str, _Vars], owners: Collection[str]) -> Dict[str, Dict[str, _Vars]]:
     """Found `vars` groups per layer group: {layer group: {path below it: vars}}."""
     layers: Dict[str, Dict[str, _Vars]] = {}
     for group_path, found_vars in found.items():
@@ -168,7 +176,7 @@ def _by_layer(found: Dict[str, _Vars], owners: List[str]) -> Dict[str, Dict[str,
 
 
 def _in_config_order(found: Dict[str, _Vars], config: ModelConfig, path: Union[str, Path]) -> List[Layer]:
-    owners = [spec.k3_path for spec in config.layers]
+    owners = {spec.k3_path for spec in config.layers}
     owned = _by_layer(found, owners)
     unowned = sorted(p for p in found if _owner(p, owners) is None)
     if unowned:
@@ -192,7 +200,7 @@ def _layer_group(group_path: str) -> str:
 
 
 def _in_file_order(found: Dict[str, _Vars], path: Union[str, Path]) -> Tuple[List[Layer], str, str]:
-    layers = _by_layer(found, sorted({_layer_group(p) for p in found}))
+    layers = _by_layer(found, {_layer_group(p) for p in found})
     addresses = {p: _written_at(groups) for p, groups in layers.items()}
     if all(a is not None for a in addresses.values()):
         ordered, order, note = _merge_by_address(layers, addresses), "write-order", _ORDER_NOTE

@@ -17,7 +17,7 @@ import h5py
 from . import budgets
 from .config import ConfigLayer, ModelConfig, parse_model_config
 from .errors import WeightportError
-from .hdf5 import checked_tensor, has_attr, member, str_attr, str_list_attr
+from .hdf5 import checked_tensor, finder, has_attr, member, str_attr, str_list_attr
 from .roles import role_from_name
 from .view import Layer, ModelView, Tensor
 from .wrappers import var_paths, wrapped_class
@@ -85,8 +85,9 @@ def _layers_of(group: h5py.Group, name: str, path: Union[str, Path], config: Opt
         return []
     nested = _is_nested(name, weight_names, config)
     inner: Dict[str, List[Tuple[str, h5py.Dataset]]] = {}
+    find = finder(entry, path)  # a layer's weights share their path up to the last part: walked once
     for weight_name in weight_names:
-        dataset = member(entry, weight_name, path)
+        dataset = find(weight_name)
         if not isinstance(dataset, h5py.Dataset):
             raise WeightportError(path, f"weight '{weight_name}' of layer '{name}' is listed in weight_names but not stored", _HINT_DAMAGED)
         checked_tensor(dataset, root, path)
