@@ -14,7 +14,6 @@ Example:
 """
 
 import importlib
-from typing import Any
 
 from ._version import __version__
 from .errors import WeightportError
@@ -35,7 +34,7 @@ _LAZY = {
 __all__ = ["__version__", "WeightportError", *_LAZY]
 
 
-def __getattr__(name: str) -> Any:
+def __getattr__(name: str) -> object:
     if name not in _LAZY:
         raise AttributeError(f"module 'weightport' has no attribute '{name}'")
     value = getattr(importlib.import_module(_LAZY[name], __name__), name)

@@ -12,8 +12,9 @@ import atexit
 import contextlib
 import os
 import sys
-import traceback
-from typing import List, NoReturn, Optional, Tuple
+TYPE_CHECKING = False  # typing is not imported at run time (start-up: tests/test_lean_cli.py)
+if TYPE_CHECKING:
+    from typing import Any, List, NoReturn, Optional, Tuple
 
 from . import interrupt
 from ._version import __version__
@@ -232,8 +233,37 @@ def _add_target_options(parser: argparse.ArgumentParser, target: bool = True, ma
                         help="derived twin: take a global-pooling head's pooling out, so it outputs (rows, cols, classes)")
 
 
+class _Formatter(argparse.HelpFormatter):
+    """argparse's formatter, its width found as argparse finds it (COLUMNS, else the terminal's,
+    else 80) without `shutil`, which argparse imports for it and which loads zlib, bz2 and lzma:
+    ~5 ms of every start, `--version` included."""
+
+    def __init__(self, prog: str, indent_increment: int = 2, max_help_position: int = 24, width: Optional[int] = None) -> None:
+        super().__init__(prog, indent_increment, max_help_position, width if width is not None else _columns() - 2)
+
+
+def _columns() -> int:
+    """What `shutil.get_terminal_size().columns` gives: COLUMNS if a positive number, else the
+    width of the terminal standard output is, else 80."""
+    with contextlib.suppress(ValueError):
+        if int(os.environ.get("COLUMNS", "")) > 0:
+            return int(os.environ["COLUMNS"])
+    try:
+        return os.get_terminal_size(sys.__stdout__.fileno()).columns or 80
+    except (AttributeError, ValueError, OSError):
+        return 80
+
+
+class _Parser(argparse.ArgumentParser):
+    """argparse's parser with `_Formatter`, its subcommands' too (they are made as this class)."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        kwargs.setdefault("formatter_class", _Formatter)
+        super().__init__(*args, **kwargs)
+
+
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+    parser = _Parser(
         prog="weightport",
         description="Move trained Keras weights into another architecture (Dense -> Conv, FCN twins) "
                     "straight from the HDF5 file, with no model built.",
@@ -299,6 +329,8 @@ def main(argv: Optional[List[str]] = None) -> int:
         return 0
     except Exception as exc:  # an internal error: short message, traceback only on request
         if args.debug:
+            import traceback
+
             traceback.print_exc()
         print(printable(f"weightport: internal error: {type(exc).__name__}: {exc} (rerun with --debug for the traceback)"), file=sys.stderr)
         return 1

@@ -9,8 +9,13 @@ from __future__ import annotations
 import functools
 import re
 import unicodedata
-from pathlib import Path
-from typing import Any, Callable, Optional, TypeVar, Union
+
+TYPE_CHECKING = False  # typing and pathlib are not imported at run time: every command, `--version` too, starts here
+if TYPE_CHECKING:
+    from pathlib import Path
+    from typing import Any, Callable, Optional, TypeVar, Union
+
+    Function = TypeVar("Function", bound=Callable[..., Any])
 
 __all__ = ["WeightportError", "printable", "in_api_terms", "speaks_api"]
 
@@ -79,10 +84,7 @@ class WeightportError(Exception):
         return self.line()
 
 
-Function = TypeVar("Function", bound=Callable[..., Any])
-
-
-def speaks_api(function: Function) -> Function:
+def speaks_api(function: "Function") -> "Function":
     """A public API function: a WeightportError leaving it speaks in the API's terms (`force=True`).
     The command line calls the same functions and prints `line("cli")`."""
     @functools.wraps(function)

@@ -10,7 +10,9 @@ process started (`nohup`, a background job's SIGINT) stays ignored.
 from __future__ import annotations
 
 import signal
-from typing import Callable, Optional
+TYPE_CHECKING = False  # typing is not imported at run time (start-up)
+if TYPE_CHECKING:
+    from typing import Callable, Optional
 
 __all__ = ["Interrupted", "STOP_SIGNALS", "install", "exit_status"]
 
