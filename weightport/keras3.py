@@ -152,9 +152,9 @@ def _make_layer(group_path: str, groups: Dict[str, _Vars], path: Union[str, Path
 
 
 def _stored_name(group_path: str, groups: Dict[str, _Vars], path: Union[str, Path]) -> str:
-    """The layer's name as its `vars` group records it (there even when empty: a wrapper's), else
-    its group's path; looked up only without a config, which names every layer."""
-    own = member(next(iter(groups.values())).group.file, f"/{group_path}/vars", path)
+    """The layer's name as its `vars` group records it (there even when empty: a wrapper's, looked
+    up then), else its group's path; asked only without a config, which names every layer."""
+    own = groups[""].group if "" in groups else member(next(iter(groups.values())).group.file, f"/{group_path}/vars", path)
     return (str_attr(own, "name", path) if isinstance(own, h5py.Group) else None) or group_path
 
 
