@@ -12,7 +12,7 @@ import contextlib
 import math
 import os
 from pathlib import Path
-from typing import Any, Callable, Dict, IO, Iterator, List, Optional, Tuple, Union
+from typing import Any, Callable, Collection, Dict, IO, Iterator, List, Optional, Tuple, Union
 
 import h5py
 import numpy as np
@@ -106,10 +106,21 @@ def member(group: h5py.Group, name: str, file: Union[str, Path]) -> Optional[Uni
     return current
 
 
-def members(group: h5py.Group, file: Union[str, Path]) -> Iterator[Tuple[str, Union[h5py.Group, h5py.Dataset, None]]]:
-    """(name, object) for each link of `group`, each object reached by `member`."""
-    for key in group:
-        yield key, member(group, key, file)
+def members(group: h5py.Group, file: Union[str, Path], skip: Collection[str] = ()) -> Iterator[Tuple[Union[str, bytes], Union[h5py.Group, h5py.Dataset, None]]]:
+    """(name, object) for each link of `group` in name order, each object reached as `member`
+    reaches it; the links' names and types are read in one pass over the group (not two look-ups
+    per link: hundreds of groups and tensors). A name in `skip` is given with None, not followed,
+    and so is a name that is not UTF-8 (h5py's bytes), for the caller to refuse."""
+    links: List[Tuple[bytes, int]] = []
+    group.id.links.iterate(lambda key, info: links.append((key, info.type)), info=True)
+    for key, kind in links:
+        name = group._d(key)
+        if not isinstance(name, str) or name in skip:
+            yield name, None
+        elif kind == h5py.h5l.TYPE_HARD:
+            yield name, _open_hard(group, key, _Where(group, name), file)
+        else:  # a soft link (or one refused): followed, or refused, as `member` does
+            yield name, member(group, name, file)
 
 
 def finder(group: h5py.Group, file: Union[str, Path]) -> Callable[[str], Optional[Union[h5py.Group, h5py.Dataset]]]:

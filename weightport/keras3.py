@@ -96,12 +96,9 @@ def _walk(root: h5py.Group, path: Union[str, Path]) -> List[Tuple[str, _Vars]]:
     while pending:
         group, depth = pending.pop()
         budgets.check_nesting(depth, group, path)
-        for key in group:
+        for key, child in members(group, path, skip=_ROOT_SKIP if group is root else ()):
             if not isinstance(key, str):  # h5py gives the bytes of a name that is not UTF-8
                 raise WeightportError(path, f"a group in {group.name!r:.60} has a name that is not text ({key[:40]!r})", "the file is damaged; save the weights again")
-            if group.name == "/" and key in _ROOT_SKIP:
-                continue
-            child = member(group, key, path)
             if not isinstance(child, h5py.Group) or child.id in seen:
                 continue
             seen.add(child.id)
