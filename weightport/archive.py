@@ -21,7 +21,7 @@ from typing import IO, Optional, Union
 from . import budgets, digests
 from .config import ModelConfig, parse_model_config
 from .errors import WeightportError
-from .hdf5 import damaged_hdf5, open_h5
+from .hdf5 import Image, damaged_hdf5, open_h5
 from .keras3 import read_keras3
 from .view import ModelView
 
@@ -88,8 +88,9 @@ def read_archive(path: Union[str, Path], config: Optional[ModelConfig], name: st
         archive = zipfile.ZipFile(name)
     except (zipfile.BadZipFile, OSError, EOFError, ValueError) as exc:
         raise WeightportError(path, f"damaged zip archive ({exc})", _HINT) from None
-    with contextlib.ExitStack() as opened:  # closed here if reading fails, else by the view
-        opened.callback(archive.close)
+    resources = contextlib.ExitStack()  # closed here if reading fails, else by the view
+    resources.callback(archive.close)
+    try:
         names = set(archive.namelist())
         if WEIGHTS_MEMBER not in names:
             raise WeightportError(path, f"zip archive without {WEIGHTS_MEMBER} (not a Keras .keras file)", _HINT)
@@ -97,15 +98,16 @@ def read_archive(path: Union[str, Path], config: Optional[ModelConfig], name: st
             config = parse_model_config(_read_json_bytes(archive, CONFIG_MEMBER, path), source=f"{path} ({CONFIG_MEMBER})")
         version = _keras_version(archive, path) if METADATA_MEMBER in names else None
         fileobj = _open_weights(archive, path, name)
-        opened.callback(fileobj.close)
+        resources.callback(fileobj.close)
         f = open_h5(f"{path} ({WEIGHTS_MEMBER})", fileobj)
-        opened.callback(f.close)
+        resources.callback(f.close)
+        base = getattr(getattr(fileobj, "raw", None), "start", None)  # None: inflated, not in place
+        image = Image(str(path), digests.identity(str(path), archive.fp.fileno()), base, resources)
         with damaged_hdf5(path):
-            view = read_keras3(f, path, config, layout="keras-archive", keras_version=version)
-        view.data_file, view.data_base = str(path), getattr(getattr(fileobj, "raw", None), "start", None)
-        view.data_identity = digests.identity(str(path), archive.fp.fileno())
-        view._resources.enter_context(opened.pop_all())
-    return view
+            return read_keras3(f, path, image, config, layout="keras-archive", keras_version=version)
+    except BaseException:
+        resources.close()
+        raise
 
 
 def _member(archive: zipfile.ZipFile, member: str, path: Union[str, Path]) -> zipfile.ZipInfo:

@@ -11,17 +11,19 @@ from __future__ import annotations
 import contextlib
 import math
 import os
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Collection, Dict, IO, Iterator, List, Optional, Tuple, Union
 
 import h5py
 import numpy as np
 
-from . import budgets
+from . import budgets, digests
 from .errors import WeightportError
 from .inputs import by_descriptor
+from .storage import Storage
 
-__all__ = ["open_h5", "member", "members", "finder", "str_list_attr", "str_attr", "has_attr", "damaged_hdf5", "checked_tensor", "read_rows", "small_cache"]
+__all__ = ["open_h5", "member", "members", "finder", "str_list_attr", "str_attr", "has_attr", "damaged_hdf5", "checked_tensor", "read_rows", "small_cache", "Image", "HDF5Storage", "view_facts", "as_storage"]
 
 _HDF5_SIGNATURE = b"\x89HDF\r\n\x1a\n"
 _HINT_DAMAGED = "the file may be truncated or damaged; save or download it again"
@@ -316,3 +318,63 @@ def read_rows(dataset: h5py.Dataset, rows: np.ndarray) -> np.ndarray:
     in_file_order = np.empty((len(ordered), width), dataset.dtype)
     dataset.id.read(h5py.h5s.create_simple(in_file_order.shape), space, in_file_order)
     return in_file_order[np.argsort(np.argsort(rows))]
+
+
+@dataclass(frozen=True)
+class Image:
+    """An open HDF5 file as a reader hands it on: the file on disk its bytes lie in (as opened:
+    `identity`), from byte `base` on (a `.keras` member's start; None when not in place, an
+    inflated member), and what closes it (the view's `resources`)."""
+
+    file: str
+    identity: Optional[tuple]
+    base: Optional[int]
+    resources: contextlib.ExitStack
+
+
+def view_facts(f: h5py.File, image: Image) -> Dict[str, Any]:
+    """The `ModelView` fields an HDF5 reader fills from its file: the data file, its identity,
+    the resources, and the source digests weightport recorded on the root (as text)."""
+    found = {name: f.attrs[name] for name in digests.RECORDED if name in f.attrs}
+    return {"data_file": image.file, "data_identity": image.identity, "resources": image.resources,
+            "recorded_digests": {name: value.decode("ascii", "replace") if isinstance(value, bytes) else str(value) for name, value in found.items()}}
+
+
+class HDF5Storage(Storage):
+    """A tensor in an HDF5 file: what is asked of it many times over read from HDF5 once, and its
+    dataset opened only when its values are read (`dataset`). Nothing keeps a dataset open: HDF5
+    holds ~11 KiB for each open one, which a model of hundreds of tensors, read twice by a checked
+    conversion, turns into megabytes. `offset` is set where Keras puts the bytes: contiguous and
+    uncompressed, in an image that lies in place."""
+
+    __slots__ = ("_file", "_name")
+
+    def __init__(self, dataset: h5py.Dataset, image: Image) -> None:
+        """`dataset` as a reader found it in the file opened as `image`."""
+        dsid = dataset.id
+        shape = tuple(int(n) for n in dsid.shape)
+        dtype = dsid.dtype
+        offset = dsid.get_offset()  # None unless stored contiguous
+        in_place = offset is not None and image.base is not None and dsid.get_storage_size() == math.prod(shape) * dtype.itemsize
+        super().__init__(image.file, image.identity, image.base + offset if in_place else None, shape, dtype)
+        self._file, self._name = h5py.h5i.get_file_id(dsid), h5py.h5i.get_name(dsid)
+
+    @property
+    def dataset(self) -> h5py.Dataset:
+        """The HDF5 dataset, opened again on each call (by the path it was opened by, in the same
+        open file); it closes when the caller lets it go."""
+        return h5py.Dataset(h5py.h5d.open(self._file, self._name), readonly=True)
+
+    def read(self) -> np.ndarray:
+        return self.dataset[()]
+
+    def read_rows(self, rows: np.ndarray) -> np.ndarray:
+        return read_rows(self.dataset, rows)
+
+
+def as_storage(source: Union[Storage, h5py.Dataset]) -> Storage:
+    """`source` as a storage: an h5py dataset met outside a view (one made in memory, a test's)
+    is read through h5py where it is, not in place."""
+    if isinstance(source, Storage):
+        return source
+    return HDF5Storage(source, Image(source.file.filename, None, None, contextlib.ExitStack()))

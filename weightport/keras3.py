@@ -18,7 +18,7 @@ import h5py
 from . import budgets
 from .config import ModelConfig, to_snake_case
 from .errors import WeightportError
-from .hdf5 import checked_tensor, member, members, str_attr
+from .hdf5 import HDF5Storage, Image, checked_tensor, member, members, str_attr, view_facts
 from .view import Layer, ModelView, Tensor
 from .wrappers import arrange, owner_at, roles_at, wrapped_class
 
@@ -53,14 +53,14 @@ def is_keras3(f: h5py.File, path: Union[str, Path]) -> bool:
     return any(isinstance(member(f, name, path), h5py.Group) for name in ("layers", "vars"))
 
 
-def read_keras3(f: h5py.File, path: Union[str, Path], config: Optional[ModelConfig] = None,
+def read_keras3(f: h5py.File, path: Union[str, Path], image: Image, config: Optional[ModelConfig] = None,
                 layout: str = "keras3-weights-h5", keras_version: Optional[str] = None) -> ModelView:
-    """Build the view of a `.weights.h5` file (or the weights member of a `.keras` archive)."""
+    """Build the view of a `.weights.h5` file (or the weights member of a `.keras` archive), `f` opened as `image`."""
     found = dict(_walk(f, path))
     if config is not None:
-        layers, order, note = _in_config_order(found, config, path), "config", "the model config's layer order"
+        layers, order, note = _in_config_order(found, config, path, image), "config", "the model config's layer order"
     else:
-        layers, order, note = _in_file_order(found, path)
+        layers, order, note = _in_file_order(found, path, image)
     weighted = {layer.name for layer in layers}
     if config is not None:
         for layer in layers:
@@ -76,6 +76,7 @@ def read_keras3(f: h5py.File, path: Union[str, Path], config: Optional[ModelConf
         input_shape=config.input_shape if config else None,
         model_class=config.class_name if config else None,
         config=config,
+        **view_facts(f, image),
     )
 
 
@@ -111,7 +112,7 @@ def _walk(root: h5py.Group, path: Union[str, Path]) -> List[Tuple[str, _Vars]]:
     return found
 
 
-def _tensors(found: _Vars, path: Union[str, Path], roles_of, relative: str) -> List[Tensor]:
+def _tensors(found: _Vars, path: Union[str, Path], image: Image, roles_of, relative: str) -> List[Tensor]:
     """The numbered tensors of one `vars` group, `relative` being where it sits below its layer."""
     vars_group = found.group
     keys = budgets.vars_keys(list(found.datasets), vars_group.name, path)
@@ -119,7 +120,8 @@ def _tensors(found: _Vars, path: Union[str, Path], roles_of, relative: str) -> L
     root = vars_group.file
     datasets = [checked_tensor(found.datasets[key], root, path) for key in keys]
     prefix = f"{relative}/" if relative else ""
-    return [Tensor(f"{prefix}vars/{key}" if relative else key, role, ds.name, ds, f"{prefix}vars/{key}") for key, ds, role in zip(keys, datasets, roles)]
+    return [Tensor(f"{prefix}vars/{key}" if relative else key, role, ds.name, HDF5Storage(ds, image), f"{prefix}vars/{key}")
+            for key, ds, role in zip(keys, datasets, roles)]
 
 
 def _class_from_path(group_path: str) -> Optional[str]:
@@ -127,7 +129,7 @@ def _class_from_path(group_path: str) -> Optional[str]:
     return _CLASS_BY_SNAKE.get(_NUMBERED.sub("", last))
 
 
-def _make_layer(group_path: str, groups: Dict[str, _Vars], path: Union[str, Path], class_name: Optional[str],
+def _make_layer(group_path: str, groups: Dict[str, _Vars], path: Union[str, Path], image: Image, class_name: Optional[str],
                 name: Optional[str], spec_config: Optional[dict] = None, **extra) -> Layer:
     """One layer from its `vars` groups (`groups`: path below the layer -> vars; "" its own):
     wrappers and recurrent layers keep their tensors in sub-objects, listed in Keras's order."""
@@ -139,7 +141,7 @@ def _make_layer(group_path: str, groups: Dict[str, _Vars], path: Union[str, Path
     return Layer(
         name=name or _stored_name(group_path, groups, path),
         class_name=class_name,
-        weights=[t for relative in relatives for t in _tensors(groups[relative], path, roles_of, relative)],
+        weights=[t for relative in relatives for t in _tensors(groups[relative], path, image, roles_of, relative)],
         group=groups[""].group.name if relatives == [""] else "/" + group_path,
         config=spec_config,
         wrapped=wrapped_class(class_name, spec_config),
@@ -172,7 +174,7 @@ def _by_layer(found: Dict[str, _Vars], owners: Collection[str]) -> Dict[str, Dic
     return layers
 
 
-def _in_config_order(found: Dict[str, _Vars], config: ModelConfig, path: Union[str, Path]) -> List[Layer]:
+def _in_config_order(found: Dict[str, _Vars], config: ModelConfig, path: Union[str, Path], image: Image) -> List[Layer]:
     owners = {spec.k3_path for spec in config.layers}
     owned = _by_layer(found, owners)
     unowned = sorted(p for p in found if _owner(p, owners) is None)
@@ -183,7 +185,7 @@ def _in_config_order(found: Dict[str, _Vars], config: ModelConfig, path: Union[s
     for spec in config.layers:
         groups = owned.get(spec.k3_path)
         if groups is not None:
-            layers.append(_make_layer(spec.k3_path, groups, path, spec.class_name, spec.name, spec.config,
+            layers.append(_make_layer(spec.k3_path, groups, path, image, spec.class_name, spec.name, spec.config,
                                       container=spec.container, data_format=spec.data_format, inbound=list(spec.inbound)))
     return layers
 
@@ -196,14 +198,14 @@ def _layer_group(group_path: str) -> str:
     return "/".join(parts[: starts[-1] + 1]) if starts else group_path
 
 
-def _in_file_order(found: Dict[str, _Vars], path: Union[str, Path]) -> Tuple[List[Layer], str, str]:
+def _in_file_order(found: Dict[str, _Vars], path: Union[str, Path], image: Image) -> Tuple[List[Layer], str, str]:
     layers = _by_layer(found, {_layer_group(p) for p in found})
     addresses = {p: _written_at(groups) for p, groups in layers.items()}
     if all(a is not None for a in addresses.values()):
         ordered, order, note = _merge_by_address(layers, addresses), "write-order", _ORDER_NOTE
     else:
         ordered, order, note = sorted(layers, key=natural_key), "path", _ORDER_NOTE_NO_OFFSET
-    return [_make_layer(p, layers[p], path, _class_from_path(p), None) for p in ordered], order, note
+    return [_make_layer(p, layers[p], path, image, _class_from_path(p), None) for p in ordered], order, note
 
 
 def _merge_by_address(found: Dict[str, Any], addresses: Dict[str, int]) -> List[str]:

@@ -17,7 +17,7 @@ import h5py
 from . import budgets
 from .config import ConfigLayer, ModelConfig, parse_model_config
 from .errors import WeightportError
-from .hdf5 import checked_tensor, finder, has_attr, member, str_attr, str_list_attr
+from .hdf5 import HDF5Storage, Image, checked_tensor, finder, has_attr, member, str_attr, str_list_attr, view_facts
 from .roles import role_from_name
 from .view import Layer, ModelView, Tensor
 from .wrappers import var_paths, wrapped_class
@@ -41,8 +41,9 @@ def is_legacy(f: h5py.File, path: Union[str, Path]) -> bool:
     return _weights_group(f, path) is not None
 
 
-def read_legacy(f: h5py.File, path: Union[str, Path], config: Optional[ModelConfig] = None) -> ModelView:
-    """Build the view of a legacy `.h5` file; `config` overrides the file's own `model_config`."""
+def read_legacy(f: h5py.File, path: Union[str, Path], image: Image, config: Optional[ModelConfig] = None) -> ModelView:
+    """Build the view of a legacy `.h5` file (`f`, opened as `image`); `config` overrides the
+    file's own `model_config`."""
     group = _weights_group(f, path)
     if group is None:
         raise WeightportError(path, "no layer_names attribute (not a legacy Keras weights file)", _HINT_DAMAGED)
@@ -54,7 +55,7 @@ def read_legacy(f: h5py.File, path: Union[str, Path], config: Optional[ModelConf
     names = str_list_attr(group, "layer_names", path)
     budgets.check_names(names, group, "layer_names", path)
     for name in names:
-        layers.extend(_layers_of(group, name, path, config, f))
+        layers.extend(_layers_of(group, name, path, config, f, image))
     if config is not None:
         weighted = {layer.name for layer in layers}
         for layer in layers:
@@ -71,10 +72,11 @@ def read_legacy(f: h5py.File, path: Union[str, Path], config: Optional[ModelConf
         input_shape=config.input_shape if config else None,
         model_class=config.class_name if config else None,
         config=config,
+        **view_facts(f, image),
     )
 
 
-def _layers_of(group: h5py.Group, name: str, path: Union[str, Path], config: Optional[ModelConfig], root: h5py.File) -> List[Layer]:
+def _layers_of(group: h5py.Group, name: str, path: Union[str, Path], config: Optional[ModelConfig], root: h5py.File, image: Image) -> List[Layer]:
     """The weighted layer(s) stored under one `layer_names` entry (several for a nested model)."""
     entry = member(group, name, path)
     if not isinstance(entry, h5py.Group):
@@ -93,7 +95,7 @@ def _layers_of(group: h5py.Group, name: str, path: Union[str, Path], config: Opt
         checked_tensor(dataset, root, path)
         key = _inner_name(name, weight_name, config) if nested else name
         inner.setdefault(key, []).append((weight_name, dataset))
-    return [_layer(key, items, entry, name if nested else None, config) for key, items in inner.items()]
+    return [_layer(key, items, entry, name if nested else None, config, image) for key, items in inner.items()]
 
 
 def _is_nested(name: str, weight_names: List[str], config: Optional[ModelConfig]) -> bool:
@@ -129,11 +131,12 @@ def _inner_name(container: str, weight_name: str, config: Optional[ModelConfig])
     return parts[0] if parts else container
 
 
-def _layer(name: str, items: List[Tuple[str, h5py.Dataset]], entry: h5py.Group, container: Optional[str], config: Optional[ModelConfig]) -> Layer:
+def _layer(name: str, items: List[Tuple[str, h5py.Dataset]], entry: h5py.Group, container: Optional[str], config: Optional[ModelConfig],
+           image: Image) -> Layer:
     spec = config.get(name) if config else None
     roles = [role_from_name(stored, name) for stored, _ in items]
     k3_vars = _k3_vars(name, [stored for stored, _ in items], roles, spec)
-    weights = [Tensor(stored, role, ds.name, ds, k3_var) for (stored, ds), role, k3_var in zip(items, roles, k3_vars)]
+    weights = [Tensor(stored, role, ds.name, HDF5Storage(ds, image), k3_var) for (stored, ds), role, k3_var in zip(items, roles, k3_vars)]
     return Layer(
         name=name,
         class_name=spec.class_name if spec else None,

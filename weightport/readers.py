@@ -6,6 +6,7 @@ file is read the same way whatever it is called.
 
 from __future__ import annotations
 
+import contextlib
 import os
 from pathlib import Path
 from typing import Optional, Union
@@ -14,7 +15,7 @@ from . import arguments, budgets, digests
 from .archive import is_archive, read_archive
 from .config import ModelConfig, load_config_file
 from .errors import WeightportError, speaks_api
-from .hdf5 import damaged_hdf5, open_h5
+from .hdf5 import Image, damaged_hdf5, open_h5
 from .inputs import by_descriptor, open_input
 from .keras3 import is_keras3, read_keras3
 from .legacy import is_legacy, read_legacy
@@ -53,23 +54,22 @@ def read(path: PathLike, config: Optional[Union[PathLike, ModelConfig]] = None) 
         f = open_h5(path, fd)
     finally:
         os.close(fd)
+    resources = contextlib.ExitStack()  # closed here if reading fails, else by the view
+    resources.callback(f.close)
     try:
+        image = Image(str(path), digests.identity(str(path), f.id.get_vfd_handle()), 0, resources)
         with damaged_hdf5(path):
-            view = _read_h5(f, path, config)
+            return _read_h5(f, path, image, config)
     except BaseException:
-        f.close()
+        resources.close()
         raise
-    view._resources.callback(f.close)
-    view.data_file = str(path)
-    view.data_identity = digests.identity(str(path), f.id.get_vfd_handle())
-    return view
 
 
-def _read_h5(f, path: PathLike, config: Optional[ModelConfig]) -> ModelView:
+def _read_h5(f, path: PathLike, image: Image, config: Optional[ModelConfig]) -> ModelView:
     if is_legacy(f, path):
-        view = read_legacy(f, path, config)
+        view = read_legacy(f, path, image, config)
     elif is_keras3(f, path):
-        view = read_keras3(f, path, config)
+        view = read_keras3(f, path, image, config)
     else:
         raise WeightportError(path, "HDF5 file, but not a Keras weights file (no layer_names attribute, model_weights or layers group)",
                               "give a file written by save_weights, model.save or a .keras archive")

@@ -7,13 +7,14 @@ plain `pread`/`pwrite`, because tensor offsets in the source and the output rare
 the page size, and there `copy_file_range` is measured slower than a copy through a buffer that
 stays in the CPU cache. While the bytes go in, the kernel is asked to start writing them to disk
 (`sync_file_range`, Linux), so the final fsync finds little left to do: the disk works while the
-copy goes on instead of after it. Tensors that are not in place (chunked or compressed datasets,
-a compressed `.keras` member) and the in-memory rules (Keras 1 `th` kernels) are read through
-h5py and written whole.
+copy goes on instead of after it. The bytes of any tensor whose storage lies in place
+(`Storage.offset`) move that way, whatever its container. Tensors that are not in place (chunked
+or compressed datasets, a compressed `.keras` member) and the in-memory rules (Keras 1 `th`
+kernels) are read through their storage and written whole.
 
 A compressed output (`--compression`) cannot take raw bytes: `write_pieces` fills its chunked
 datasets through h5py instead, a piece of whole target rows at a time (about `BLOCK_BYTES`),
-each piece gathered from the source rows the rule maps it from.
+each piece gathered from the source rows the rule maps it from (`Storage.read_rows`).
 """
 
 from __future__ import annotations
@@ -29,8 +30,9 @@ import numpy as np
 
 from . import digests
 from .errors import WeightportError
-from .hdf5 import damaged_hdf5, read_rows
+from .hdf5 import as_storage, damaged_hdf5
 from .rules import RULES, Run, rows_of
+from .storage import Storage, truncated
 from .view import ModelView, Tensor
 
 __all__ = ["BLOCK_BYTES", "Output", "keeps_order", "open_data_files", "piece_shape", "raw_location", "transfer", "write_pieces"]
@@ -87,33 +89,39 @@ class Output:
 
 @contextlib.contextmanager
 def open_data_files(views: Iterable[ModelView]) -> Iterator[Dict[str, Tuple[int, int]]]:
-    """{data file: (read-only descriptor, size)} for the files the views' datasets live in, each
-    opened once; a file that is no longer the one its view was read from is refused."""
+    """{file: (read-only descriptor, size)} for each view's data file and every file a tensor lies
+    in place in (`Storage.offset`), each opened once; a file that is no longer the one its
+    reader opened is refused."""
     files: Dict[str, Tuple[int, int]] = {}
     try:
         for view in views:
-            if view.data_file and view.data_file not in files:
-                fd = os.open(view.data_file, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC)  # a FIFO put in its place cannot block
-                files[view.data_file] = (fd, os.fstat(fd).st_size)
-                if view.data_identity is not None and digests.identity(view.data_file, fd) != view.data_identity:
-                    raise digests.changed(view.data_file)  # the raw bytes would come from another file than the one planned
+            wanted = {view.data_file: view.data_identity} if view.data_file else {}
+            for tensor in view.tensors:
+                if tensor.storage.offset is not None:
+                    wanted.setdefault(tensor.storage.file, tensor.storage.identity)
+            for file, identity in wanted.items():
+                if file not in files:
+                    fd = os.open(file, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC)  # a FIFO put in its place cannot block
+                    files[file] = (fd, os.fstat(fd).st_size)
+                    if identity is not None and digests.identity(file, fd) != identity:
+                        raise digests.changed(file)  # the raw bytes would come from another file than the one planned
         yield files
     finally:
         for fd, _ in files.values():
             os.close(fd)
 
 
-def raw_location(view: ModelView, tensor: Tensor, files: Dict[str, Tuple[int, int]]) -> Optional[Tuple[int, int]]:
-    """(open descriptor, byte offset) of a tensor stored contiguously in place in one of `files`
-    (from `open_data_files`), else None."""
-    if tensor.offset is None or view.data_base is None or view.data_file is None:
+def raw_location(tensor: Tensor, files: Dict[str, Tuple[int, int]]) -> Optional[Tuple[int, int]]:
+    """(open descriptor, byte offset) of a tensor whose storage lies contiguous in place in one of
+    `files` (from `open_data_files`), else None."""
+    storage = tensor.storage
+    if storage.offset is None:
         return None
-    fd, size = files[view.data_file]
-    start = view.data_base + tensor.offset
-    if start + tensor.size * tensor.dtype.itemsize > size:
-        raise WeightportError(view.path, f"tensor {tensor.path} ends past the end of the file (truncated file)",
+    fd, size = files[storage.file]
+    if storage.offset + storage.size * storage.dtype.itemsize > size:
+        raise WeightportError(storage.file, f"tensor {tensor.path} ends past the end of the file (truncated file)",
                               "the file is damaged; save or download it again")
-    return fd, start
+    return fd, storage.offset
 
 
 def keeps_order(rule_name: str, shape: Tuple[int, ...], params: dict) -> bool:
@@ -123,31 +131,32 @@ def keeps_order(rule_name: str, shape: Tuple[int, ...], params: dict) -> bool:
     return runs is not None and runs(shape, params) == [Run(0, 1, 0, 1, rows_of(shape)[0])]
 
 
-def transfer(rule_name: str, params: dict, dataset: Union[Tensor, h5py.Dataset], source: Optional[Tuple[int, int]],
+def transfer(rule_name: str, params: dict, storage: Union[Storage, h5py.Dataset], source: Optional[Tuple[int, int]],
              output: Output, out_offset: int, out_dtype: np.dtype, source_file: str) -> None:
-    """Write the target tensor made by `rule_name` from `dataset` (a view's tensor, or an h5py
+    """Write the target tensor made by `rule_name` from `storage` (a tensor's storage, or an h5py
     dataset) at `out_offset` of `output`.
 
-    `source` is (open fd, byte offset) when the dataset can be read in place, else None;
-    `source_file` names the file in the error when h5py cannot read the tensor (a damaged
+    `source` is (open fd, byte offset) when the tensor can be read in place (`raw_location`), else
+    None; `source_file` names the file in the error when its values cannot be read (a damaged
     compressed chunk, say).
     """
+    storage = as_storage(storage)
     rule = RULES[rule_name]
-    if dataset.size == 0:
+    if storage.size == 0:
         return
     if rule.runs is None or source is None:
-        output.write(out_offset, _whole(rule_name, params, dataset, source_file, out_dtype))
+        output.write(out_offset, _whole(rule_name, params, storage, source_file, out_dtype))
         return
-    mover = _Mover(source[0], source[1], dataset.dtype, output, out_offset, out_dtype, rows_of(dataset.shape)[1], source_file)
-    for run in rule.runs(tuple(dataset.shape), params):
+    mover = _Mover(source[0], source[1], storage.dtype, output, out_offset, out_dtype, rows_of(storage.shape)[1], source_file)
+    for run in rule.runs(tuple(storage.shape), params):
         mover.move(run)
 
 
-def _whole(rule_name: str, params: dict, dataset: Union[Tensor, h5py.Dataset], source_file: str, dtype: np.dtype) -> np.ndarray:
+def _whole(rule_name: str, params: dict, storage: Storage, source_file: str, dtype: np.dtype) -> np.ndarray:
     """The whole target tensor in memory, for what is not moved in place (small tensors, the
     in-memory rules, tensors stored chunked or compressed in the source)."""
     with damaged_hdf5(source_file):
-        values = dataset.read() if isinstance(dataset, Tensor) else dataset[()]
+        values = storage.read()
     return np.ascontiguousarray(RULES[rule_name].apply(values, params), dtype=dtype)
 
 
@@ -204,8 +213,7 @@ class _Mover:
         at_byte = self.src_offset + element * size
         got = os.preadv(self.src_fd, [target], at_byte)
         if got != len(target):
-            raise WeightportError(self.source_file, f"changed or truncated while being read ({got} of {len(target)} bytes at offset {at_byte})",
-                                  "convert again once the file is complete and no longer being written")
+            raise truncated(self.source_file, got, len(target), at_byte)
 
     def _converted(self, count: int) -> np.ndarray:
         """The buffer's first `count` elements in the output's dtype."""
@@ -216,25 +224,26 @@ class _Mover:
         self.output.write(self.dst_offset + element * self.dst_dtype.itemsize, values)
 
 
-def write_pieces(rule_name: str, params: dict, dataset: h5py.Dataset, target: h5py.Dataset, source_file: str,
+def write_pieces(rule_name: str, params: dict, storage: Union[Storage, h5py.Dataset], target: h5py.Dataset, source_file: str,
                  advance: Optional[Callable[[int], None]] = None) -> None:
-    """Write the target tensor made by `rule_name` from `dataset` into the h5py dataset `target`
-    (chunked, compressed), a piece of whole rows at a time, calling `advance(bytes)` after each.
-    Vectors, scalars, the in-memory rules and reshapes that change the row length (a vector
-    alpha to (1, 1, n) or (n, 1, 1): small) are written whole."""
+    """Write the target tensor made by `rule_name` from `storage` (a tensor's storage, or an h5py
+    dataset) into the h5py dataset `target` (chunked, compressed), a piece of whole rows at a
+    time, calling `advance(bytes)` after each. Vectors, scalars, the in-memory rules and reshapes
+    that change the row length (a vector alpha to (1, 1, n) or (n, 1, 1): small) are written whole."""
+    storage = as_storage(storage)
     rule = RULES[rule_name]
-    if dataset.size == 0:
+    if storage.size == 0:
         return
-    if rule.runs is None or target.ndim < 2 or dataset.ndim < 1 or dataset.shape[-1] != target.shape[-1]:
-        target[()] = _whole(rule_name, params, dataset, source_file, target.dtype)
+    if rule.runs is None or target.ndim < 2 or storage.ndim < 1 or storage.shape[-1] != target.shape[-1]:
+        target[()] = _whole(rule_name, params, storage, source_file, target.dtype)
         if advance is not None:
             advance(target.nbytes)
         return
-    source_rows = _source_rows(rule.runs(tuple(dataset.shape), params), rows_of(target.shape)[0])
+    source_rows = _source_rows(rule.runs(tuple(storage.shape), params), rows_of(target.shape)[0])
     for index, first, count in _pieces(target.shape, target.dtype.itemsize):
         rows = np.arange(first, first + count) if source_rows is None else source_rows[first:first + count]
         with damaged_hdf5(source_file):
-            values = read_rows(dataset, rows).astype(target.dtype)
+            values = storage.read_rows(rows).astype(target.dtype)
         target[index] = values.reshape((-1,) + target.shape[len(index):])
         if advance is not None:
             advance(values.nbytes)

@@ -19,17 +19,17 @@ import random
 from dataclasses import asdict, dataclass, replace
 from typing import Any, Dict, List, Optional, Tuple
 
-import h5py
 import numpy as np
 
 from . import digests, units
 from .errors import WeightportError
-from .hdf5 import damaged_hdf5, read_rows
+from .hdf5 import damaged_hdf5
 from .planner import Plan, Step
 from .precision import Cast, CastLost, cast_to
 from .rules import canonical_order
+from .storage import ArrayStorage, Storage
 from .transfer import keeps_order, open_data_files, raw_location
-from .view import ModelView, Tensor
+from .view import ModelView
 
 __all__ = ["PairCheck", "DigestCheck", "Verification", "VerificationFailed", "verify_plan", "check_source_digest"]
 
@@ -106,12 +106,10 @@ def check_source_digest(source: ModelView, out: ModelView) -> Optional[DigestChe
     """OUT's recorded source digest (the first provenance attribute it has, BLAKE3 or an older
     output's SHA-256) against the digest of SRC as it is now; None when OUT records none (not
     written by weightport). The hash of SRC is taken from `digests.start` if one was started."""
-    attrs = out.tensors[0].dataset.file.attrs  # a view always has a tensor; the provenance is on its file's root
-    attribute = next((name for name in digests.RECORDED if name in attrs), None)
+    attribute = next((name for name in digests.RECORDED if name in out.recorded_digests), None)
     if attribute is None:
         return None
-    recorded = attrs[attribute]
-    recorded = recorded.decode("ascii", "replace") if isinstance(recorded, bytes) else str(recorded)
+    recorded = out.recorded_digests[attribute]
     path = source.data_file or source.path
     actual = digests.source_digest(path) if attribute == digests.ATTRIBUTE else digests.file_digest(path, attribute)
     return DigestCheck(attribute, recorded, actual)
@@ -135,8 +133,8 @@ def verify_plan(plan: Plan, views: Dict[str, ModelView], out: ModelView, atol: f
                 result = ("missing or misshapen in the output", float("inf"), float("inf"))
             else:
                 with damaged_hdf5(f"{step.source_file} or {out.path}"):
-                    at = raw_location(views[step.source_file], source, files), raw_location(out, target, files)
-                    result = _identical(step, source, target, at) or _check(step, source.dataset, target.dataset, rng, at)
+                    at = raw_location(source, files), raw_location(target, files)
+                    result = _identical(step, source.storage, target.storage, at) or _check(step, source.storage, target.storage, rng, at)
             by_layer.setdefault((step.source_layer, step.target_layer), []).append(result)
     pairs = []
     for (src, tgt), results in by_layer.items():
@@ -147,7 +145,7 @@ def verify_plan(plan: Plan, views: Dict[str, ModelView], out: ModelView, atol: f
     return Verification(pairs, atol, rtol)
 
 
-def _identical(step: Step, src: Tensor, tgt: Tensor, at: _At) -> Optional[Tuple[str, float, float]]:
+def _identical(step: Step, src: Storage, tgt: Storage, at: _At) -> Optional[Tuple[str, float, float]]:
     """The quick proof for most tensors of a model: a rule that keeps every element in place,
     the same dtype on both sides and the same bytes, which no numeric check could tell apart,
     compared a block at a time straight from both files. None (the numeric checks decide) for
@@ -190,7 +188,7 @@ class _Random:
 
 # --- the checks ---------------------------------------------------------------------------
 
-def _check(step: Step, source: h5py.Dataset, target: h5py.Dataset, rng: _Random, at: _At = (None, None)) -> Tuple[str, float, float]:
+def _check(step: Step, source: Storage, target: Storage, rng: _Random, at: _At = (None, None)) -> Tuple[str, float, float]:
     """One tensor's check, qualified by the output dtype's rounding where it has one; `at` as
     for `_identical` (sampled rows are read straight from the files where the tensors lie in place)."""
     if step.rule == "units":
@@ -205,7 +203,7 @@ def _check(step: Step, source: h5py.Dataset, target: h5py.Dataset, rng: _Random,
     return (f"{name} {cast.label}" if cast.label else name), diff, rel
 
 
-def _compare(step: Step, source: h5py.Dataset, target: h5py.Dataset, cast: Cast, rng: _Random, at: _At) -> Tuple[str, float, float]:
+def _compare(step: Step, source: Storage, target: Storage, cast: Cast, rng: _Random, at: _At) -> Tuple[str, float, float]:
     if max(source.size, target.size) > FULL_CHECK_VALUES and step.rule in _ROW_ORDERS and min(source.ndim, target.ndim) >= 2:
         return _check_rows(step, source, target, cast, rng, at)
     if step.rule in ("dense-to-conv", "dense-to-1x1", "conv-to-dense"):
@@ -216,7 +214,7 @@ def _compare(step: Step, source: h5py.Dataset, target: h5py.Dataset, cast: Cast,
     return ("values equal",) + _compare_values(source, target, cast)
 
 
-def _check_linear(step: Step, source: h5py.Dataset, target: h5py.Dataset, cast: Cast, rng: _Random) -> Tuple[str, float, float]:
+def _check_linear(step: Step, source: Storage, target: Storage, cast: Cast, rng: _Random) -> Tuple[str, float, float]:
     """Dense on the flattened window (in its flatten order) vs valid correlation with the conv."""
     conv_shape = step.target_shape if step.rule != "conv-to-dense" else step.source_shape
     rank = len(conv_shape) - 2
@@ -230,7 +228,7 @@ def _check_linear(step: Step, source: h5py.Dataset, target: h5py.Dataset, cast: 
     return (f"dense on window ({order}) vs conv",) + _errors(got, want)
 
 
-def _check_kernel(step: Step, source: h5py.Dataset, target: h5py.Dataset, cast: Cast, rng: _Random) -> Tuple[str, float, float]:
+def _check_kernel(step: Step, source: Storage, target: Storage, cast: Cast, rng: _Random) -> Tuple[str, float, float]:
     """The source's convolution on random patches vs Keras's cross-correlation with the output."""
     shape = tuple(step.target_shape)
     spatial = len(shape) - 2
@@ -239,7 +237,7 @@ def _check_kernel(step: Step, source: h5py.Dataset, target: h5py.Dataset, cast: 
     got = _rows_dot(target, x.reshape(SAMPLES, -1))
     if step.rule == "copy":  # same layout on both sides: stream the source too
         return ("correlation",) + _errors(got, _rows_dot(source, x.reshape(SAMPLES, -1), cast))
-    kernel = cast.store(source[()])  # Theano-era kernels: small
+    kernel = cast.store(source.read())  # Theano-era kernels: small
     if step.rule == "kernel-from-th":  # stored (out, in, *spatial): contract in that layout
         kernel = np.moveaxis(kernel, (0, 1), (-1, -2))
     patches = x[(slice(None),) + (slice(None, None, -1),) * spatial] if flipped else x  # true convolution flips the input
@@ -248,13 +246,12 @@ def _check_kernel(step: Step, source: h5py.Dataset, target: h5py.Dataset, cast: 
     return (name,) + _errors(got, want)
 
 
-def _check_units(step: Step, source: h5py.Dataset, target: h5py.Dataset, rng: _Random) -> Tuple[str, float, float]:
-    """`--units`: the kept units of the source (a head layer: small), held in an in-memory HDF5
-    file, checked against the output by the pair's own rule."""
-    kept = units.select(source[()], step.params["units"])
-    with h5py.File(f"units-{id(step)}", "w", driver="core", backing_store=False) as memory:
-        inner = replace(step, rule=step.params["rule"], params=step.params["params"], source_shape=list(kept.shape))
-        name, worst, relative = _check(inner, memory.create_dataset("kept", data=kept), target, rng)
+def _check_units(step: Step, source: Storage, target: Storage, rng: _Random) -> Tuple[str, float, float]:
+    """`--units`: the kept units of the source (a head layer: small), held in memory, checked
+    against the output by the pair's own rule."""
+    kept = units.select(source.read(), step.params["units"])
+    inner = replace(step, rule=step.params["rule"], params=step.params["params"], source_shape=list(kept.shape))
+    name, worst, relative = _check(inner, ArrayStorage(kept, source.file), target, rng)
     return f"units {step.params['units']}; {name}", worst, relative
 
 
@@ -268,7 +265,7 @@ _ROW_ORDERS = {
 }
 
 
-def _check_rows(step: Step, source: h5py.Dataset, target: h5py.Dataset, cast: Cast, rng: _Random, at: _At) -> Tuple[str, float, float]:
+def _check_rows(step: Step, source: Storage, target: Storage, cast: Cast, rng: _Random, at: _At) -> Tuple[str, float, float]:
     """A big tensor: random window positions, the source's row for each (found through the
     source's flatten order) against the target's row for the same position."""
     conv = step.target_shape if len(step.target_shape) >= len(step.source_shape) else step.source_shape
@@ -291,33 +288,34 @@ def _check_rows(step: Step, source: h5py.Dataset, target: h5py.Dataset, cast: Ca
     return name, worst, _relative(worst, scale)
 
 
-def _read_rows(dataset: h5py.Dataset, rows: np.ndarray, at: Optional[Tuple[int, int]]) -> np.ndarray:
-    """`read_rows`, straight from the file when the dataset lies there in place (`at`: descriptor,
-    offset): a row is then one run of bytes, read with one call, where HDF5 would build a
-    selection of every row first."""
+def _read_rows(storage: Storage, rows: np.ndarray, at: Optional[Tuple[int, int]]) -> np.ndarray:
+    """`Storage.read_rows`, straight from the open file when the tensor lies there in place (`at`:
+    descriptor, offset): a row is then one run of bytes, read with one call, where HDF5 would
+    build a selection of every row first."""
     if at is None:
-        return read_rows(dataset, rows)
+        return storage.read_rows(rows)
     fd, offset = at
-    values = np.empty((len(rows), dataset.shape[-1]), dataset.dtype)
+    values = np.empty((len(rows), storage.shape[-1]), storage.dtype)
     size = values.shape[1] * values.itemsize
     for k, row in enumerate(rows):
         if os.preadv(fd, [values[k]], offset + int(row) * size) != size:
-            raise WeightportError(dataset.file.filename, "changed or truncated while being verified",
+            raise WeightportError(storage.file, "changed or truncated while being verified",
                                   "convert again once the file is complete and no longer being written")
     return values
 
 
-def _compare_values(source: h5py.Dataset, target: h5py.Dataset, cast: Cast) -> Tuple[float, float]:
-    """Element-by-element comparison in bounded blocks (the same values, maybe reshaped)."""
+def _compare_values(source: Storage, target: Storage, cast: Cast) -> Tuple[float, float]:
+    """Element-by-element comparison, in bounded blocks of the first axis where there is more
+    than one (the same values, maybe reshaped)."""
     if source.size != target.size:
         return float("inf"), float("inf")
-    if source.shape != target.shape or source.ndim == 0:
-        return _errors(target[()].astype("float64").reshape(-1), cast.store(source[()]).reshape(-1))
-    step = max(1, BLOCK_BYTES // max(1, source[0:1].nbytes * 8))
+    if source.shape != target.shape or source.ndim <= 1 or not source.size:
+        return _errors(target.read().astype("float64").reshape(-1), cast.store(source.read()).reshape(-1))
+    step = max(1, BLOCK_BYTES // max(1, source.size // source.shape[0] * source.dtype.itemsize * 8))
     worst_diff, scale = 0.0, 0.0
     for start in range(0, source.shape[0], step):
-        want = cast.store(source[start:start + step])
-        got = target[start:start + step].astype("float64")
+        want = cast.store(_leading(source, start, start + step))
+        got = _leading(target, start, start + step).astype("float64")
         worst_diff, scale = max(worst_diff, _max_diff(got, want)), max(scale, _scale(want))
     return worst_diff, _relative(worst_diff, scale)
 
@@ -329,16 +327,26 @@ def _flatten(x: np.ndarray, order: str) -> np.ndarray:
     return x.transpose(axes).reshape(x.shape[0], -1)
 
 
-def _rows_dot(dataset: h5py.Dataset, rows: np.ndarray, cast: Optional[Cast] = None) -> np.ndarray:
-    """rows (n, R) @ dataset seen as (R, out), reading the dataset in bounded blocks (its
-    values as `cast` stores them: the source's, as the output's dtype holds them)."""
-    shape = dataset.shape
+def _leading(storage: Storage, start: int, stop: int) -> np.ndarray:
+    """Indices `start` to `stop` of the first axis of a tensor of at least two (an `[start:stop]`
+    slice), read as the rows they are."""
+    shape = (min(stop, storage.shape[0]) - start,) + storage.shape[1:]
+    if not storage.size:
+        return np.empty(shape, storage.dtype)
+    per_first = storage.size // storage.shape[0] // storage.shape[-1]
+    return storage.read_rows(np.arange(start * per_first, (start + shape[0]) * per_first)).reshape(shape)
+
+
+def _rows_dot(storage: Storage, rows: np.ndarray, cast: Optional[Cast] = None) -> np.ndarray:
+    """rows (n, R) @ the tensor seen as (R, out), reading it in bounded blocks (its values as
+    `cast` stores them: the source's, as the output's dtype holds them)."""
+    shape = storage.shape
     out = shape[-1]
     per_first = int(np.prod(shape[1:-1], dtype=np.int64)) if len(shape) > 2 else 1
     step = max(1, BLOCK_BYTES // max(1, per_first * out * 8))
     total = np.zeros((rows.shape[0], out))
     for start in range(0, shape[0], step):
-        block = dataset[start:start + step]
+        block = _leading(storage, start, start + step)
         block = (cast.store(block) if cast else block.astype("float64")).reshape(-1, out)
         total += rows[:, start * per_first:start * per_first + block.shape[0]] @ block
     return total

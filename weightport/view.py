@@ -2,18 +2,19 @@
 
 Readers turn each on-disk layout (Keras 1/2 legacy `.h5`, Keras 3 `.weights.h5`, `.keras`
 archives) into this one shape, so the planner never needs to know which layout it reads.
-Tensors hold an h5py dataset, not an array: building the view reads no tensor data.
+Tensors hold a `Storage` (where their values lie), not an array: building the view reads no
+tensor data.
 """
 
 from __future__ import annotations
 
 import contextlib
-import math
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Dict, List, Optional, Tuple
 
-import h5py
 import numpy as np
+
+from .storage import Storage
 
 if TYPE_CHECKING:
     from .config import ModelConfig
@@ -22,36 +23,31 @@ __all__ = ["Tensor", "Layer", "ModelView"]
 
 
 class Tensor:
-    """One weight of a layer: what is asked of it many times over (shape, dtype, where its bytes
-    lie) read from HDF5 once, and its dataset opened only when its values are read (`dataset`).
-    A view keeps no dataset open: HDF5 holds ~11 KiB for each open one, which a model of
-    hundreds of tensors, read twice by a checked conversion, turns into megabytes."""
+    """One weight of a layer: its names and role, and its `storage` (where its values lie and how
+    to read them), from which its shape, dtype and size are kept as plain attributes (asked many
+    times over, for hundreds of tensors)."""
 
-    __slots__ = ("name", "role", "path", "shape", "dtype", "size", "offset", "k3_var", "_file", "_name")
+    __slots__ = ("name", "role", "path", "storage", "shape", "dtype", "size", "k3_var")
 
-    def __init__(self, name: str, role: Optional[str], path: str, dataset: h5py.Dataset, k3_var: Optional[str] = None) -> None:
+    def __init__(self, name: str, role: Optional[str], path: str, storage: Storage, k3_var: Optional[str] = None) -> None:
         self.name = name  # the name as stored (`dense_1/kernel:0`, `dense_1_W`, `0`)
         self.role = role  # what it is for the layer (`kernel`, `bias`, `gamma` ...), None if unknown
-        self.path = path  # absolute HDF5 path of the dataset inside its file
+        self.path = path  # where it is in its file (the absolute HDF5 path of its dataset)
         self.k3_var = k3_var  # where Keras 3 keeps it below its layer's group (`vars/0`, `forward_layer/cell/vars/0`); None: unknown
-        dsid = dataset.id
-        self.shape: Tuple[int, ...] = tuple(int(n) for n in dsid.shape)
-        self.dtype: np.dtype = dsid.dtype
-        self.size = math.prod(self.shape)
-        offset = dsid.get_offset()  # None unless stored contiguous
-        # where its bytes start in the HDF5 image when they lie there in place, as Keras writes them
-        self.offset: Optional[int] = offset if offset is not None and dsid.get_storage_size() == self.size * self.dtype.itemsize else None
-        self._file, self._name = h5py.h5i.get_file_id(dsid), h5py.h5i.get_name(dsid)
+        self.storage = storage
+        self.shape: Tuple[int, ...] = storage.shape
+        self.dtype: np.dtype = storage.dtype
+        self.size: int = storage.size
 
     @property
-    def dataset(self) -> h5py.Dataset:
-        """The HDF5 dataset, opened again on each call (by the path it was opened by, in the same
-        open file); it closes when the caller lets it go."""
-        return h5py.Dataset(h5py.h5d.open(self._file, self._name), readonly=True)
+    def dataset(self) -> Any:
+        """The h5py dataset of a tensor stored in HDF5 (`hdf5.HDF5Storage`), opened again on each
+        call: for looking at how it is stored (chunks, compression); values are read through `storage`."""
+        return self.storage.dataset  # type: ignore[attr-defined]
 
     def read(self) -> np.ndarray:
-        """The whole tensor; callers that stream use `dataset` slices instead."""
-        return self.dataset[()]
+        """The whole tensor."""
+        return self.storage.read()
 
     def __repr__(self) -> str:
         return f"Tensor(name={self.name!r}, role={self.role!r}, path={self.path!r}, shape={self.shape}, dtype={self.dtype})"
@@ -121,10 +117,10 @@ class ModelView:
     input_shape: Optional[List[Optional[int]]] = None
     model_class: Optional[str] = None
     config: Optional["ModelConfig"] = field(default=None, repr=False)
-    data_file: Optional[str] = None  # the file on disk whose bytes the datasets live in
-    data_base: Optional[int] = 0  # where the HDF5 image starts in it (a .keras member); None: not in place
+    data_file: Optional[str] = None  # the file on disk the reader read (the source's digest is its digest)
     data_identity: Optional[tuple] = None  # that file as it was opened (digests.identity): a replaced or rewritten file is noticed
-    _resources: contextlib.ExitStack = field(default_factory=contextlib.ExitStack, repr=False)
+    resources: contextlib.ExitStack = field(default_factory=contextlib.ExitStack, repr=False)  # what the tensors read through, closed with the view
+    recorded_digests: Dict[str, str] = field(default_factory=dict)  # the source digests weightport recorded in the file (digests.RECORDED), if it wrote it
 
     @property
     def params(self) -> int:
@@ -136,7 +132,7 @@ class ModelView:
 
     def close(self) -> None:
         """Close the files the lazy tensors read from."""
-        self._resources.close()
+        self.resources.close()
 
     def __enter__(self) -> "ModelView":
         return self

@@ -273,7 +273,7 @@ def _fill_pieces(plan: Plan, places: List[str], tmp: Path, views: Dict[str, Mode
     tensors, advance = _source_tensors(views), _advance(plan, progress)
     with small_cache(h5py.File(tmp, "r+", locking=False)) as f:
         for step, place in zip(plan.steps, places, strict=True):
-            write_pieces(step.rule, step.params, tensors[(step.source_file, step.source_path)].dataset, f[place], step.source_file, advance)
+            write_pieces(step.rule, step.params, tensors[(step.source_file, step.source_path)].storage, f[place], step.source_file, advance)
 
 
 def _fill(plan: Plan, offsets: List[Optional[int]], tmp: Path, views: Dict[str, ModelView],
@@ -284,13 +284,13 @@ def _fill(plan: Plan, offsets: List[Optional[int]], tmp: Path, views: Dict[str, 
         output = Output(out.fileno(), writeback, _advance(plan, progress))
         for step, offset, size in zip(plan.steps, offsets, _sizes(plan), strict=True):
             tensor = tensors[(step.source_file, step.source_path)]
-            source = raw_location(views[step.source_file], tensor, files)
+            source = raw_location(tensor, files)
             dtype = np.dtype(step.target_dtype).newbyteorder("<")
             if offset is None:
                 if size:
                     raise RuntimeError(f"dataset for {step.target_name} was not allocated")
                 continue
-            transfer(step.rule, step.params, tensor, source, output, offset, dtype, step.source_file)
+            transfer(step.rule, step.params, tensor.storage, source, output, offset, dtype, step.source_file)
 
 
 # --- provenance ---------------------------------------------------------------------------
