@@ -21,7 +21,7 @@ from .errors import WeightportError
 if TYPE_CHECKING:  # h5py is imported where a dataset is checked: `digests` uses `hollow` before h5py is loaded
     import h5py
 
-__all__ = ["check_allocated", "hollow", "read_limited", "check_config_text", "check_name_count", "check_layer_count", "check_nesting", "check_names", "vars_keys", "check_stored"]
+__all__ = ["check_allocated", "hollow", "read_limited", "check_config_text", "check_name_count", "check_layer_count", "check_state_dict", "check_nesting", "check_names", "vars_keys", "check_stored"]
 
 PathLike = Union[str, Path]
 _HINT_DAMAGED = "the file is damaged or was not written by Keras; save or download it again"
@@ -38,6 +38,9 @@ MAX_CONFIG_VALUES = 1_000_000
 # Layers of a model (`layer_names` entries, config layers; weightless ones too): the largest Keras
 # applications have ~1,000; each costs ~0.1 ms to walk, plan and rewrite, so this many take about a second.
 MAX_LAYERS = 4_000
+# Tensors of a state dict (a PyTorch file lists each module's weight, bias, running statistics
+# and counter): five for each of `MAX_LAYERS` modules.
+MAX_TENSORS = 5 * MAX_LAYERS
 # Groups below a Keras 3 file's root: a layer of a model nested in a model nested in ... sits a few
 # levels deeper per model (`layers/functional/layers/dense/vars`); no real file nests this deep.
 MAX_NESTING = 64
@@ -83,17 +86,16 @@ def read_limited(fh: IO[bytes], path: PathLike, limit: int = MAX_CONFIG_BYTES) -
     return data
 
 
-def check_config_text(text: Union[str, bytes], source: PathLike) -> None:
-    """Refuse config text too large, or holding too many JSON values, to parse into memory: the
-    count is bounded from above by the commas and brackets, found without parsing (a 62 MB
-    `[{},{},...]` would make ~20 million Python objects)."""
+def check_config_text(text: Union[str, bytes], source: PathLike, what: str = "model config", hint: str = "give the output of model.to_json()") -> None:
+    """Refuse config text (or another JSON document, `what`) too large, or holding too many JSON
+    values, to parse into memory: the count is bounded from above by the commas and brackets,
+    found without parsing (a 62 MB `[{},{},...]` would make ~20 million Python objects)."""
     if len(text) > MAX_CONFIG_BYTES:
-        raise WeightportError(source, f"model config of {_size(len(text))}, more than any model's ({_size(MAX_CONFIG_BYTES)})", "give the output of model.to_json()")
+        raise WeightportError(source, f"{what} of {_size(len(text))}, more than any model's ({_size(MAX_CONFIG_BYTES)})", hint)
     marks = (",", "[", "{") if isinstance(text, str) else (b",", b"[", b"{")
     values = sum(text.count(mark) for mark in marks)  # type: ignore[arg-type]
     if values > MAX_CONFIG_VALUES:
-        raise WeightportError(source, f"model config holds up to {values:,} JSON values, more than any model's ({MAX_CONFIG_VALUES:,})",
-                              "give the output of model.to_json()")
+        raise WeightportError(source, f"{what} holds up to {values:,} JSON values, more than any model's ({MAX_CONFIG_VALUES:,})", hint)
 
 
 def check_name_count(count: int, group: "h5py.Group", what: str, path: PathLike) -> None:
@@ -114,6 +116,17 @@ def check_layer_count(count: int, source: PathLike) -> None:
     """A model config of no more than `MAX_LAYERS` layers (nested models' counted in)."""
     if count > MAX_LAYERS:
         raise WeightportError(source, f"model config of {count:,} layers, more than any model has ({MAX_LAYERS:,})", "give the output of model.to_json()")
+
+
+def check_state_dict(path: PathLike, tensors: int = 0, modules: int = 0) -> None:
+    """A state dict of no more than `MAX_TENSORS` tensors, in no more than `MAX_LAYERS` modules
+    (each module is a layer to pair, plan and write)."""
+    if tensors > MAX_TENSORS:
+        raise WeightportError(path, f"declares {tensors:,} tensors, more than weightport converts ({MAX_TENSORS:,}: five for each of {MAX_LAYERS:,} layers)",
+                              "convert a model of fewer layers, or a part of the state dict saved on its own")
+    if modules > MAX_LAYERS:
+        raise WeightportError(path, f"holds the tensors of {modules:,} modules, more than weightport converts ({MAX_LAYERS:,} layers)",
+                              "convert a model of fewer layers, or a part of the state dict saved on its own")
 
 
 def check_names(names: Sequence[str], group: "h5py.Group", what: str, path: PathLike) -> None:

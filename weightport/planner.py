@@ -16,7 +16,7 @@ from typing import Any, Deque, Dict, List, Mapping, Optional, Sequence, Tuple
 
 import numpy as np
 
-from . import arguments, units
+from . import arguments, statedict, units
 from .align import Ambiguous, align
 from .errors import WeightportError, printable
 from .head import HeadRole, is_conv_kernel, is_th_kernel, layer_class, parse_source_order
@@ -356,6 +356,7 @@ def _layer_steps(source: ModelView, src: Layer, tgt: TargetLayer, role: Optional
         raise WeightportError(source.path, f"layer pair {src.name} -> {tgt.name}: {len(src.weights)} tensors in the source, {len(tgt.weights)} in the target",
                               "pair the layers differently with --map, or --skip the target layer")
     _check_sub_objects(source, src, tgt)
+    _check_framework(source, src, tgt)
     spec = options.units.get(src.name)
     return [_step(source.path, src, t, tgt, i, _chosen(source.path, src, t, tt, role, options, spec))
             for i, (t, tt) in enumerate(zip(src.weights, tgt.weights, strict=True))]
@@ -372,6 +373,20 @@ def _check_sub_objects(source: ModelView, src: Layer, tgt: TargetLayer) -> None:
         raise WeightportError(source.path, f"layer pair {src.name} -> {tgt.name} ({src.display_class or tgt.class_name or 'class unknown'}): its tensors sit in "
                                            f"sub-objects{' (' + ', '.join(where[:4]) + ')' if where else ''} whose order weightport cannot establish across these files",
                               "convert between files of the same layout (both Keras 3 .weights.h5/.keras), or --skip the target layer")
+
+
+def _check_framework(source: ModelView, src: Layer, tgt: TargetLayer) -> None:
+    """No rule takes PyTorch's layouts to Keras's yet: a PyTorch kernel, (out, in) or (out, in,
+    *k), would be copied as Keras's (in, out) wherever the shapes happen to agree (a square
+    Linear, a conv with as many inputs as outputs), a silent wrong conversion. Vectors (biases,
+    norms' gamma and beta, BatchNorm statistics) mean the same in both and pass."""
+    if source.framework != statedict.FRAMEWORK:
+        return
+    kernel = next((t for t in src.weights if len(t.shape) >= 2), None)
+    if kernel is not None:
+        raise WeightportError(source.path, f"layer pair {src.name} -> {tgt.name}: {kernel.name} is {'x'.join(map(str, kernel.shape))} in "
+                                           f"PyTorch's layout, and weightport has no rule yet from it to Keras's",
+                              "leave the layer out with --drop (and its target with --skip, which keeps the target's values)")
 
 
 _WITH_UNITS = {"Dense", "Conv1D", "Conv2D", "Conv3D"}  # layers whose tensors all end in the output units

@@ -19,6 +19,7 @@ from .hdf5 import Image, damaged_hdf5, open_h5
 from .inputs import by_descriptor, open_input
 from .keras3 import is_keras3, read_keras3
 from .legacy import is_legacy, read_legacy
+from .safetensors import looks_like_safetensors, read_safetensors
 from .view import ModelView
 
 __all__ = ["read"]
@@ -31,7 +32,8 @@ def read(path: PathLike, config: Optional[Union[PathLike, ModelConfig]] = None) 
     """Read a Keras weights file into an ordered, lazy view of its weighted layers.
 
     Args:
-        path: a legacy `.h5`/`.hdf5` (Keras 1, 2 or 3), a Keras 3 `.weights.h5` or a `.keras` archive.
+        path: a legacy `.h5`/`.hdf5` (Keras 1, 2 or 3), a Keras 3 `.weights.h5`, a `.keras` archive,
+            or a `.safetensors` file (a PyTorch state dict: modules as layers, `framework` "torch").
         config: a sidecar JSON config (`model.to_json()`), as a path or a parsed `ModelConfig`;
             it overrides a config stored in the file.
 
@@ -48,6 +50,10 @@ def read(path: PathLike, config: Optional[Union[PathLike, ModelConfig]] = None) 
     fd = open_input(path)  # checked once; every later open goes through this descriptor
     try:
         budgets.check_allocated(path, fd)
+        if looks_like_safetensors(path, fd):  # a PyTorch state dict (or any), read without torch
+            if config is not None:  # a Keras config names no module of a state dict: refused, not ignored
+                raise WeightportError(path, "a safetensors file (a PyTorch state dict) takes no Keras model config", "leave out --config")
+            return read_safetensors(path, fd)
         name = by_descriptor(path, fd)
         if is_archive(name):
             return read_archive(path, config, name)

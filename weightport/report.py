@@ -67,14 +67,18 @@ def _rows(layer: Layer, index: int) -> List[List[str]]:
     return [first] + [["", "", "", "", label, ""] for label in labels[1:]]
 
 
+_FRAMEWORKS = {"torch": "PyTorch state dict"}  # what the layout line says of a file that is not Keras's
+
+
 def _facts(view: ModelView) -> List[str]:
-    version = f"Keras {view.keras_version}" if view.keras_version else "Keras version not recorded"
+    version = _FRAMEWORKS.get(view.framework) or (f"Keras {view.keras_version}" if view.keras_version else "Keras version not recorded")
     backend = f", backend {view.backend}" if view.backend else ""
     lines = [f"file     {view.path}", f"layout   {view.layout} ({view.kind}), {version}{backend}"]
     if view.model_class or view.input_shape:
         shape = f", input {tuple(view.input_shape)}" if view.input_shape else ""
         lines.append(f"model    {view.model_class or 'unknown class'}{shape}")
     lines.append(f"order    {view.order}: {view.order_note}")
+    lines += [f"note     {note}" for note in view.notes]
     return lines
 
 

@@ -12,10 +12,16 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass, field
-from typing import Any, Dict, List, Optional, Sequence, Tuple
+from pathlib import Path
+from typing import Any, Dict, List, Optional, Sequence, Tuple, Union
 
-__all__ = ["Entry", "Module", "IGNORED", "ROOT", "split_name", "natural_order", "modules", "infer_class", "ignored_note"]
+from . import budgets
+from .errors import WeightportError
+from .view import Layer, ModelView, Tensor
 
+__all__ = ["Entry", "Module", "IGNORED", "ROOT", "split_name", "natural_order", "modules", "infer_class", "ignored_note", "FRAMEWORK", "read_view"]
+
+FRAMEWORK = "torch"  # `ModelView.framework` of every view made here: tensors in PyTorch's layouts
 # A counter BatchNorm keeps of the batches it has seen (an int64 scalar): not a weight, nothing
 # in Keras holds it, and it changes no output once the running statistics are set.
 IGNORED = "num_batches_tracked"
@@ -153,3 +159,21 @@ def ignored_note(entries: Sequence[Entry]) -> Optional[str]:
         return None
     return (f"{count} {IGNORED} tensor{'s' if count > 1 else ''} ignored (BatchNorm's count of the batches it has seen: "
             "not a weight, Keras has no place for it, no output depends on it)")
+
+
+def read_view(path: Union[str, Path], layout: str, entries: Sequence[Entry], order: str, order_note: str,
+              notes: Sequence[str] = ()) -> ModelView:
+    """The view of a state dict whose entries (in the order the format gives or implies) carry
+    their `Storage` as `source`: one layer per module, named by its path, its tensors named by
+    their state-dict keys; `notes` are the reader's own. `framework` says the tensors are in PyTorch's layouts (a Linear's
+    weight is (out, in), a conv's (out, in, *k)): the planner must not take them for Keras's."""
+    found = modules(entries)
+    budgets.check_state_dict(path, modules=len(found))
+    if not found:
+        held = f"only {IGNORED} counters" if entries else "no tensors"
+        raise WeightportError(path, f"a state dict with no weights in it ({held})", "save the model's state_dict() once the model is built")
+    layers = [Layer(name=module.path, class_name=module.class_name, group=module.path,
+                    weights=[Tensor(entry.name, role, entry.name, entry.source) for entry, role in module.tensors]) for module in found]
+    note = ignored_note(entries)
+    return ModelView(path=str(path), layout=layout, kind="weights-only", layers=layers, order=order, order_note=order_note,
+                     framework=FRAMEWORK, notes=list(notes) + ([note] if note else []))

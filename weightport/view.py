@@ -107,7 +107,7 @@ class ModelView:
     """Every weighted layer of one file, in model order, plus file-level facts."""
 
     path: str
-    layout: str  # legacy-h5, keras3-weights-h5 or keras-archive
+    layout: str  # legacy-h5, keras3-weights-h5, keras-archive or safetensors
     kind: str  # full-model or weights-only
     layers: List[Layer]
     order: str  # where the layer order comes from
@@ -121,6 +121,8 @@ class ModelView:
     data_identity: Optional[tuple] = None  # that file as it was opened (digests.identity): a replaced or rewritten file is noticed
     resources: contextlib.ExitStack = field(default_factory=contextlib.ExitStack, repr=False)  # what the tensors read through, closed with the view
     recorded_digests: Dict[str, str] = field(default_factory=dict)  # the source digests weightport recorded in the file (digests.RECORDED), if it wrote it
+    framework: str = "keras"  # whose layouts the tensors are in: keras, or torch (a PyTorch state dict: Linear weight (out, in), conv (out, in, *k))
+    notes: List[str] = field(default_factory=list)  # what the reader left out or assumed beyond the order (num_batches_tracked ignored ...)
 
     @property
     def params(self) -> int:
@@ -145,12 +147,14 @@ class ModelView:
         return {
             "file": self.path,
             "layout": self.layout,
+            "framework": self.framework,
             "kind": self.kind,
             "keras_version": self.keras_version,
             "backend": self.backend,
             "model_class": self.model_class,
             "input_shape": self.input_shape,
             "order": {"source": self.order, "note": self.order_note},
+            "notes": self.notes,
             "layers": [layer.to_dict() for layer in self.layers],
             "total_layers": len(self.layers),
             "total_tensors": len(self.tensors),
