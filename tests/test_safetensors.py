@@ -14,6 +14,8 @@ from typing import Any, Callable, Dict, Tuple
 
 import numpy as np
 import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
 from conftest import ROOT, import_or_skip, run_cli
 from test_hostile_inputs import assert_refused
@@ -135,6 +137,57 @@ def test_a_file_that_only_looks_like_safetensors_by_name_says_so(tmp_path: Path)
     with pytest.raises(WeightportError) as caught:
         read(path)
     assert "safetensors header" in caught.value.problem
+
+
+def test_a_fifo_named_safetensors_is_refused_without_blocking(tmp_path: Path) -> None:
+    path = tmp_path / "pipe.safetensors"
+    os.mkfifo(path)  # nobody writes it: a read would block for ever
+    assert_refused("inspect", str(path), cwd=tmp_path, names=path, says="is a FIFO (named pipe), not a regular file")
+
+
+def _small(folder: Path) -> Tuple[Path, bytes]:
+    from safetensors.numpy import save_file
+
+    path = folder / "small.safetensors"
+    save_file({k: v for k, v in _numpy_state_dict().items() if not k.startswith("features.10")}, str(path), metadata={"format": "pt"})
+    return path, path.read_bytes()
+
+
+@settings(max_examples=150, deadline=None, derandomize=True, database=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(data=st.data())
+def test_any_cut_and_flips_are_read_or_refused_in_one_line(data: st.DataObject, tmp_path: Path) -> None:
+    """A real file cut short and with bytes flipped anywhere (the header length, the JSON, the
+    data): reading it and every tensor either works or raises one WeightportError, fast."""
+    path, original = _small(tmp_path)
+    damaged = bytearray(original[:data.draw(st.integers(1, len(original)), label="cut")])
+    for at in data.draw(st.lists(st.integers(0, len(damaged) - 1), max_size=4), label="flips"):
+        damaged[at] ^= data.draw(st.integers(1, 255), label="xor")
+    path.write_bytes(bytes(damaged))
+    start = time.process_time()
+    try:
+        with read(path) as view:
+            for tensor in view.tensors:
+                tensor.read()
+    except WeightportError as exc:
+        assert "\n" not in exc.line() and exc.hint
+    assert time.process_time() - start < 0.5
+
+
+def test_a_file_replaced_or_cut_after_it_was_read_is_refused_when_its_values_are(tmp_path: Path) -> None:
+    """The view's storages read the file they were planned on: another file put in its place, or
+    the same file truncated, is an error naming it, never other values."""
+    path, original = _small(tmp_path)
+    with read(path) as view:
+        other = tmp_path / "other"
+        other.write_bytes(original)
+        os.replace(other, path)
+        with pytest.raises(WeightportError, match="changed while being converted"):
+            view.tensors[0].read()
+    with read(path) as view:
+        with open(path, "r+b") as fh:
+            fh.truncate(len(original) - 4)
+        with pytest.raises(WeightportError, match="changed"):
+            view.tensors[-1].read()
 
 
 # --- files the safetensors library writes ---------------------------------------------------

@@ -48,6 +48,7 @@ DTYPES = {
     "BOOL": "?",
     "BF16": "<u2",  # the stored bits; given as float32 (`_Widened`)
 }
+_NUMPY = {name: np.dtype(code) for name, code in DTYPES.items()}
 # Types the format defines that weightport does not read, and why.
 _REFUSED = {
     "F8_E4M3": "an 8-bit float", "F8_E5M2": "an 8-bit float", "F8_E8M0": "an 8-bit float", "F4": "a 4-bit float",
@@ -217,7 +218,7 @@ def _entry(path: PathLike, name: str, spec: Any) -> Entry:
         raise WeightportError(path, f"tensor {name!r} has shape {_short(shape)}: not a list of whole numbers >= 0", _HINT_DAMAGED)
     if not isinstance(offsets, list) or len(offsets) != 2 or not all(_whole(n) and n >= 0 for n in offsets) or offsets[0] > offsets[1]:
         raise WeightportError(path, f"tensor {name!r} has data_offsets {_short(offsets)}: not [begin, end] with 0 <= begin <= end", _HINT_DAMAGED)
-    numpy_dtype = np.dtype(_dtype(path, name, dtype))
+    numpy_dtype = _dtype(path, name, dtype)
     declared = math.prod(shape) * numpy_dtype.itemsize  # Python ints: a huge shape cannot overflow
     if declared != offsets[1] - offsets[0]:
         raise WeightportError(path, f"tensor {name!r} of shape {_short(shape)} {dtype} takes {declared:,} bytes, but its data_offsets span "
@@ -235,9 +236,9 @@ def _short(value: Any) -> str:
     return text if len(text) <= 60 else f"{text[:40]}...{text[-12:]}"
 
 
-def _dtype(path: PathLike, name: str, dtype: Any) -> str:
-    if isinstance(dtype, str) and dtype in DTYPES:
-        return DTYPES[dtype]
+def _dtype(path: PathLike, name: str, dtype: Any) -> np.dtype:
+    if isinstance(dtype, str) and dtype in _NUMPY:
+        return _NUMPY[dtype]
     if isinstance(dtype, str) and dtype in _REFUSED:
         raise WeightportError(path, f"tensor {name!r} is {dtype} ({_REFUSED[dtype]}), which weightport does not convert", _HINT_FLOAT)
     raise WeightportError(path, f"tensor {name!r} has dtype {_short(dtype)}, which safetensors does not define", _HINT_DAMAGED)

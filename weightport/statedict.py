@@ -81,9 +81,13 @@ def natural_order(names: Sequence[str]) -> List[str]:
     bias, running_mean, running_var), others after them by name. This is the order of a
     `Sequential` of numbered modules; modules with names (`stem`, `body`, `head`) come out in
     alphabetical order, which a reader must say is assumed."""
+    paths: Dict[str, Tuple[Any, ...]] = {ROOT: ()}  # a module's key made once for all its tensors
+
     def key(name: str) -> Tuple[Any, ...]:
         path, attribute = split_name(name)
-        return _natural(path) if path != ROOT else (), _ATTRIBUTE_ORDER.get(attribute, len(_ATTRIBUTE_ORDER)), attribute, name
+        if path not in paths:
+            paths[path] = _natural(path)
+        return paths[path], _ATTRIBUTE_ORDER.get(attribute, len(_ATTRIBUTE_ORDER)), attribute, name
     return sorted(names, key=key)
 
 
