@@ -213,7 +213,7 @@ def _cmd_verify(args: argparse.Namespace) -> int:
 
 
 def _add_target_options(parser: argparse.ArgumentParser, target: bool = True, many: bool = False) -> None:
-    parser.add_argument("source", metavar="SRC", nargs="+" if many else None, help="the trained weights: .h5 / .hdf5, .weights.h5 or .keras")
+    parser.add_argument("source", metavar="SRC", nargs="+" if many else None, help="the trained weights: .h5 / .hdf5, .weights.h5, .keras or .safetensors")
     if target:
         parser.add_argument("--target", metavar="FILE", help="a file describing the target architecture (e.g. the untrained FCN's save_weights); "
                             "default: derive the fully-convolutional twin from SRC's config")
@@ -274,7 +274,7 @@ def build_parser() -> argparse.ArgumentParser:
     commands.required = True
 
     inspect = commands.add_parser("inspect", help="list the weighted layers of a weights file, in model order")
-    inspect.add_argument("file", metavar="FILE", help=".h5 / .hdf5 (Keras 1-3), .weights.h5 or .keras")
+    inspect.add_argument("file", metavar="FILE", help=".h5 / .hdf5 (Keras 1-3), .weights.h5, .keras or .safetensors")
     inspect.add_argument("--config", metavar="JSON", help="sidecar model config (model.to_json()) for a weights-only file")
     inspect.add_argument("--json", action="store_true", help="print one JSON document (contract in the README)")
     inspect.set_defaults(run=_cmd_inspect)
