@@ -297,6 +297,29 @@ def test_bfloat16_written_by_safetensors_torch_matches_torch(tmp_path: Path) -> 
         np.testing.assert_array_equal(view.tensors[0].read(), weight.float().numpy())
 
 
+def test_named_modules_come_in_alphabetical_order_which_the_view_says_is_assumed(tmp_path: Path) -> None:
+    """A model of named modules (stem, bn, body, head) saved as safetensors: the file cannot say
+    that stem runs first; the view lists them alphabetically and its order says so, naming the
+    options that repair it."""
+    torch = import_or_skip("torch")
+    from safetensors.torch import save_file
+
+    nn = torch.nn
+
+    class Named(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.stem, self.bn = nn.Conv2d(3, 8, 3), nn.BatchNorm2d(8)
+            self.body, self.head = nn.Conv2d(8, 8, 3), nn.Linear(8, 2)
+
+    state = Named().state_dict()
+    save_file(state, str(tmp_path / "named.safetensors"))
+    with read(tmp_path / "named.safetensors") as view:
+        assert [layer.name for layer in view.layers] == ["bn", "body", "head", "stem"]
+        assert view.order == "natural-path-order"
+        assert "named modules alphabetically" in view.order_note and "--map" in view.order_note
+
+
 def _inspected(path: Path, *options: str) -> str:
     result = run_cli("inspect", str(path), *options)
     assert result.returncode == 0, result.stderr
