@@ -1,7 +1,8 @@
 """The ordered, lazy view of a weights file that every later stage works from.
 
 Readers turn each on-disk layout (Keras 1/2 legacy `.h5`, Keras 3 `.weights.h5`, `.keras`
-archives) into this one shape, so the planner never needs to know which layout it reads.
+archives, PyTorch state dicts: `statedict.read_view`) into this one shape, so the planner never
+needs to know which layout it reads; `framework` says whose tensor layouts it holds.
 Tensors hold a `Storage` (where their values lie), not an array: building the view reads no
 tensor data.
 """
