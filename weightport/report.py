@@ -3,11 +3,11 @@
 from __future__ import annotations
 
 import json
-from dataclasses import asdict
 from typing import List, Optional
 
 from .errors import printable
-from .planner import Plan, Step
+from .planner import Plan
+from .rules import RULES
 from .verification import Verification
 from .view import Layer, ModelView, Tensor
 
@@ -101,14 +101,6 @@ def plan_json(plan: Plan) -> str:
     return json.dumps(plan.to_dict(), indent=2)
 
 
-def _rule_label(step: Step) -> str:
-    if step.rule == "units":
-        inner = Step(**{**asdict(step), "rule": step.params["rule"], "params": step.params["params"]})
-        return f"units {step.params['units']} > {_rule_label(inner)}"
-    extra = step.params.get("order") if step.rule == "dense-to-conv" else "flip" if step.params.get("flip") else ""
-    return f"{step.rule} {extra}".strip()
-
-
 def plan_table(plan: Plan, layout: Optional[str] = None) -> str:
     """One row per tensor: source path, target path (in `layout`), shapes, rule, dtype."""
     header = ["#", "source", "shape", "rule", "target", "shape", "dtype"]
@@ -116,7 +108,7 @@ def plan_table(plan: Plan, layout: Optional[str] = None) -> str:
     for i, step in enumerate(plan.steps):
         target = step.target_name if layout == "legacy" or not step.target_keras3 else step.target_keras3
         dtype = step.target_dtype if step.source_dtype == step.target_dtype else f"{step.source_dtype}->{step.target_dtype}"
-        rows.append([str(i), _clip(step.source_path.lstrip("/"), 56), _shape(step.source_shape), _rule_label(step),
+        rows.append([str(i), _clip(step.source_path.lstrip("/"), 56), _shape(step.source_shape), RULES[step.rule].label(step.params),
                      _clip(target, 56), _shape(step.target_shape), dtype])
     rows = _cells(rows)
     widths = [max(len(r[c]) for r in [header] + rows) for c in range(len(header))]

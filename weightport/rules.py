@@ -1,42 +1,36 @@
 """The named rules that turn one source tensor into one target tensor, exactly.
 
-Each rule is a pure function of an array and plain-data parameters (`apply`, the reference
-used by tests and for small tensors), plus, for rules that only move whole rows, a description
-of those moves (`runs`) so the writer can stream any size with flat memory. A "row" is a slice
-along the last axis (the output units of a kernel), so a Dense kernel (N, out) and a Conv
-kernel (h, w, c, out) have the same rows in different orders.
-
-Flatten orders are strings over the window's logical axes: spatial letters ("w" for 1-D,
-"hw" for 2-D, "dhw" for 3-D) and "c" for channels; "hwc" is the order of a channels_last
-Flatten, "chw" that of a raw channels-first flatten, "cwh" that of Permute((3, 2, 1)) + Flatten.
+A rule is everything weightport knows about one transformation, in one entry of `RULES`: a
+pure function of an array and plain-data parameters (`apply`, the reference used by tests and
+for small tensors); for rules that only move whole rows, a description of those moves (`runs`)
+so the writer can stream any size with flat memory; how verification proves a tensor it made
+(`check`, built from `checks`); and how reports name it (`label`). The planner picks a rule
+for each tensor; writers, verification and reports ask the rule. A "row" is a slice along the
+last axis (the output units of a kernel), so a Dense kernel (N, out) and a Conv kernel
+(h, w, c, out) have the same rows in different orders. Flatten orders: see `orders`.
 """
 
 from __future__ import annotations
 
 import itertools
-from dataclasses import dataclass
-from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
+from dataclasses import dataclass, replace
+from typing import TYPE_CHECKING, Any, Callable, Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
 
+from . import checks
+from .checks import At, Check, Context, SAME_ORDER, checked
+from .orders import SPATIAL, canonical_order, check_order
+from .storage import ArrayStorage, Storage
 from .units import select
+
+if TYPE_CHECKING:
+    from .planner import Step
 
 __all__ = ["Rule", "Run", "RULES", "SPATIAL", "canonical_order", "rows_of", "check_order"]
 
 Shape = Tuple[int, ...]
 Params = Dict[str, Any]
-SPATIAL = {1: "w", 2: "hw", 3: "dhw"}
-
-
-def canonical_order(rank: int) -> str:
-    """The target conv's (channels_last) window order for a spatial rank: 'hwc' for 2-D."""
-    return SPATIAL[rank] + "c"
-
-
-def check_order(order: str, rank: int) -> None:
-    """Refuse an order that is not a permutation of the window's axes (ValueError)."""
-    if sorted(order) != sorted(canonical_order(rank)):
-        raise ValueError(f"flatten order '{order}' is not a permutation of '{canonical_order(rank)}'")
 
 
 def rows_of(shape: Sequence[int]) -> Tuple[int, int]:
@@ -57,14 +51,28 @@ class Run:
     count: int
 
 
+def _flip_tag(params: Params) -> str:
+    return "flip" if params.get("flip") else ""
+
+
 @dataclass(frozen=True)
 class Rule:
-    """A named, exact tensor transformation."""
+    """A named, exact tensor transformation: `apply` makes the target from the source in memory;
+    `runs` describes it as row moves for the byte mover (None: done in memory, small tensors);
+    `check(step, source, target, context, at)` proves a tensor it made, from the two storages,
+    as (what was compared, max abs error, max relative error) (see `checks`); `tag(params)`
+    is what the plan's table shows after the name ("chw", "flip")."""
 
     name: str
     summary: str
     apply: Callable[[np.ndarray, Params], np.ndarray]
-    runs: Optional[Callable[[Shape, Params], List[Run]]]  # None: done in memory (small kernels)
+    runs: Optional[Callable[[Shape, Params], List[Run]]]
+    check: Check
+    tag: Callable[[Params], str] = _flip_tag
+
+    def label(self, params: Params) -> str:
+        """The rule as the plan's table names it: `dense-to-conv chw`, `kernel-from-th flip`."""
+        return f"{self.name} {self.tag(params)}".strip()
 
 
 # --- window helpers -----------------------------------------------------------------------
@@ -181,6 +189,19 @@ def _units(array: np.ndarray, params: Params) -> np.ndarray:
     return RULES[params["rule"]].apply(select(array, params["units"]), params["params"])
 
 
+def _check_units(step: "Step", source: Storage, target: Storage, context: Context, at: At = (None, None)) -> Tuple[str, float, float]:
+    """The kept units of the source (a head layer: small), held in memory, checked against the
+    output by the pair's own rule."""
+    kept = select(source.read(), step.params["units"])
+    inner = replace(step, rule=step.params["rule"], params=step.params["params"], source_shape=list(kept.shape))
+    name, worst, relative = RULES[inner.rule].check(inner, ArrayStorage(kept, source.file), target, context)
+    return f"units {step.params['units']}; {name}", worst, relative
+
+
+def _units_tag(params: Params) -> str:
+    return f"{params['units']} > {RULES[params['rule']].label(params['params'])}"
+
+
 def _from_th(array: np.ndarray, params: Params) -> np.ndarray:
     """Keras 1 `th` kernel (out, in, *spatial) -> (*spatial, in, out), flipped if asked."""
     spatial = array.ndim - 2
@@ -188,13 +209,37 @@ def _from_th(array: np.ndarray, params: Params) -> np.ndarray:
     return _flip(kernel, params) if params.get("flip") else kernel
 
 
+def _th_layout(kernel: np.ndarray) -> np.ndarray:
+    """A (out, in, *spatial) kernel seen in Keras's (*spatial, in, out) axis order, for the check
+    (an axis move of its own, not `_from_th`: a wrong transposition there is caught)."""
+    return np.moveaxis(kernel, (0, 1), (-1, -2))
+
+
+def _from_window(params: Params, rank: int) -> Tuple[str, str]:
+    """dense-to-conv's rows: the Dense's in its flatten order, the conv's in the canonical one."""
+    return params["order"], canonical_order(rank)
+
+
+def _to_window(params: Params, rank: int) -> Tuple[str, str]:
+    """conv-to-dense's rows: the conv's canonical order, the Dense's in its flatten order."""
+    return canonical_order(rank), params["order"]
+
+
 RULES: Dict[str, Rule] = {rule.name: rule for rule in (
-    Rule("copy", "same shape, bytes copied as they are", _copy, _identity_runs),
-    Rule("reshape-singleton", "same values, singleton axes added or removed (PReLU alpha (n,) -> (1, 1, n))", _reshape, _identity_runs),
-    Rule("dense-to-1x1", "Dense kernel (in, out) -> 1x1 Conv kernel (1, .., 1, in, out); a reshape", _reshape, _identity_runs),
-    Rule("dense-to-conv", "Dense kernel after Flatten -> Conv kernel covering the window; rows reordered from the flatten order", _dense_to_conv, _dense_to_conv_runs),
-    Rule("conv-to-dense", "Conv kernel -> Dense kernel after Flatten in the given flatten order (inverse of dense-to-conv)", _conv_to_dense, _conv_to_dense_runs),
-    Rule("kernel-flip", "Theano-trained kernel: spatial axes reversed (true convolution -> cross-correlation)", _flip, _flip_runs),
-    Rule("units", "only the output units --units keeps (kernel's last axis, bias), then the pair's own rule; done in memory", _units, None),
-    Rule("kernel-from-th", "Keras 1 'th' kernel (out, in, *spatial) -> (*spatial, in, out), flipped with --flip-kernels", _from_th, None),
+    Rule("copy", "same shape, bytes copied as they are", _copy, _identity_runs,
+         checked(checks.kernel(), rows=SAME_ORDER, rows_equal=True)),
+    Rule("reshape-singleton", "same values, singleton axes added or removed (PReLU alpha (n,) -> (1, 1, n))", _reshape, _identity_runs,
+         checked(checks.values, rows=SAME_ORDER)),
+    Rule("dense-to-1x1", "Dense kernel (in, out) -> 1x1 Conv kernel (1, .., 1, in, out); a reshape", _reshape, _identity_runs,
+         checked(checks.window(SAME_ORDER), rows=SAME_ORDER)),
+    Rule("dense-to-conv", "Dense kernel after Flatten -> Conv kernel covering the window; rows reordered from the flatten order", _dense_to_conv,
+         _dense_to_conv_runs, checked(checks.window(_from_window), rows=_from_window), tag=lambda params: params["order"]),
+    Rule("conv-to-dense", "Conv kernel -> Dense kernel after Flatten in the given flatten order (inverse of dense-to-conv)", _conv_to_dense,
+         _conv_to_dense_runs, checked(checks.window(_to_window), rows=_to_window)),
+    Rule("kernel-flip", "Theano-trained kernel: spatial axes reversed (true convolution -> cross-correlation)", _flip, _flip_runs,
+         checked(checks.kernel(flipped=lambda params: True))),
+    Rule("units", "only the output units --units keeps (kernel's last axis, bias), then the pair's own rule; done in memory", _units, None,
+         _check_units, tag=_units_tag),
+    Rule("kernel-from-th", "Keras 1 'th' kernel (out, in, *spatial) -> (*spatial, in, out), flipped with --flip-kernels", _from_th, None,
+         checked(checks.kernel(_th_layout, flipped=lambda params: bool(params.get("flip"))))),
 )}

@@ -1,0 +1,257 @@
+"""How a rule's result is proved numerically, with numpy only: the pieces each rule's `check`
+is made of (`rules.Rule.check`).
+
+Random inputs go through the source tensor as the source computed with it (a Dense on the
+window flattened in the source's order, a Theano true convolution, a Keras 1 `th` kernel in its
+own layout) and through the target tensor as Keras will (a valid cross-correlation with the
+output's kernel). Values that are simply carried (biases, normalisation statistics) are compared
+element by element. The source's values are taken as the output's dtype stores them, which may
+cost that dtype's own rounding (float32 -> float16) and nothing more: a value beyond its range,
+or an integer dtype, fails the pair. Big tensors are read in blocks, so a check costs little
+memory, and past `Context.full_values` values a tensor whose rule relates rows is checked on
+sampled rows (window positions).
+"""
+
+from __future__ import annotations
+
+import os
+import random
+from typing import TYPE_CHECKING, Any, Callable, Dict, List, Optional, Tuple
+
+import numpy as np
+
+from .errors import WeightportError
+from .orders import canonical_order
+from .precision import Cast, CastLost, cast_to
+from .storage import Storage
+
+if TYPE_CHECKING:
+    from .planner import Step
+
+__all__ = ["Check", "Compare", "Orders", "Context", "At", "BLOCK_BYTES", "SAME_ORDER", "checked", "values", "window", "kernel"]
+
+BLOCK_BYTES = 1 << 20  # float64 working blocks: the check adds a few MiB of memory, whatever the model
+SAMPLES = 3
+At = Tuple[Optional[Tuple[int, int]], Optional[Tuple[int, int]]]  # (source, target): (descriptor, byte offset) where in place
+Result = Tuple[str, float, float]  # (what was compared, max abs error, max relative error)
+Params = Dict[str, Any]
+Orders = Callable[[Params, int], Tuple[str, str]]  # (source, target) row orders over a window of a spatial rank
+
+
+class Context:
+    """What every check of one verification shares: its random numbers from one seed (rows to
+    sample drawn by the standard library, inputs by numpy's generator, made on first use:
+    importing numpy.random costs ~7 MiB of memory, as it loads OpenSSL, and most models never
+    need it), and how big a tensor is checked whole (`full_values`) and how many random rows a
+    bigger one is checked on (`sampled_rows`, besides the first and the last)."""
+
+    def __init__(self, seed: int, full_values: int, sampled_rows: int) -> None:
+        self.seed, self.full_values, self.sampled_rows = seed, full_values, sampled_rows
+        self._rows = random.Random(seed)
+        self._values: Optional[np.random.Generator] = None
+
+    def sample(self, population: int, count: int) -> List[int]:
+        """`count` distinct integers below `population`."""
+        return self._rows.sample(range(population), count)
+
+    def standard_normal(self, shape: Tuple[int, ...]) -> np.ndarray:
+        if self._values is None:
+            self._values = np.random.default_rng(self.seed)
+        return self._values.standard_normal(shape)
+
+
+Check = Callable[["Step", Storage, Storage, Context, At], Result]  # a rule's whole check of one tensor
+Compare = Callable[["Step", Storage, Storage, Cast, Context], Result]  # its check of a tensor checked whole
+
+
+def SAME_ORDER(params: Params, rank: int) -> Tuple[str, str]:
+    """Rows in the same order on both sides: the target's (channels_last) window order."""
+    return canonical_order(rank), canonical_order(rank)
+
+
+def checked(compare: Compare, rows: Optional[Orders] = None, rows_equal: bool = False) -> Check:
+    """A rule's check: `compare` on the source's values as the output's dtype stores them (a dtype
+    that cannot hold them, or loses more than its own rounding, fails the tensor); with `rows`
+    (which rows of the source the target's rows are), a tensor bigger than the context's
+    `full_values` is checked on sampled rows instead, named `values equal` with `rows_equal`, else
+    a dense on the window; `at` as `transfer.raw_location` gives for each side, read straight
+    from the files there."""
+
+    def check(step: "Step", source: Storage, target: Storage, context: Context, at: At = (None, None)) -> Result:
+        cast = cast_to(source.dtype, target.dtype)
+        if cast is None:
+            return f"{source.dtype} -> {target.dtype}: this dtype cannot hold the weights", float("inf"), float("inf")
+        try:
+            if rows is not None and max(source.size, target.size) > context.full_values and min(source.ndim, target.ndim) >= 2:
+                name, diff, rel = _sampled_rows(step, source, target, cast, context, at, rows, rows_equal)
+            else:
+                name, diff, rel = compare(step, source, target, cast, context)
+        except CastLost as lost:
+            return f"{source.dtype} -> {target.dtype} loses more than {target.dtype}'s rounding ({lost})", float("inf"), float("inf")
+        return (f"{name} {cast.label}" if cast.label else name), diff, rel
+
+    return check
+
+
+def values(step: "Step", source: Storage, target: Storage, cast: Cast, context: Context) -> Result:
+    """The same values (maybe reshaped), element by element."""
+    return ("values equal",) + _compare_values(source, target, cast)
+
+
+def window(orders: Orders) -> Compare:
+    """A Dense on the flattened window (rows in its flatten order) against the valid correlation
+    of the conv that covers the window, either side the Dense; `orders` as for `checked`."""
+
+    def compare(step: "Step", source: Storage, target: Storage, cast: Cast, context: Context) -> Result:
+        source_is_conv = len(step.source_shape) > len(step.target_shape)
+        conv_shape = step.source_shape if source_is_conv else step.target_shape
+        rank = len(conv_shape) - 2
+        x = context.standard_normal((SAMPLES,) + tuple(conv_shape[:-1]))  # channels_last windows
+        src_order, tgt_order = orders(step.params, rank)
+        want = _rows_dot(source, _flatten(x, src_order), cast)
+        got = _rows_dot(target, _flatten(x, tgt_order))
+        return (f"dense on window ({tgt_order if source_is_conv else src_order}) vs conv",) + _errors(got, want)
+
+    return compare
+
+
+def kernel(layout: Optional[Callable[[np.ndarray], np.ndarray]] = None, flipped: Callable[[Params], bool] = lambda params: False) -> Compare:
+    """A conv kernel (role kernel, target of rank 3 or more; other tensors: `values`): the
+    source's convolution on random patches against Keras's cross-correlation with the output.
+    `layout` puts the source's kernel in Keras's axis order (*spatial, in, out), None when it is
+    already; `flipped(params)`: the source computed a true convolution (Theano), which flips
+    the input. A kernel already in Keras's layout and not flipped is streamed on both sides;
+    others (Theano-era kernels: small) are read whole."""
+
+    def compare(step: "Step", source: Storage, target: Storage, cast: Cast, context: Context) -> Result:
+        if step.role not in (None, "kernel") or len(step.target_shape) < 3:
+            return values(step, source, target, cast, context)
+        shape = tuple(step.target_shape)
+        spatial = len(shape) - 2
+        x = context.standard_normal((SAMPLES,) + shape[:-1])
+        flip = bool(flipped(step.params))
+        got = _rows_dot(target, x.reshape(SAMPLES, -1))
+        if layout is None and not flip:  # same layout on both sides: stream the source too
+            return ("correlation",) + _errors(got, _rows_dot(source, x.reshape(SAMPLES, -1), cast))
+        weights = cast.store(source.read())
+        if layout is not None:
+            weights = layout(weights)
+        patches = x[(slice(None),) + (slice(None, None, -1),) * spatial] if flip else x  # true convolution flips the input
+        want = np.tensordot(patches, weights, axes=spatial + 1)
+        return ("true convolution vs correlation" if flip else "correlation",) + _errors(got, want)
+
+    return compare
+
+
+def _sampled_rows(step: "Step", source: Storage, target: Storage, cast: Cast, context: Context, at: At, orders: Orders,
+                  equal: bool) -> Result:
+    """A big tensor: random window positions, the source's row for each (found through the
+    source's flatten order) against the target's row for the same position."""
+    conv = step.target_shape if len(step.target_shape) >= len(step.source_shape) else step.source_shape
+    rank = max(len(conv) - 2, 1)
+    axes = canonical_order(rank)
+    dims = dict(zip(axes, conv[:-1])) if len(conv) >= 3 else {"w": 1, "c": conv[0]}
+    src_order, tgt_order = orders(step.params, rank)
+    rows = int(np.prod([dims[a] for a in axes], dtype=np.int64))
+    picked = np.union1d([0, rows - 1], context.sample(rows, min(context.sampled_rows, rows)))  # the edges always
+    position = dict(zip(axes, np.unravel_index(picked, [dims[a] for a in axes])))
+    src_index = np.ravel_multi_index([position[a] for a in src_order], [dims[a] for a in src_order])
+    tgt_index = np.ravel_multi_index([position[a] for a in tgt_order], [dims[a] for a in tgt_order])
+    per_read = max(1, BLOCK_BYTES // (8 * target.shape[-1]))  # rows whose float64 copies fit a block
+    worst, scale = 0.0, 0.0
+    for start in range(0, len(picked), per_read):
+        want = cast.store(_read_rows(source, src_index[start:start + per_read], at[0]))
+        got = _read_rows(target, tgt_index[start:start + per_read], at[1]).astype("float64")
+        worst, scale = max(worst, _max_diff(got, want)), max(scale, _scale(want))
+    name = f"{'values equal' if equal else 'dense on window (' + src_order + ') vs conv'}, {len(picked)} of {rows} rows sampled"
+    return name, worst, _relative(worst, scale)
+
+
+def _read_rows(storage: Storage, rows: np.ndarray, at: Optional[Tuple[int, int]]) -> np.ndarray:
+    """`Storage.read_rows`, straight from the open file when the tensor lies there in place (`at`:
+    descriptor, offset): a row is then one run of bytes, read with one call, where HDF5 would
+    build a selection of every row first."""
+    if at is None:
+        return storage.read_rows(rows)
+    fd, offset = at
+    values = np.empty((len(rows), storage.shape[-1]), storage.dtype)
+    size = values.shape[1] * values.itemsize
+    for k, row in enumerate(rows):
+        if os.preadv(fd, [values[k]], offset + int(row) * size) != size:
+            raise WeightportError(storage.file, "changed or truncated while being verified",
+                                  "convert again once the file is complete and no longer being written")
+    return values
+
+
+def _compare_values(source: Storage, target: Storage, cast: Cast) -> Tuple[float, float]:
+    """Element-by-element comparison, in bounded blocks of the first axis where there is more
+    than one (the same values, maybe reshaped)."""
+    if source.size != target.size:
+        return float("inf"), float("inf")
+    if source.shape != target.shape or source.ndim <= 1 or not source.size:
+        return _errors(target.read().astype("float64").reshape(-1), cast.store(source.read()).reshape(-1))
+    step = max(1, BLOCK_BYTES // max(1, source.size // source.shape[0] * source.dtype.itemsize * 8))
+    worst_diff, scale = 0.0, 0.0
+    for start in range(0, source.shape[0], step):
+        want = cast.store(_leading(source, start, start + step))
+        got = _leading(target, start, start + step).astype("float64")
+        worst_diff, scale = max(worst_diff, _max_diff(got, want)), max(scale, _scale(want))
+    return worst_diff, _relative(worst_diff, scale)
+
+
+def _flatten(x: np.ndarray, order: str) -> np.ndarray:
+    """Flatten channels_last windows (n, *spatial, c) in a given axis order."""
+    canonical = canonical_order(x.ndim - 2)
+    axes = [0] + [1 + canonical.index(a) for a in order]
+    return x.transpose(axes).reshape(x.shape[0], -1)
+
+
+def _leading(storage: Storage, start: int, stop: int) -> np.ndarray:
+    """Indices `start` to `stop` of the first axis of a tensor of at least two (an `[start:stop]`
+    slice), read as the rows they are."""
+    shape = (min(stop, storage.shape[0]) - start,) + storage.shape[1:]
+    if not storage.size:
+        return np.empty(shape, storage.dtype)
+    per_first = storage.size // storage.shape[0] // storage.shape[-1]
+    return storage.read_rows(np.arange(start * per_first, (start + shape[0]) * per_first)).reshape(shape)
+
+
+def _rows_dot(storage: Storage, rows: np.ndarray, cast: Optional[Cast] = None) -> np.ndarray:
+    """rows (n, R) @ the tensor seen as (R, out), reading it in bounded blocks (its values as
+    `cast` stores them: the source's, as the output's dtype holds them)."""
+    shape = storage.shape
+    out = shape[-1]
+    per_first = int(np.prod(shape[1:-1], dtype=np.int64)) if len(shape) > 2 else 1
+    step = max(1, BLOCK_BYTES // max(1, per_first * out * 8))
+    total = np.zeros((rows.shape[0], out))
+    for start in range(0, shape[0], step):
+        block = _leading(storage, start, start + step)
+        block = (cast.store(block) if cast else block.astype("float64")).reshape(-1, out)
+        total += rows[:, start * per_first:start * per_first + block.shape[0]] @ block
+    return total
+
+
+def _max_diff(got: np.ndarray, want: np.ndarray) -> float:
+    """Largest |got - want|, where NaN matches NaN (NaN weights are data) and inf matches inf."""
+    if not got.size:
+        return 0.0
+    same = (got == want) | (np.isnan(got) & np.isnan(want))
+    with np.errstate(invalid="ignore"):
+        diff = np.where(same, 0.0, np.abs(got - want))
+    return float(np.nan_to_num(diff, nan=np.inf).max())
+
+
+def _scale(want: np.ndarray) -> float:
+    finite = np.abs(want[np.isfinite(want)])
+    return float(finite.max()) if finite.size else 0.0
+
+
+def _relative(diff: float, scale: float) -> float:
+    return diff / scale if scale else (0.0 if diff == 0 else float("inf"))
+
+
+def _errors(got: np.ndarray, want: np.ndarray) -> Tuple[float, float]:
+    if got.shape != want.shape:
+        return float("inf"), float("inf")
+    diff = _max_diff(got, want)
+    return diff, _relative(diff, _scale(want))
