@@ -129,6 +129,14 @@ def test_a_malformed_header_is_refused_by_the_command(case: str, tmp_path: Path)
                    cwd=tmp_path, names=path, says=says, out=out)
 
 
+@pytest.mark.parametrize("fixture", ["seq__tfk_weights.h5", "seq__k3.keras"])
+def test_another_format_named_safetensors_is_read_as_what_it_is(fixture: str, tmp_path: Path) -> None:
+    path = tmp_path / "renamed.safetensors"
+    path.write_bytes((ROOT / "fixtures" / fixture).read_bytes())
+    with read(path) as view:
+        assert view.layout != "safetensors" and view.framework == "keras" and view.layers
+
+
 def test_a_file_that_only_looks_like_safetensors_by_name_says_so(tmp_path: Path) -> None:
     """A file named `.safetensors` that is not one is told what is wrong in safetensors terms,
     not 'not an HDF5 file'."""

@@ -57,6 +57,7 @@ _REFUSED = {
 _HINT_DAMAGED = "the file is damaged or was not written by a safetensors writer; save or download it again"
 _HINT_FLOAT = "save the weights as float32 or float16 (`model.float()` before `save_file`)"
 _LENGTH = struct.Struct("<Q")
+_OTHER_FORMATS = (b"\x89HDF\r\n\x1a\n", b"PK\x03\x04")  # what an HDF5 file and a zip (.keras, torch.save) begin with
 LAYOUT = "safetensors"
 ORDER = "natural-path-order"
 _ORDER_NOTE = ("safetensors does not record module order; module paths in natural order (features.2 before features.10), "
@@ -75,12 +76,13 @@ class Header:
 
 def looks_like_safetensors(path: PathLike, fd: int) -> bool:
     """A safetensors file by content (an 8-byte header length the file can hold, then a JSON
-    object), whatever its name; or by name: a file called `.safetensors` is read as one so that
-    what is wrong with it is said in its terms (a bad header length), not as "not an HDF5 file"."""
-    if str(path).endswith(SUFFIX):
-        return True
+    object), whatever its name; or by name, unless it begins as another format does (an HDF5
+    file or a zip renamed): a file called `.safetensors` is read as one so that what is wrong
+    with it is said in its terms (a bad header length), not as "not an HDF5 file"."""
     head = os.pread(fd, _LENGTH.size + 1, 0)
-    return len(head) == _LENGTH.size + 1 and head.endswith(b"{") and _LENGTH.unpack(head[:-1])[0] <= os.fstat(fd).st_size - _LENGTH.size
+    if len(head) == _LENGTH.size + 1 and head.endswith(b"{") and _LENGTH.unpack(head[:-1])[0] <= os.fstat(fd).st_size - _LENGTH.size:
+        return True
+    return str(path).endswith(SUFFIX) and not head.startswith(_OTHER_FORMATS)
 
 
 def read_safetensors(path: PathLike, fd: int) -> ModelView:
