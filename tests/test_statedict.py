@@ -4,6 +4,7 @@ roles, checked on hand-made entries and on real PyTorch models' state dicts."""
 from __future__ import annotations
 
 import random
+import time
 from typing import Dict, List, Sequence, Tuple
 
 import pytest
@@ -56,6 +57,17 @@ def test_natural_order_is_total_on_mixed_parts() -> None:
     assert ordered[0] == "weight"
     assert ordered.index("a.b2c.weight") < ordered.index("a.b10c.weight")
     assert ordered.index("a.1.weight") < ordered.index("a.1.0.bias")
+
+
+def test_natural_order_takes_numbers_longer_than_python_converts() -> None:
+    """A file's key may hold a 5,000-digit run, which int() refuses (past 4,300 digits): it is
+    still ordered as the number it writes, at once, not an internal error."""
+    huge = "9" * 5000
+    names = [f"features.{huge}.weight", f"features.1{huge}.weight", "features.10.weight", f"features.0{huge}.bias", "features.2.weight"]
+    start = time.process_time()
+    assert natural_order(names) == ["features.2.weight", "features.10.weight", f"features.{huge}.weight", f"features.0{huge}.bias",
+                                    f"features.1{huge}.weight"]
+    assert time.process_time() - start < 0.1
 
 
 @pytest.mark.parametrize("spec, expected", [

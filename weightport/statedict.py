@@ -70,8 +70,16 @@ def split_name(name: str) -> Tuple[str, str]:
 def _natural(text: str) -> Tuple[Any, ...]:
     """`features.10` after `features.2`, `layer10` after `layer2`: each dotted part split into its
     text and its digit runs, the runs compared as numbers (`re.split` puts text at even places
-    and numbers at odd ones, so like is always compared with like)."""
-    return tuple(tuple(int(piece) if i % 2 else piece for i, piece in enumerate(_DIGITS.split(part))) for part in text.split("."))
+    and numbers at odd ones, so like is always compared with like). A run is compared as its
+    length without leading zeros, then its digits: the order of the numbers, with no int() of
+    a hostile file's 5,000-digit run (which Python refuses)."""
+    return tuple(tuple(_number(piece) if i % 2 else piece for i, piece in enumerate(_DIGITS.split(part))) for part in text.split("."))
+
+
+def _number(digits: str) -> Tuple[int, str]:
+    """A run of digits as a key in the order of the numbers: `2` before `10`, `010` level with `10`."""
+    significant = digits.lstrip("0")
+    return len(significant), significant
 
 
 def natural_order(names: Sequence[str]) -> List[str]:
