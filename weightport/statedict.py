@@ -177,8 +177,9 @@ def read_view(path: Union[str, Path], layout: str, entries: Sequence[Entry], ord
               notes: Sequence[str] = ()) -> ModelView:
     """The view of a state dict whose entries (in the order the format gives or implies) carry
     their `Storage` as `source`: one layer per module, named by its path, its tensors named by
-    their state-dict keys; `notes` are the reader's own. `framework` says the tensors are in PyTorch's layouts (a Linear's
-    weight is (out, in), a conv's (out, in, *k)): the planner must not take them for Keras's."""
+    their state-dict keys; `notes` are the reader's own. `framework` says the tensors are in
+    PyTorch's layouts (a Linear's weight is (out, in), a conv's (out, in, *k)): the planner must
+    not take them for Keras's."""
     found = modules(entries)
     budgets.check_state_dict(path, modules=len(found))
     if not found:
