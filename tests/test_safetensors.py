@@ -94,6 +94,8 @@ MALFORMED: Dict[str, Tuple[Callable[[Path], Path], str]] = {
     "bytes after the last tensor": (lambda d: declared(d / "x.safetensors", f32("a", (2,)), FOUR), "the last 8 bytes of the file belong to no tensor"),
     "too many tensors": (lambda d: declared(d / "x.safetensors", {f"m{i}.weight": ("F32", [0], [0, 0]) for i in range(budgets.MAX_TENSORS + 1)}, b""),
                          f"more than weightport converts ({budgets.MAX_TENSORS:,}"),
+    "key of a million dotted parts": (lambda d: declared(d / "x.safetensors", f32("1." * 1_000_000 + "weight"), FOUR),
+                                      f"key of 2,000,006 characters, more than any model's ({budgets.MAX_KEY_CHARS:,})"),
     "metadata of numbers": (lambda d: declared(d / "x.safetensors", f32(), FOUR, __metadata__={"epoch": 3}), "__metadata__ is not a map of strings"),
     "metadata a list": (lambda d: declared(d / "x.safetensors", f32(), FOUR, __metadata__=["a"]), "__metadata__ is not a map of strings"),
     "no tensors": (lambda d: declared(d / "x.safetensors", {}, b"", __metadata__={"format": "pt"}), "no weights in it (no tensors)"),

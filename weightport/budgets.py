@@ -41,6 +41,9 @@ MAX_LAYERS = 4_000
 # Tensors of a state dict (a PyTorch file lists each module's weight, bias, running statistics
 # and counter): five for each of `MAX_LAYERS` modules.
 MAX_TENSORS = 5 * MAX_LAYERS
+# A state-dict key (`model.diffusion_model.output_blocks.11.1.transformer_blocks.0.attn1.to_q.weight`
+# is 80): a 16 MB key of a million dotted parts costs seconds and gigabytes to order and print.
+MAX_KEY_CHARS = 1_000
 # Groups below a Keras 3 file's root: a layer of a model nested in a model nested in ... sits a few
 # levels deeper per model (`layers/functional/layers/dense/vars`); no real file nests this deep.
 MAX_NESTING = 64
@@ -118,9 +121,12 @@ def check_layer_count(count: int, source: PathLike) -> None:
         raise WeightportError(source, f"model config of {count:,} layers, more than any model has ({MAX_LAYERS:,})", "give the output of model.to_json()")
 
 
-def check_state_dict(path: PathLike, tensors: int = 0, modules: int = 0) -> None:
+def check_state_dict(path: PathLike, tensors: int = 0, modules: int = 0, longest: int = 0) -> None:
     """A state dict of no more than `MAX_TENSORS` tensors, in no more than `MAX_LAYERS` modules
-    (each module is a layer to pair, plan and write)."""
+    (each module is a layer to pair, plan and write), whose longest key has no more than `MAX_KEY_CHARS`."""
+    if longest > MAX_KEY_CHARS:
+        raise WeightportError(path, f"names a tensor with a key of {longest:,} characters, more than any model's ({MAX_KEY_CHARS:,})",
+                              "the file is damaged or was not written from a model's state_dict(); save or download it again")
     if tensors > MAX_TENSORS:
         raise WeightportError(path, f"declares {tensors:,} tensors, more than weightport converts ({MAX_TENSORS:,}: five for each of {MAX_LAYERS:,} layers)",
                               "convert a model of fewer layers, or a part of the state dict saved on its own")

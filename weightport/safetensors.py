@@ -146,7 +146,7 @@ def read_header(path: PathLike, fd: int) -> Header:
     header = _parse(path, _read_exactly(path, fd, length))
     start = _LENGTH.size + length
     metadata = _metadata(path, header.pop("__metadata__", None))
-    budgets.check_state_dict(path, tensors=len(header))
+    budgets.check_state_dict(path, tensors=len(header), longest=max(map(len, header), default=0))
     entries = {name: _entry(path, name, spec) for name, spec in header.items()}
     _check_tiling(path, entries, size - start)
     bfloat16 = frozenset(name for name, spec in header.items() if spec["dtype"] == "BF16")

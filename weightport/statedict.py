@@ -180,6 +180,7 @@ def read_view(path: Union[str, Path], layout: str, entries: Sequence[Entry], ord
     their state-dict keys; `notes` are the reader's own. `framework` says the tensors are in
     PyTorch's layouts (a Linear's weight is (out, in), a conv's (out, in, *k)): the planner must
     not take them for Keras's."""
+    budgets.check_state_dict(path, longest=max((len(entry.name) for entry in entries), default=0))
     found = modules(entries)
     budgets.check_state_dict(path, modules=len(found))
     if not found:
