@@ -56,11 +56,11 @@ def is_keras3(f: h5py.File, path: Union[str, Path]) -> bool:
 def read_keras3(f: h5py.File, path: Union[str, Path], image: Image, config: Optional[ModelConfig] = None,
                 layout: str = "keras3-weights-h5", keras_version: Optional[str] = None) -> ModelView:
     """Build the view of a `.weights.h5` file (or the weights member of a `.keras` archive), `f` opened as `image`."""
-    found = dict(_walk(f, path))
+    found = dict(_walk(f, path, image, addresses=config is None))
     if config is not None:
-        layers, order, note = _in_config_order(found, config, path, image), "config", "the model config's layer order"
+        layers, order, note = _in_config_order(found, config, path), "config", "the model config's layer order"
     else:
-        layers, order, note = _in_file_order(found, path, image)
+        layers, order, note = _in_file_order(found, path)
     weighted = {layer.name for layer in layers}
     if config is not None:
         for layer in layers:
@@ -80,17 +80,30 @@ def read_keras3(f: h5py.File, path: Union[str, Path], image: Image, config: Opti
     )
 
 
+class _Dataset(NamedTuple):
+    """A dataset of a `vars` group as the walk found it: its path, its checked storage, and (when
+    asked for) where its header lies in the file."""
+
+    path: str
+    storage: HDF5Storage
+    address: Optional[int]
+
+
 class _Vars(NamedTuple):
-    """A layer's `vars` group and its datasets by name, each opened once."""
+    """A layer's `vars` group and its datasets by name, each opened once, checked and closed
+    again as the walk meets it: HDF5 holds ~17 KiB for each open dataset, 10 MiB of peak memory
+    for DenseNet121's 606 kept open until the layers are made."""
 
     group: h5py.Group
-    datasets: Dict[str, h5py.Dataset]
+    datasets: Dict[str, _Dataset]
 
 
-def _walk(root: h5py.Group, path: Union[str, Path]) -> List[Tuple[str, _Vars]]:
-    """(group path, vars) for every group whose `vars` holds datasets. Iterative, and each
-    group is entered once, so a damaged file whose groups nest thousands deep or link back to an
-    ancestor cannot make it recurse without end; a link into another file is refused (`member`)."""
+def _walk(root: h5py.File, path: Union[str, Path], image: Image, addresses: bool = False) -> List[Tuple[str, _Vars]]:
+    """(group path, vars) for every group whose `vars` holds datasets, each dataset checked
+    (`checked_tensor`) and made a storage (with its header's address when `addresses`: the order
+    of a file without a config). Iterative, and each group is entered once, so a damaged file
+    whose groups nest thousands deep or link back to an ancestor cannot make it recurse without
+    end; a link into another file is refused (`member`)."""
     found: List[Tuple[str, _Vars]] = []
     seen = {root.id}
     pending = [(root, 0)]
@@ -106,22 +119,34 @@ def _walk(root: h5py.Group, path: Union[str, Path]) -> List[Tuple[str, _Vars]]:
             if key != "vars":
                 pending.append((child, depth + 1))
                 continue
-            datasets = {name: value for name, value in members(child, path) if isinstance(value, h5py.Dataset)}
+            datasets = {name: _found(value, root, path, image, addresses) for name, value in members(child, path) if isinstance(value, h5py.Dataset)}
             if datasets:
                 found.append((group.name.lstrip("/"), _Vars(child, datasets)))
     return found
 
 
-def _tensors(found: _Vars, path: Union[str, Path], image: Image, roles_of, relative: str) -> List[Tensor]:
+def _found(dataset: h5py.Dataset, root: h5py.File, path: Union[str, Path], image: Image, address: bool) -> _Dataset:
+    """A dataset the walk met, checked and kept as its storage; the dataset itself closes."""
+    checked_tensor(dataset, root, path)
+    return _Dataset(dataset.name, HDF5Storage(dataset, image), _header_address(dataset) if address else None)
+
+
+def _header_address(dataset: h5py.Dataset) -> Optional[int]:
+    """Where its header lies in the file (None where HDF5 cannot say)."""
+    try:
+        return h5py.h5o.get_info(dataset.id).addr
+    except (AttributeError, RuntimeError):
+        return None
+
+
+def _tensors(found: _Vars, path: Union[str, Path], roles_of, relative: str) -> List[Tensor]:
     """The numbered tensors of one `vars` group, `relative` being where it sits below its layer."""
     vars_group = found.group
     keys = budgets.vars_keys(list(found.datasets), vars_group.name, path)
     roles = roles_of(relative, len(keys))
-    root = vars_group.file
-    datasets = [checked_tensor(found.datasets[key], root, path) for key in keys]
     prefix = f"{relative}/" if relative else ""
-    return [Tensor(f"{prefix}vars/{key}" if relative else key, role, ds.name, HDF5Storage(ds, image), f"{prefix}vars/{key}")
-            for key, ds, role in zip(keys, datasets, roles)]
+    return [Tensor(f"{prefix}vars/{key}" if relative else key, role, found.datasets[key].path, found.datasets[key].storage, f"{prefix}vars/{key}")
+            for key, role in zip(keys, roles)]
 
 
 def _class_from_path(group_path: str) -> Optional[str]:
@@ -129,7 +154,7 @@ def _class_from_path(group_path: str) -> Optional[str]:
     return _CLASS_BY_SNAKE.get(_NUMBERED.sub("", last))
 
 
-def _make_layer(group_path: str, groups: Dict[str, _Vars], path: Union[str, Path], image: Image, class_name: Optional[str],
+def _make_layer(group_path: str, groups: Dict[str, _Vars], path: Union[str, Path], class_name: Optional[str],
                 name: Optional[str], spec_config: Optional[dict] = None, **extra) -> Layer:
     """One layer from its `vars` groups (`groups`: path below the layer -> vars; "" its own):
     wrappers and recurrent layers keep their tensors in sub-objects, listed in Keras's order."""
@@ -141,7 +166,7 @@ def _make_layer(group_path: str, groups: Dict[str, _Vars], path: Union[str, Path
     return Layer(
         name=name or _stored_name(group_path, groups, path),
         class_name=class_name,
-        weights=[t for relative in relatives for t in _tensors(groups[relative], path, image, roles_of, relative)],
+        weights=[t for relative in relatives for t in _tensors(groups[relative], path, roles_of, relative)],
         group=groups[""].group.name if relatives == [""] else "/" + group_path,
         config=spec_config,
         wrapped=wrapped_class(class_name, spec_config),
@@ -174,7 +199,7 @@ def _by_layer(found: Dict[str, _Vars], owners: Collection[str]) -> Dict[str, Dic
     return layers
 
 
-def _in_config_order(found: Dict[str, _Vars], config: ModelConfig, path: Union[str, Path], image: Image) -> List[Layer]:
+def _in_config_order(found: Dict[str, _Vars], config: ModelConfig, path: Union[str, Path]) -> List[Layer]:
     owners = {spec.k3_path for spec in config.layers}
     owned = _by_layer(found, owners)
     unowned = sorted(p for p in found if _owner(p, owners) is None)
@@ -185,7 +210,7 @@ def _in_config_order(found: Dict[str, _Vars], config: ModelConfig, path: Union[s
     for spec in config.layers:
         groups = owned.get(spec.k3_path)
         if groups is not None:
-            layers.append(_make_layer(spec.k3_path, groups, path, image, spec.class_name, spec.name, spec.config,
+            layers.append(_make_layer(spec.k3_path, groups, path, spec.class_name, spec.name, spec.config,
                                       container=spec.container, data_format=spec.data_format, inbound=list(spec.inbound)))
     return layers
 
@@ -198,14 +223,14 @@ def _layer_group(group_path: str) -> str:
     return "/".join(parts[: starts[-1] + 1]) if starts else group_path
 
 
-def _in_file_order(found: Dict[str, _Vars], path: Union[str, Path], image: Image) -> Tuple[List[Layer], str, str]:
+def _in_file_order(found: Dict[str, _Vars], path: Union[str, Path]) -> Tuple[List[Layer], str, str]:
     layers = _by_layer(found, {_layer_group(p) for p in found})
     addresses = {p: _written_at(groups) for p, groups in layers.items()}
     if all(a is not None for a in addresses.values()):
         ordered, order, note = _merge_by_address(layers, addresses), "write-order", _ORDER_NOTE
     else:
         ordered, order, note = sorted(layers, key=natural_key), "path", _ORDER_NOTE_NO_OFFSET
-    return [_make_layer(p, layers[p], path, image, _class_from_path(p), None) for p in ordered], order, note
+    return [_make_layer(p, layers[p], path, _class_from_path(p), None) for p in ordered], order, note
 
 
 def _merge_by_address(found: Dict[str, Any], addresses: Dict[str, int]) -> List[str]:
@@ -226,11 +251,8 @@ def _merge_by_address(found: Dict[str, Any], addresses: Dict[str, int]) -> List[
 def _written_at(groups: Dict[str, _Vars]) -> Optional[int]:
     """The address of the layer's first dataset header: headers are laid down in creation order
     (unlike raw data, which HDF5 may place out of order in its small-data block)."""
-    try:
-        addresses = [h5py.h5o.get_info(ds.id).addr for found in groups.values() for ds in found.datasets.values()]
-    except (AttributeError, RuntimeError):
-        return None
-    return min(addresses) if addresses else None
+    addresses = [ds.address for found in groups.values() for ds in found.datasets.values()]
+    return None if not addresses or None in addresses else min(addresses)
 
 
 def natural_key(group_path: str) -> List[Tuple[str, int]]:
