@@ -7,6 +7,7 @@ bad input, exactly as the CLI reports it. Nothing here imports TensorFlow.
 from __future__ import annotations
 
 import contextlib
+import functools
 import inspect
 import tempfile
 from dataclasses import replace
@@ -19,6 +20,7 @@ from .head import HeadRole, analyze_head
 from .config import parse_model_config
 from .keras_check import code_in
 from .keras_load import LoadFailed, keras_of, load_in_keras
+from .options import PLAN_OPTIONS
 from .planner import Plan, PlanOptions, make_plan, refuse_lossy_casts
 from .readers import read
 from .target import target_from_view
@@ -62,7 +64,8 @@ def _twin_plan(src: ModelView, flatten: Optional[Sequence[int]], options: PlanOp
     head = analyze_head(src, flatten, options.source_order)
     pooled = _score_map_poolings(src, head) if options.score_map else []
     left_out = [*options.skips, *options.drops]
-    built = make_plan(src, derive_twin(src, head, left_out), head, PlanOptions(options.source_order, options.flip_kernels, drops=left_out))
+    built = make_plan(src, derive_twin(src, head, left_out), head, PlanOptions(source_order=options.source_order, flip_kernels=options.flip_kernels,
+                                                                              drops=left_out))
     built.notes += [f"{name}: taken out (--score-map): the head runs at every location, giving (rows, cols, classes)" for name in pooled]
     return built
 
@@ -82,9 +85,26 @@ def _derived_only(options: PlanOptions, target: Optional[PathLike]) -> None:
                               "leave out --target, or build the target without its pooling")
 
 
-def _options(source_order: Optional[str], flip_kernels: bool, maps: Optional[Dict[str, str]], skips: Optional[List[str]],
-             drops: Optional[List[str]], units: Optional[Dict[str, Any]], align: bool, score_map: bool) -> PlanOptions:
-    return PlanOptions(source_order, flip_kernels, maps, skips, drops, units, align, score_map)  # checked there
+def _plan_options(function: Callable[..., Any]) -> Callable[..., Any]:
+    """`function`, which takes `options` (a PlanOptions), as it is called: with each of
+    `options.PLAN_OPTIONS` as a keyword of its own in `options`'s place (its signature, and
+    `help()`, show them), made into one PlanOptions, which checks them. A keyword it does not
+    take is the TypeError Python gives for any."""
+    signature = inspect.signature(function)
+    parameters = []
+    for name, parameter in signature.parameters.items():
+        parameters += [inspect.Parameter(o.name, inspect.Parameter.KEYWORD_ONLY, default=o.default, annotation=o.type)
+                       for o in PLAN_OPTIONS] if name == "options" else [parameter]
+    shown = signature.replace(parameters=parameters)
+
+    @functools.wraps(function)
+    def call(*args: Any, **kwargs: Any) -> Any:
+        given = shown.bind(*args, **kwargs).arguments
+        options = PlanOptions(**{o.name: given.pop(o.name, o.default) for o in PLAN_OPTIONS})
+        return function(**given, options=options)
+
+    call.__signature__ = shown  # type: ignore[attr-defined]
+    return call
 
 
 def _files(source: Any, target: Any, config: Any, flatten: Any) -> Tuple[str, Optional[str], Optional[str], Optional[Tuple[int, ...]]]:
@@ -94,10 +114,9 @@ def _files(source: Any, target: Any, config: Any, flatten: Any) -> Tuple[str, Op
 
 
 @speaks_api
+@_plan_options
 def plan(source: PathLike, target: Optional[PathLike] = None, *, config: Optional[PathLike] = None,
-         flatten: Optional[Sequence[int]] = None, source_order: Optional[str] = None, flip_kernels: bool = False,
-         maps: Optional[Dict[str, str]] = None, skips: Optional[List[str]] = None, drops: Optional[List[str]] = None,
-         units: Optional[Dict[str, Any]] = None, align: bool = False, score_map: bool = False) -> Plan:
+         flatten: Optional[Sequence[int]] = None, options: PlanOptions) -> Plan:
     """Plan a conversion without writing anything.
 
     Args:
@@ -122,18 +141,16 @@ def plan(source: PathLike, target: Optional[PathLike] = None, *, config: Optiona
         >>> [(s.target_layer, s.rule) for s in p.steps][-6:]  # doctest: +SKIP
     """
     source, target, config, flatten = _files(source, target, config, flatten)
-    options = _options(source_order, flip_kernels, maps, skips, drops, units, align, score_map)
     _derived_only(options, target)
     with planned(source, target, config, flatten, options) as (built, _):
         return built
 
 
 @speaks_api
+@_plan_options
 def convert(source: PathLike, out: PathLike, target: Optional[PathLike] = None, *, force: bool = False,
             full_model: bool = False, config: Optional[PathLike] = None, flatten: Optional[Sequence[int]] = None,
-            source_order: Optional[str] = None, flip_kernels: bool = False, maps: Optional[Dict[str, str]] = None,
-            skips: Optional[List[str]] = None, drops: Optional[List[str]] = None, units: Optional[Dict[str, Any]] = None,
-            align: bool = False, score_map: bool = False, progress: Optional[Callable[[int, int], None]] = None,
+            options: PlanOptions, progress: Optional[Callable[[int, int], None]] = None,
             verify: bool = True, compression: Optional[str] = None) -> Plan:
     """Plan, write and (by default) verify the conversion to `out`.
 
@@ -162,7 +179,6 @@ def convert(source: PathLike, out: PathLike, target: Optional[PathLike] = None, 
     out = arguments.path("out", out)
     force, full_model, verify = (arguments.flag(name, value) for name, value in (("force", force), ("full_model", full_model), ("verify", verify)))
     progress, compression = arguments.progress(progress), arguments.compression(compression)
-    options = _options(source_order, flip_kernels, maps, skips, drops, units, align, score_map)
     _derived_only(options, target)
     layout = output_layout(Path(out))
     if full_model and layout != "legacy":
@@ -214,10 +230,9 @@ def _whole_model_config(views: Dict[str, ModelView], source: str, target: Option
 
 
 @speaks_api
+@_plan_options
 def verify(source: PathLike, out: PathLike, *, config: Optional[PathLike] = None, flatten: Optional[Sequence[int]] = None,
-           source_order: Optional[str] = None, flip_kernels: bool = False, maps: Optional[Dict[str, str]] = None,
-           skips: Optional[List[str]] = None, drops: Optional[List[str]] = None, units: Optional[Dict[str, Any]] = None,
-           align: bool = False, score_map: bool = False, atol: float = 1e-6, rtol: float = 1e-5) -> Verification:
+           options: PlanOptions, atol: float = 1e-6, rtol: float = 1e-5) -> Verification:
     """Prove numerically, with numpy only, that `out` is `source` converted.
 
     Each layer pair of `source` and `out` (paired as `plan` pairs them, with `out` as the
@@ -231,7 +246,6 @@ def verify(source: PathLike, out: PathLike, *, config: Optional[PathLike] = None
     """
     source, _, config, flatten = _files(source, None, config, flatten)
     out, atol, rtol = arguments.path("out", out), arguments.tolerance("atol", atol), arguments.tolerance("rtol", rtol)
-    options = _options(source_order, flip_kernels, maps, skips, drops, units, align, score_map)
     digests.start(source)
     try:
         return _verify(source, out, config, flatten, options, atol, rtol, digest=True)

@@ -11,15 +11,16 @@ from __future__ import annotations
 import math
 import numbers
 import os
-from pathlib import Path
-from typing import Any, Callable, Optional, Tuple, Union
 
 from .errors import WeightportError
+
+TYPE_CHECKING = False  # typing is not imported at run time: the command line's options are declared with these (weightport.options)
+if TYPE_CHECKING:
+    from typing import Any, Callable, Optional, Tuple
 
 __all__ = ["path", "window", "source_order", "flag", "tolerance", "compression", "progress", "SOURCE_ORDERS"]
 
 SOURCE_ORDERS = ("hwc", "chw")
-PathLike = Union[str, Path]
 
 
 def path(what: str, value: Any, optional: bool = False) -> Optional[str]:

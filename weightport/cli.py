@@ -14,9 +14,10 @@ import os
 import sys
 TYPE_CHECKING = False  # typing is not imported at run time (start-up: tests/test_lean_cli.py)
 if TYPE_CHECKING:
-    from typing import Any, List, NoReturn, Optional, Tuple
+    from typing import Any, List, NoReturn, Optional
 
 from . import interrupt
+from . import options as option_table
 from ._version import __version__
 from .errors import WeightportError, printable
 
@@ -79,26 +80,9 @@ def _positive(text: str) -> int:
     return int(text)
 
 
-def _pair(text: str) -> Tuple[str, str]:
-    src, sep, dst = text.partition("=")
-    if not sep or not src or not dst:
-        raise argparse.ArgumentTypeError(f"'{text}' is not SRC_LAYER=DST_LAYER")
-    return src, dst
-
-
-def _units(text: str) -> Tuple[str, str]:
-    """`LAYER=SPEC`; the SPEC itself is checked with the other options (`planner.PlanOptions`)."""
-    layer, sep, spec = text.rpartition("=")
-    if not sep or not layer:
-        raise argparse.ArgumentTypeError(f"'{text}' is not SRC_LAYER=SPEC")
-    return layer, spec
-
-
 def _plan_options(args: argparse.Namespace) -> dict:
     """The target options as the API takes them (which checks them: `planner.PlanOptions`)."""
-    return dict(config=args.config, flatten=args.flatten, source_order=args.source_order, flip_kernels=args.flip_kernels,
-                maps=dict(args.map or []), skips=list(args.skip or []), drops=list(args.drop or []), units=dict(args.units or []),
-                align=args.align, score_map=args.score_map)
+    return dict(config=args.config, flatten=args.flatten, **option_table.from_cli(args))
 
 
 def _cmd_plan(args: argparse.Namespace) -> int:
@@ -219,18 +203,7 @@ def _add_target_options(parser: argparse.ArgumentParser, target: bool = True, ma
                             "default: derive the fully-convolutional twin from SRC's config")
     parser.add_argument("--config", metavar="JSON", help="sidecar model config (model.to_json()) for a weights-only SRC")
     parser.add_argument("--flatten", metavar="H,W,C", type=_window, help="the window that fed the first Dense (L,C / H,W,C / D,H,W,C) when SRC has no config")
-    parser.add_argument("--source-order", choices=("hwc", "chw"), help="order in which SRC's Flatten saw its input (default: from the config; hwc)")
-    parser.add_argument("--flip-kernels", action="store_true", help="SRC's conv kernels were trained by Theano (true convolution): flip them spatially")
-    parser.add_argument("--map", metavar="SRC_LAYER=DST_LAYER", type=_pair, action="append", help="pair these two layers (repeatable)")
-    parser.add_argument("--skip", metavar="DST_LAYER", action="append",
-                        help="leave this target layer out of the pairing: it keeps the target's values (repeatable)")
-    parser.add_argument("--drop", metavar="SRC_LAYER", action="append", help="leave this source layer out of the pairing: not written (repeatable)")
-    parser.add_argument("--align", action="store_true",
-                        help="pair unequal layer lists by the one order-preserving alignment whose every pair a rule makes exact")
-    parser.add_argument("--units", metavar="SRC_LAYER=SPEC", type=_units, action="append",
-                        help="keep only these output units of the layer: START:STOP or a list like 0,5,9 (repeatable)")
-    parser.add_argument("--score-map", action="store_true",
-                        help="derived twin: take a global-pooling head's pooling out, so it outputs (rows, cols, classes)")
+    option_table.add_to(parser)
 
 
 class _Formatter(argparse.HelpFormatter):

@@ -11,15 +11,16 @@ JSON and reviewed before anything is written.
 from __future__ import annotations
 
 from collections import defaultdict, deque
-from dataclasses import asdict, dataclass, field
-from typing import Any, Deque, Dict, List, Mapping, Optional, Sequence, Tuple
+from dataclasses import asdict, dataclass, field, make_dataclass
+from typing import Any, Deque, Dict, List, Optional, Tuple
 
 import numpy as np
 
-from . import arguments, statedict, units
+from . import statedict, units
 from .align import Ambiguous, align
 from .errors import WeightportError, printable
 from .head import HeadRole, is_conv_kernel, is_th_kernel, layer_class, parse_source_order
+from .options import PLAN_OPTIONS
 from .precision import cast_to
 from .roles import guess_class
 from .rules import RULES, canonical_order
@@ -32,55 +33,17 @@ __all__ = ["PlanOptions", "Step", "AlignRow", "Plan", "make_plan", "refuse_lossy
 ASSUMED_ORDERS = {"write-order", "path"}
 
 
-@dataclass
-class PlanOptions:
-    """The user's choices that shape a plan (CLI flags of the same names)."""
-
-    source_order: Optional[str] = None  # hwc | chw
-    flip_kernels: bool = False
-    maps: Dict[str, str] = field(default_factory=dict)  # source layer -> target layer
-    skips: List[str] = field(default_factory=list)  # target layers left out of the pairing
-    drops: List[str] = field(default_factory=list)  # source layers left out of the pairing
-    units: Dict[str, units.Spec] = field(default_factory=dict)  # source layer -> the output units kept
-    align: bool = False  # pair the layer lists by an order-preserving alignment
-    score_map: bool = False  # derived twin: a global-pooling head's pooling taken out
-
-    def __post_init__(self) -> None:
-        """Checked here, once, whether the options come from the API or the command line."""
-        self.maps = _mapping("maps", self.maps)
-        self.skips, self.drops = _names("skips", self.skips), _names("drops", self.drops)
-        self.units = {layer: _unit_spec(layer, spec) for layer, spec in _mapping("units", self.units).items()}
-        self.source_order = arguments.source_order(self.source_order)
-        for name in ("flip_kernels", "align", "score_map"):
-            arguments.flag(name, getattr(self, name))
+def _check_options(self: "PlanOptions") -> None:
+    """Checked here, once, whether the options come from the API or the command line."""
+    for option in PLAN_OPTIONS:
+        setattr(self, option.name, option.check(option.name, getattr(self, option.name)))
 
 
-def _names(what: str, value: Optional[Sequence[str]]) -> List[str]:
-    """Layer names: a list (a lone string would be taken letter by letter)."""
-    if value is None:
-        return []
-    if not isinstance(value, (list, tuple)) or not all(isinstance(name, str) for name in value):
-        raise WeightportError(None, f"{what} takes a list of layer names, not {value!r}", f"e.g. {what}=['predictions']")
-    return list(value)
-
-
-def _mapping(what: str, value: Optional[Mapping[str, Any]]) -> Dict[str, Any]:
-    if value is None:
-        return {}
-    names = list(value.items()) if isinstance(value, Mapping) else None
-    if names is None or not all(isinstance(name, str) and (what == "units" or isinstance(other, str)) for name, other in names):
-        raise WeightportError(None, f"{what} takes a dict keyed by source layer names, not {value!r}",
-                              f"e.g. {what}={{'predictions': {'1:1001' if what == 'units' else repr('score')}}}")
-    return dict(value)
-
-
-def _unit_spec(layer: str, spec: units.Spec) -> str:
-    try:
-        if not isinstance(spec, (str, list, tuple)):
-            raise ValueError(f"{spec!r} is not a SPEC: give START:STOP (a slice) or a list like 0,5,9")
-        return units.normalize(spec)
-    except ValueError as exc:
-        raise WeightportError(None, f"--units {layer}={spec}: {exc}", "give START:STOP (a slice) or a list like 0,5,9") from None
+# The user's choices that shape a plan, one field for each of `options.PLAN_OPTIONS` (CLI flags,
+# API keywords of the same names), checked as it is made.
+PlanOptions = make_dataclass("PlanOptions", [(option.name, option.type, field(default=option.default)) for option in PLAN_OPTIONS],
+                             namespace={"__post_init__": _check_options, "__doc__": "The user's choices that shape a plan (options.PLAN_OPTIONS)."})
+PlanOptions.__module__ = __name__
 
 
 @dataclass
