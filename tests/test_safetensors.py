@@ -80,6 +80,7 @@ MALFORMED: Dict[str, Tuple[Callable[[Path], Path], str]] = {
     "negative dim": (lambda d: declared(d / "x.safetensors", {"a": ("F32", [-1, 1], [0, 4])}, bytes(4)), "not a list of whole numbers"),
     "fractional dim": (lambda d: declared(d / "x.safetensors", {"a": ("F32", [0.5, 2], [0, 4])}, bytes(4)), "not a list of whole numbers"),
     "boolean dim": (lambda d: declared(d / "x.safetensors", {"a": ("F32", [True], [0, 4])}, bytes(4)), "not a list of whole numbers"),
+    "a hundred axes": (lambda d: declared(d / "x.safetensors", {"a": ("F32", [1] * 100, [0, 4])}, bytes(4)), "has 100 axes, more than any weight has"),
     "shape not a list": (lambda d: declared(d / "x.safetensors", {"a": ("F32", 1, [0, 4])}, bytes(4)), "not a list of whole numbers"),
     "offsets reversed": (lambda d: declared(d / "x.safetensors", {"a": ("F32", [1], [4, 0])}, bytes(4)), "0 <= begin <= end"),
     "offsets of three": (lambda d: declared(d / "x.safetensors", {"a": ("F32", [1], [0, 4, 8])}, bytes(4)), "0 <= begin <= end"),
@@ -181,6 +182,31 @@ def test_any_cut_and_flips_are_read_or_refused_in_one_line(data: st.DataObject, 
     except WeightportError as exc:
         assert "\n" not in exc.line() and exc.hint
     assert time.process_time() - start < 0.5
+
+
+_JSON = st.recursive(st.none() | st.booleans() | st.integers(-2**70, 2**70) | st.floats(allow_nan=False) | st.text(max_size=8),
+                     lambda inner: st.lists(inner, max_size=4) | st.dictionaries(st.text(max_size=6), inner, max_size=4), max_leaves=12)
+_DIMS = st.lists(st.integers(0, 4) | st.integers(-3, 2**66), max_size=5)
+
+
+@settings(max_examples=200, deadline=None, derandomize=True, database=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(header=st.dictionaries(st.text(max_size=12), st.fixed_dictionaries(
+    {"dtype": st.sampled_from(["F32", "F16", "BF16", "I64", "BOOL", "F8_E4M3", "X"]) | _JSON,
+     "shape": _DIMS | _JSON, "data_offsets": st.lists(st.integers(-1, 64), min_size=2, max_size=2) | _JSON}) | _JSON, max_size=4),
+    metadata=st.none() | st.dictionaries(st.text(max_size=4), st.text(max_size=4) | _JSON, max_size=2),
+    data=st.binary(max_size=64))
+def test_any_header_structure_is_read_or_refused_in_one_line(header: Dict[str, Any], metadata: Any, data: bytes, tmp_path: Path) -> None:
+    """Headers of any JSON shape (wrong types, huge or negative numbers, odd names, any metadata):
+    reading them and every tensor works or raises one WeightportError, never anything else."""
+    if metadata is not None:
+        header = {"__metadata__": metadata, **header}
+    path = raw(tmp_path / "any.safetensors", json.dumps(header).encode(), data)
+    try:
+        with read(path) as view:
+            for tensor in view.tensors:
+                assert tensor.read().shape == tensor.shape
+    except WeightportError as exc:
+        assert "\n" not in exc.line() and exc.hint
 
 
 def test_a_file_replaced_or_cut_after_it_was_read_is_refused_when_its_values_are(tmp_path: Path) -> None:

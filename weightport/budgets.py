@@ -44,6 +44,9 @@ MAX_TENSORS = 5 * MAX_LAYERS
 # A state-dict key (`model.diffusion_model.output_blocks.11.1.transformer_blocks.0.attn1.to_q.weight`
 # is 80): a 16 MB key of a million dotted parts costs seconds and gigabytes to order and print.
 MAX_KEY_CHARS = 1_000
+# Axes of a tensor: a weight has at most 5 (a Conv3d's); HDF5 allows 32, numpy 64, a safetensors
+# header any number (a shape of 100 ones passes every byte check and then breaks numpy).
+MAX_DIMS = 32
 # Groups below a Keras 3 file's root: a layer of a model nested in a model nested in ... sits a few
 # levels deeper per model (`layers/functional/layers/dense/vars`); no real file nests this deep.
 MAX_NESTING = 64

@@ -218,6 +218,8 @@ def _entry(path: PathLike, name: str, spec: Any) -> Entry:
     dtype, shape, offsets = spec["dtype"], spec["shape"], spec["data_offsets"]
     if not isinstance(shape, list) or not all(_whole(n) and n >= 0 for n in shape):
         raise WeightportError(path, f"tensor {name!r} has shape {_short(shape)}: not a list of whole numbers >= 0", _HINT_DAMAGED)
+    if len(shape) > budgets.MAX_DIMS:
+        raise WeightportError(path, f"tensor {name!r} has {len(shape):,} axes, more than any weight has ({budgets.MAX_DIMS})", _HINT_DAMAGED)
     if not isinstance(offsets, list) or len(offsets) != 2 or not all(_whole(n) and n >= 0 for n in offsets) or offsets[0] > offsets[1]:
         raise WeightportError(path, f"tensor {name!r} has data_offsets {_short(offsets)}: not [begin, end] with 0 <= begin <= end", _HINT_DAMAGED)
     numpy_dtype = _dtype(path, name, dtype)
