@@ -67,10 +67,10 @@ _ORDER_NOTE = ("safetensors does not record module order; module paths in natura
 @dataclass
 class Header:
     """What a safetensors header declares, checked: the tensors in natural order, each an `Entry`
-    whose `source` is its absolute byte offset in the file, and the file's metadata."""
+    whose `source` is its absolute byte offset in the file (its `__metadata__` checked, not kept:
+    nothing weightport does depends on it)."""
 
     entries: List[Entry]
-    metadata: Dict[str, str]
     bfloat16: FrozenSet[str]  # the names of the BF16 tensors (their `dtype` is the uint16 of their bits)
 
 
@@ -145,12 +145,12 @@ def read_header(path: PathLike, fd: int) -> Header:
                                     f"{budgets.MAX_TENSORS:,} tensors take a fraction of it)", _HINT_DAMAGED)
     header = _parse(path, _read_exactly(path, fd, length))
     start = _LENGTH.size + length
-    metadata = _metadata(path, header.pop("__metadata__", None))
+    _check_metadata(path, header.pop("__metadata__", None))
     budgets.check_state_dict(path, tensors=len(header), longest=max(map(len, header), default=0))
     entries = {name: _entry(path, name, spec) for name, spec in header.items()}
     _check_tiling(path, entries, size - start)
     bfloat16 = frozenset(name for name, spec in header.items() if spec["dtype"] == "BF16")
-    return Header([_placed(entries[name], start) for name in natural_order(list(entries))], metadata, bfloat16)
+    return Header([_placed(entries[name], start) for name in natural_order(list(entries))], bfloat16)
 
 
 def _read_exactly(path: PathLike, fd: int, length: int) -> bytes:
@@ -200,13 +200,10 @@ def _parse(path: PathLike, data: bytes) -> Dict[str, Any]:
     return header
 
 
-def _metadata(path: PathLike, metadata: Any) -> Dict[str, str]:
+def _check_metadata(path: PathLike, metadata: Any) -> None:
     """`__metadata__`: absent, null or str -> str, as the safetensors library requires."""
-    if metadata is None:
-        return {}
-    if not isinstance(metadata, dict) or not all(isinstance(value, str) for value in metadata.values()):
+    if metadata is not None and (not isinstance(metadata, dict) or not all(isinstance(value, str) for value in metadata.values())):
         raise WeightportError(path, "safetensors __metadata__ is not a map of strings to strings", _HINT_DAMAGED)
-    return metadata
 
 
 def _entry(path: PathLike, name: str, spec: Any) -> Entry:
