@@ -19,30 +19,47 @@ SHARED_FILES = ROOT.parent / "shared" / "keras-files"
 BIG_ROWS = 7 * 7 * 64  # the big source's window, 7,7,64 (--flatten)
 
 
-def cli_command(*args: str, python: Sequence[str] = ()) -> dict:
-    """The Popen arguments of `python [PYTHON...] -m weightport ARGS`, with this checkout importable."""
-    return dict(args=[sys.executable, *python, "-m", "weightport", *args], env=dict(os.environ, PYTHONPATH=str(ROOT)))
+# `python -c` programs: `_RUN` is `-m weightport`; `_NO_KERAS_LOAD` before it turns off the Keras
+# load of whole-model outputs, as the `no_keras_load` fixture does in process (the load runs in a
+# child that imports TensorFlow: seconds of CPU, and 5-20 s of wall time on a busy machine).
+_RUN = """
+import runpy, sys
+sys.argv[0] = "weightport"
+runpy.run_module("weightport", run_name="__main__", alter_sys=True)
+"""
+_NO_KERAS_LOAD = """
+import weightport.keras_load
+weightport.keras_load.installed = lambda module: False
+"""
+
+
+def cli_command(*args: str, python: Sequence[str] = (), keras_load: bool = True) -> dict:
+    """The Popen arguments of `python [PYTHON...] -m weightport ARGS`, with this checkout importable.
+    `keras_load=False`: whole-model outputs are not loaded in Keras (for tests of other things;
+    the sweep's worker processes, forked, inherit that)."""
+    assert keras_load or not python, "python options and keras_load=False do not combine"
+    program = ["-m", "weightport"] if keras_load else ["-c", _NO_KERAS_LOAD + _RUN]
+    return dict(args=[sys.executable, *python, *program, *args], env=dict(os.environ, PYTHONPATH=str(ROOT)))
 
 
 # `python -m weightport` that writes its peak resident memory (KiB) to $WEIGHTPORT_TEST_PEAK as it
 # exits. VmHWM belongs to the process's own address space; `wait4`'s ru_maxrss does not: a child
 # forked from a test process that has grown (Keras imported, big arrays made) starts with its size.
 _PEAK = """
-import atexit, os, runpy, sys
+import atexit, os
 def report():
     with open("/proc/self/status") as status, open(os.environ["WEIGHTPORT_TEST_PEAK"], "w") as out:
         out.write(next(line for line in status if line.startswith("VmHWM")).split()[1])
 atexit.register(report)
-sys.argv[0] = "weightport"
-runpy.run_module("weightport", run_name="__main__", alter_sys=True)
 """
 
 
-def measured_cli_command(*args: str, peak_file: Path) -> dict:
+def measured_cli_command(*args: str, peak_file: Path, keras_load: bool = True) -> dict:
     """The Popen arguments of `python -m weightport ARGS` (as `cli_command`), the process writing
     its own peak memory to `peak_file` as it exits: read it with `peak_mib`."""
     command = cli_command(*args)
-    return dict(args=[command["args"][0], "-c", _PEAK, *args], env=dict(command["env"], WEIGHTPORT_TEST_PEAK=str(peak_file)))
+    program = _PEAK + ("" if keras_load else _NO_KERAS_LOAD) + _RUN
+    return dict(args=[command["args"][0], "-c", program, *args], env=dict(command["env"], WEIGHTPORT_TEST_PEAK=str(peak_file)))
 
 
 def peak_mib(peak_file: Path) -> float:
@@ -52,10 +69,12 @@ def peak_mib(peak_file: Path) -> float:
     return int(text) / 1024
 
 
-def run_cli(*args: str, cwd: Path = ROOT, python: Sequence[str] = (), stdout=subprocess.PIPE) -> subprocess.CompletedProcess:
+def run_cli(*args: str, cwd: Path = ROOT, python: Sequence[str] = (), stdout=subprocess.PIPE, keras_load: bool = True) -> subprocess.CompletedProcess:
     """Run `python -m weightport ARGS` in a fresh interpreter, as a user would (`python`: options
-    before `-m`, such as `-m cProfile`; `stdout`: where its output goes, captured by default)."""
-    return subprocess.run(**cli_command(*args, python=python), stdout=stdout, stderr=subprocess.PIPE, text=True, cwd=cwd, timeout=300)
+    before `-m`, such as `-m cProfile`; `stdout`: where its output goes, captured by default;
+    `keras_load`: see `cli_command`)."""
+    return subprocess.run(**cli_command(*args, python=python, keras_load=keras_load), stdout=stdout, stderr=subprocess.PIPE, text=True,
+                          cwd=cwd, timeout=300)
 
 
 def shared_files_absent() -> bool:
@@ -116,6 +135,36 @@ def load_maker():
     sys.modules[spec.name] = module  # dataclasses look their module up while it loads
     spec.loader.exec_module(module)
     return module
+
+
+# Modules of many independent tests with no module-scoped fixture: under `-n`, handed out one
+# test at a time (the fuzz alone is ~2,700 tests and a third of the suite), after the modules.
+ONE_TEST_AT_A_TIME = ("test_fuzz.py", "test_hostile_inputs.py")
+
+
+@pytest.hookimpl(tryfirst=True)
+def pytest_xdist_make_scheduler(config: pytest.Config, log):
+    """`-n N`: a module's tests run on one worker, so its module-scoped models (the load matrix,
+    VGG16, the score maps) are built once, except `ONE_TEST_AT_A_TIME`, spread over the workers.
+    The modules go first, those of the most tests first; the single tests fill in. (`--dist
+    loadgroup` would say this with marks, but pytest 9.2 ignores its groups: pytest-xdist
+    issue 1386.) An explicit `--dist` other than the default `load` is left to pytest-xdist."""
+    if config.getvalue("dist") != "load":
+        return None
+    from xdist.scheduler import LoadScopeScheduling
+
+    class ModulesThenTests(LoadScopeScheduling):
+        def _split_scope(self, nodeid: str) -> str:
+            module = nodeid.split("::", 1)[0]
+            return nodeid if module.endswith(ONE_TEST_AT_A_TIME) else module
+
+    return ModulesThenTests(config, log)
+
+
+def pytest_collection_modifyitems(items: List[pytest.Item]) -> None:
+    """`ONE_TEST_AT_A_TIME`'s tests are collected last: handed out after every module (with `-n`,
+    modules of as many tests go in collection order), they fill both workers to the end."""
+    items.sort(key=lambda item: item.nodeid.split("::", 1)[0].endswith(ONE_TEST_AT_A_TIME))
 
 
 @pytest.fixture(scope="session")
