@@ -52,8 +52,17 @@ WEIGHTS_MEMBER = "model.weights.h5"
 FLATTEN = {"seq": "7,7,4", "chfirst": "5,5,4", "conv1d": "9,4", "fp16": "6,6,3", "func_names": "5,5,4",
            "nested": "4,4,4", "gap": "1,1,4", "longnames": "1,1"}
 FIXTURE_FILES = sorted(p.name for p in FIXTURES.iterdir() if p.suffix in (".h5", ".keras"))
-pytestmark = pytest.mark.usefixtures("no_keras_load")  # hundreds of conversions: each whole model would start a Keras
+# Hundreds of conversions: each whole model would start a Keras; and one argument parser for all.
+pytestmark = pytest.mark.usefixtures("no_keras_load", "one_parser")
+_PARSER = cli.build_parser()
 OUTPUTS = (("o.weights.h5",), ("o.h5",), ("o.keras",), ("o.h5", "--full-model"))
+
+
+@pytest.fixture
+def one_parser(monkeypatch: pytest.MonkeyPatch) -> None:
+    """`cli.main` builds its argparse parser on every call, once per process for a user, but a
+    quarter of an in-process case's CPU here (the real-process samples still build their own)."""
+    monkeypatch.setattr(cli, "build_parser", lambda: _PARSER)
 
 
 def _family(name: str) -> str:

@@ -34,7 +34,7 @@ def test_a_sweep_on_a_real_terminal_draws_a_file_bar(tmp_path: Path) -> None:
     leader, follower = pty.openpty()
     fcntl.ioctl(follower, termios.TIOCSWINSZ, struct.pack("HHHH", 24, 80, 0, 0))  # a terminal has a size
     try:
-        done = subprocess.run(**cli_command("convert", *map(str, sources), "--out-dir", str(tmp_path)), stdout=subprocess.DEVNULL,
+        done = subprocess.run(**cli_command("convert", *map(str, sources), "--out-dir", str(tmp_path), keras_load=False), stdout=subprocess.DEVNULL,
                               stderr=follower, cwd=ROOT, timeout=300)
         os.close(follower)
         drawn = b""
@@ -47,7 +47,7 @@ def test_a_sweep_on_a_real_terminal_draws_a_file_bar(tmp_path: Path) -> None:
 
 
 def test_no_bar_in_a_pipe(tmp_path: Path) -> None:
-    done = subprocess.run(**cli_command("convert", str(FIXTURES / "seq__k3.keras"), "seq__tfk.h5", "--out-dir", str(tmp_path)),
+    done = subprocess.run(**cli_command("convert", str(FIXTURES / "seq__k3.keras"), "seq__tfk.h5", "--out-dir", str(tmp_path), keras_load=False),
                           capture_output=True, text=True, cwd=FIXTURES, timeout=300)
     assert done.returncode == 0 and "converting" not in done.stderr and "%|" not in done.stderr
 
