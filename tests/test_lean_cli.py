@@ -8,7 +8,7 @@ import sys
 
 import pytest
 
-from conftest import FIXTURES, ROOT
+from conftest import FIXTURES, ROOT, import_or_skip
 
 PROBE = """
 import sys
@@ -69,3 +69,13 @@ def test_help_is_wrapped_to_columns_as_argparse_does(columns) -> None:
     assert result.returncode == 0, result.stderr
     widths = [len(line) for line in result.stdout.splitlines()]
     assert max(widths) <= int(columns) - 2 and max(widths) > int(columns) - 20, widths
+
+
+def test_a_pytorch_checkpoint_imports_torch_and_no_keras(tmp_path) -> None:
+    """Reading a .pth needs PyTorch (its weights-only unpickler), and nothing of Keras's."""
+    torch = import_or_skip("torch")
+    path = tmp_path / "model.pth"
+    torch.save(torch.nn.Linear(3, 2).state_dict(), path)
+    result = _probe("inspect", str(path), heavy=("tensorflow", "keras", "tf_keras", "jax", "torch"))
+    assert result.returncode == 0, result.stderr
+    assert "HEAVY:torch\n" in result.stderr, result.stderr

@@ -20,6 +20,7 @@ from .inputs import by_descriptor, open_input
 from .keras3 import is_keras3, read_keras3
 from .legacy import is_legacy, read_legacy
 from .safetensors import looks_like_safetensors, read_safetensors
+from .torchfile import read_torch, sniff
 from .view import ModelView
 
 __all__ = ["read"]
@@ -33,7 +34,8 @@ def read(path: PathLike, config: Optional[Union[PathLike, ModelConfig]] = None) 
 
     Args:
         path: a legacy `.h5`/`.hdf5` (Keras 1, 2 or 3), a Keras 3 `.weights.h5`, a `.keras` archive,
-            or a `.safetensors` file (a PyTorch state dict: modules as layers, `framework` "torch").
+            or a PyTorch state dict: a `.safetensors` file (modules as layers, `framework` "torch"), or one saved by
+            `torch.save` (`.pth`, `.pt`, `.bin`; needs the `torch` extra).
         config: a sidecar JSON config (`model.to_json()`), as a path or a parsed `ModelConfig`;
             it overrides a config stored in the file.
 
@@ -50,10 +52,12 @@ def read(path: PathLike, config: Optional[Union[PathLike, ModelConfig]] = None) 
     fd = open_input(path)  # checked once; every later open goes through this descriptor
     try:
         budgets.check_allocated(path, fd)
-        if looks_like_safetensors(path, fd):  # a PyTorch state dict (or any), read without torch
+        state_dict = "safetensors" if looks_like_safetensors(path, fd) else sniff(fd)
+        if state_dict is not None:  # a PyTorch state dict: .safetensors read without torch, a torch.save checkpoint by torch, weights only
             if config is not None:  # a Keras config names no module of a state dict: refused, not ignored
-                raise WeightportError(path, "a safetensors file (a PyTorch state dict) takes no Keras model config", "leave out --config")
-            return read_safetensors(path, fd)
+                raise WeightportError(path, f"a {'safetensors file' if state_dict == 'safetensors' else 'PyTorch checkpoint'} (a PyTorch state dict) "
+                                            "takes no Keras model config", "leave out --config")
+            return read_safetensors(path, fd) if state_dict == "safetensors" else read_torch(path, fd, state_dict)
         name = by_descriptor(path, fd)
         if is_archive(name):
             return read_archive(path, config, name)
