@@ -22,7 +22,7 @@ from test_hostile_inputs import assert_refused
 from weightport import budgets
 from weightport.errors import WeightportError
 from weightport.readers import read
-from weightport.safetensors import MAX_HEADER_BYTES
+from weightport.safetensors import MAX_HEADER_BYTES, MAX_HEADER_VALUES
 from weightport.statedict import natural_order
 
 # --- writing files by hand ------------------------------------------------------------------
@@ -67,7 +67,9 @@ MALFORMED: Dict[str, Tuple[Callable[[Path], Path], str]] = {
     "header a JSON string after '{'": (lambda d: raw(d / "x.safetensors", b'{} "trailing"'), "not valid JSON"),
     "header NaN": (lambda d: raw(d / "x.safetensors", b'{"a": NaN}'), "not valid JSON"),
     "header nested deep": (lambda d: raw(d / "x.safetensors", b'{"a": ' + b"[" * 100_000 + b"]" * 100_000 + b"}"), "too deep"),
-    "header of too many JSON values": (lambda d: raw(d / "x.safetensors", b'{"a": [' + b"0," * 1_100_000 + b"0]}"), "JSON values"),
+    "header of too many JSON values": (lambda d: raw(d / "x.safetensors", b'{"a": [' + b"0," * MAX_HEADER_VALUES + b"0]}"), "JSON values"),
+    "header of 140,000 tiny tensors": (lambda d: declared(d / "x.safetensors", {f"m{i}.w": ("U8", [], [i, i + 1]) for i in range(140_000)}, bytes(140_000)),
+                                       f"more than any model's ({MAX_HEADER_VALUES:,})"),
     "duplicate tensor": (lambda d: raw(d / "x.safetensors", b'{"a": {"dtype": "F32", "shape": [1], "data_offsets": [0, 4]}, '
                                                              b'"a": {"dtype": "F32", "shape": [1], "data_offsets": [0, 4]}}', bytes(4)),
                          "declares 'a' twice"),
@@ -95,6 +97,8 @@ MALFORMED: Dict[str, Tuple[Callable[[Path], Path], str]] = {
     "bytes after the last tensor": (lambda d: declared(d / "x.safetensors", f32("a", (2,)), FOUR), "the last 8 bytes of the file belong to no tensor"),
     "too many tensors": (lambda d: declared(d / "x.safetensors", {f"m{i}.weight": ("F32", [0], [0, 0]) for i in range(budgets.MAX_TENSORS + 1)}, b""),
                          f"more than weightport converts ({budgets.MAX_TENSORS:,}"),
+    "too many modules": (lambda d: declared(d / "x.safetensors", {f"m{i}.w": ("U8", [], [i, i + 1]) for i in range(budgets.MAX_TENSORS)},
+                                            bytes(budgets.MAX_TENSORS)), f"the tensors of {budgets.MAX_TENSORS:,} modules"),
     "key of a million dotted parts": (lambda d: declared(d / "x.safetensors", f32("1." * 1_000_000 + "weight"), FOUR),
                                       f"key of 2,000,006 characters, more than any model's ({budgets.MAX_KEY_CHARS:,})"),
     "metadata of numbers": (lambda d: declared(d / "x.safetensors", f32(), FOUR, __metadata__={"epoch": 3}), "__metadata__ is not a map of strings"),

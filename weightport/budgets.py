@@ -92,7 +92,8 @@ def read_limited(fh: IO[bytes], path: PathLike, limit: int = MAX_CONFIG_BYTES) -
     return data
 
 
-def check_config_text(text: Union[str, bytes], source: PathLike, what: str = "model config", hint: str = "give the output of model.to_json()") -> None:
+def check_config_text(text: Union[str, bytes], source: PathLike, what: str = "model config", hint: str = "give the output of model.to_json()",
+                      limit: int = MAX_CONFIG_VALUES) -> None:
     """Refuse config text (or another JSON document, `what`) too large, or holding too many JSON
     values, to parse into memory: the count is bounded from above by the commas and brackets,
     found without parsing (a 62 MB `[{},{},...]` would make ~20 million Python objects)."""
@@ -100,8 +101,8 @@ def check_config_text(text: Union[str, bytes], source: PathLike, what: str = "mo
         raise WeightportError(source, f"{what} of {_size(len(text))}, more than any model's ({_size(MAX_CONFIG_BYTES)})", hint)
     marks = (",", "[", "{") if isinstance(text, str) else (b",", b"[", b"{")
     values = sum(text.count(mark) for mark in marks)  # type: ignore[arg-type]
-    if values > MAX_CONFIG_VALUES:
-        raise WeightportError(source, f"{what} holds up to {values:,} JSON values, more than any model's ({MAX_CONFIG_VALUES:,})", hint)
+    if values > limit:
+        raise WeightportError(source, f"{what} holds up to {values:,} JSON values, more than any model's ({limit:,})", hint)
 
 
 def check_name_count(count: int, group: "h5py.Group", what: str, path: PathLike) -> None:

@@ -29,17 +29,21 @@ import numpy as np
 
 from . import budgets, digests
 from .errors import WeightportError
-from .statedict import Entry, natural_order, read_view
+from .statedict import IGNORED, Entry, natural_order, read_view, split_name
 from .storage import RawFileStorage, Storage
 from .view import ModelView
 
-__all__ = ["SUFFIX", "DTYPES", "MAX_HEADER_BYTES", "LAYOUT", "ORDER", "Header", "looks_like_safetensors", "read_header", "read_safetensors"]
+__all__ = ["SUFFIX", "DTYPES", "MAX_HEADER_BYTES", "MAX_HEADER_VALUES", "LAYOUT", "ORDER", "Header", "looks_like_safetensors", "read_header", "read_safetensors"]
 
 PathLike = Union[str, Path]
 SUFFIX = ".safetensors"
 # The safetensors library reads headers of up to 100 MB; a header is ~120 bytes a tensor, so this
 # is ~140,000 tensors, past `budgets.MAX_TENSORS`: weightport parses no more than it could use.
 MAX_HEADER_BYTES = budgets.MAX_CONFIG_BYTES
+# A tensor's declaration is ~7 JSON values (its object, dtype, a shape of 1 to 5 dims, two offsets):
+# 16 for each of `budgets.MAX_TENSORS` leaves room for metadata, and parsing them takes a fraction of
+# a second; a million (the config budget) of 140,000 tiny tensors took 1.5 s just to parse and refuse.
+MAX_HEADER_VALUES = 16 * budgets.MAX_TENSORS
 # safetensors dtype -> numpy, little-endian as the format stores them.
 DTYPES = {
     "F64": "<f8", "F32": "<f4", "F16": "<f2",
@@ -146,11 +150,17 @@ def read_header(path: PathLike, fd: int) -> Header:
     header = _parse(path, _read_exactly(path, fd, length))
     start = _LENGTH.size + length
     _check_metadata(path, header.pop("__metadata__", None))
-    budgets.check_state_dict(path, tensors=len(header), longest=max(map(len, header), default=0))
+    budgets.check_state_dict(path, tensors=len(header), modules=_module_count(header), longest=max(map(len, header), default=0))
     entries = {name: _entry(path, name, spec) for name, spec in header.items()}
     _check_tiling(path, entries, size - start)
     bfloat16 = frozenset(name for name, spec in header.items() if spec["dtype"] == "BF16")
     return Header([_placed(entries[name], start) for name in natural_order(list(entries))], bfloat16)
+
+
+def _module_count(header: Dict[str, Any]) -> int:
+    """The modules the view would have (`statedict.modules`), counted before any tensor is
+    checked: 20,000 one-tensor modules are refused at once, not after reading them all."""
+    return len({path for path, attribute in map(split_name, header) if attribute != IGNORED})
 
 
 def _read_exactly(path: PathLike, fd: int, length: int) -> bytes:
@@ -180,7 +190,7 @@ def _constant(name: str) -> Any:
 
 def _parse(path: PathLike, data: bytes) -> Dict[str, Any]:
     """The header's JSON object, its size bounded before it is parsed (`check_config_text`)."""
-    budgets.check_config_text(data, path, "safetensors header", _HINT_DAMAGED)
+    budgets.check_config_text(data, path, "safetensors header", _HINT_DAMAGED, MAX_HEADER_VALUES)
     try:
         text = data.decode("utf-8")
     except UnicodeDecodeError as exc:
