@@ -19,6 +19,7 @@ from hypothesis import strategies as st
 
 from conftest import ROOT, import_or_skip, run_cli
 from test_hostile_inputs import assert_refused
+import weightport
 from weightport import budgets
 from weightport.errors import WeightportError
 from weightport.readers import read
@@ -488,34 +489,23 @@ def _norms_pair(folder: Path) -> Tuple[Any, Path, Path]:
     return model, source, target
 
 
-def test_norm_layers_convert_exactly_by_map_and_a_pytorch_kernel_is_refused(tmp_path: Path) -> None:
-    """BatchNorm and LayerNorm tensors are vectors that mean the same in both frameworks: paired
-    by --map they are copied, verified, and the Keras twin computes what PyTorch computes. The
-    Linear's weight is (out, in), not a Dense kernel: paired, it is refused (no PyTorch rule
-    yet), never copied."""
+def test_norm_layers_and_a_linear_convert_exactly_in_position(tmp_path: Path) -> None:
+    """BatchNorm and LayerNorm tensors are vectors that mean the same in both frameworks: copied,
+    verified. The Linear's weight is (out, in), not a Dense kernel: it is transposed
+    (`torch-linear`), never copied, though its 4x6 and the kernel's 6x4 would both hold 24 values.
+    Modules pair with the Keras layers by position (BatchNorm as BatchNormalization, a norm of
+    unknown kind with a LayerNormalization, Linear as Dense), and the Keras twin computes what PyTorch computes."""
     torch = import_or_skip("torch")
     keras = import_or_skip("keras")
     model, source, target = _norms_pair(tmp_path)
     out = tmp_path / "out" / "twin.weights.h5"
     out.parent.mkdir()
-    maps = ["--map", "0=batch_normalization", "--map", "1=layer_normalization"]
-    refused = run_cli("plan", str(source), "--target", str(target), *maps, "--map", "2=dense")
-    assert refused.returncode == 2 and len(refused.stderr.splitlines()) == 1, refused.stderr
-    assert "2.weight is 4x6 in PyTorch's layout, and weightport has no rule yet" in refused.stderr
-    converted = run_cli("convert", str(source), "--target", str(target), *maps, "--drop", "2", "--skip", "dense", "-o", str(out))
+    plan = weightport.plan(source, target)
+    assert [(s.source_path, s.rule) for s in plan.steps if len(s.source_shape) == 2] == [("2.weight", "torch-linear")]
+    converted = run_cli("convert", str(source), "--target", str(target), "-o", str(out))
     assert converted.returncode == 0, converted.stderr
     twin = keras.models.load_model(target)
     twin.load_weights(out)
     x = np.random.default_rng(1).standard_normal((8, 6)).astype("float32") * 2
-    expected = model[:2](torch.from_numpy(x)).detach().numpy()
-    got = np.asarray(keras.Model(twin.inputs, twin.layers[1].output)(x))
-    np.testing.assert_allclose(got, expected, rtol=1e-5, atol=1e-5)
-
-
-def test_positional_pairing_does_not_take_pytorch_classes_for_kerass(tmp_path: Path) -> None:
-    """Without --map, BatchNorm (PyTorch) and BatchNormalization (Keras) are not paired by
-    position: the refusal shows both lists and says how to pair them."""
-    _, source, target = _norms_pair(tmp_path)
-    refused = run_cli("plan", str(source), "--target", str(target))
-    assert refused.returncode == 2, refused.stderr
-    assert refused.stderr.startswith(f"weightport: error: {source}: ") and "--map SRC=DST" in refused.stderr.splitlines()[0]
+    expected = model(torch.from_numpy(x)).detach().numpy()
+    np.testing.assert_allclose(np.asarray(twin(x)), expected, rtol=1e-5, atol=1e-5)

@@ -16,7 +16,8 @@ from typing import Any, Callable, Dict, Iterator, List, Optional, Sequence, Tupl
 
 from . import arguments, digests
 from .errors import WeightportError, speaks_api
-from .head import HeadRole, analyze_head
+from .head import HeadRole, analyze_head, target_feeds
+from .statedict import FRAMEWORK
 from .config import parse_model_config
 from .keras_check import code_in
 from .keras_load import LoadFailed, keras_of, load_in_keras
@@ -38,9 +39,10 @@ PathLike = Union[str, Path]
 @contextlib.contextmanager
 def planned(source: PathLike, target: Optional[PathLike] = None, config: Optional[PathLike] = None,
             flatten: Optional[Sequence[int]] = None, options: Optional[PlanOptions] = None,
-            opened: Optional[ModelView] = None) -> Iterator[Tuple[Plan, Dict[str, ModelView]]]:
+            opened: Optional[ModelView] = None, feeds: Optional[Dict[str, HeadRole]] = None) -> Iterator[Tuple[Plan, Dict[str, ModelView]]]:
     """The plan and the open views its steps read from (closed on exit, but for `opened`: the
-    source's view, already open, which convert's check reuses)."""
+    source's view, already open, which convert's check reuses; and `feeds`: what fed the target's
+    layers when a PyTorch source's plan was made, which its check plans with again)."""
     options = options or PlanOptions()
     with contextlib.ExitStack() as stack:
         src = opened if opened is not None else stack.enter_context(read(source, config=config))
@@ -48,8 +50,15 @@ def planned(source: PathLike, target: Optional[PathLike] = None, config: Optiona
         if target is not None:
             tgt = stack.enter_context(read(target))
             views[tgt.path] = tgt
-            head = analyze_head(src, flatten, options.source_order, required=False) if (src.config is not None or flatten) else {}
+            if src.framework == FRAMEWORK:  # a state dict records no graph: the target's says what feeds each Dense
+                head = feeds if feeds is not None else target_feeds(tgt, flatten)
+            else:
+                head = analyze_head(src, flatten, options.source_order, required=False) if (src.config is not None or flatten) else {}
             built = make_plan(src, target_from_view(tgt), head, options, target_view=tgt)
+            built.feeds = head if src.framework == FRAMEWORK else None
+        elif src.framework == FRAMEWORK:
+            raise WeightportError(src.path, "a PyTorch state dict records no model to derive a Keras twin from",
+                                  "give --target: the Keras model to fill (its .keras, or an .h5 saved by Keras)")
         else:
             built = _twin_plan(src, flatten, options)
         yield built, views
@@ -192,7 +201,7 @@ def convert(source: PathLike, out: PathLike, target: Optional[PathLike] = None, 
         checked = options if target is not None else replace(options, skips=[], drops=[*options.skips, *options.drops])
 
         def check(written: Path) -> None:
-            built.verification = _verify(source, written, config, flatten, checked, opened=views[str(source)])
+            built.verification = _verify(source, written, config, flatten, checked, opened=views[str(source)], feeds=built.feeds)
             if not built.verification.ok:
                 raise VerificationFailed(built.verification, built)
             if consumer is not None:
@@ -254,10 +263,11 @@ def verify(source: PathLike, out: PathLike, *, config: Optional[PathLike] = None
 
 
 def _verify(source: PathLike, out: PathLike, config: Optional[PathLike], flatten: Optional[Sequence[int]], options: PlanOptions,
-            atol: float = 1e-6, rtol: float = 1e-5, opened: Optional[ModelView] = None, digest: bool = False) -> Verification:
+            atol: float = 1e-6, rtol: float = 1e-5, opened: Optional[ModelView] = None, digest: bool = False,
+            feeds: Optional[Dict[str, HeadRole]] = None) -> Verification:
     """The numeric check; with `digest`, also OUT's recorded source digest (convert's own check
     leaves it out: it is the one computing it)."""
-    with planned(source, out, config, flatten, options, opened) as (built, views):
+    with planned(source, out, config, flatten, options, opened, feeds) as (built, views):
         result = verify_plan(built, views, views[str(out)], atol=atol, rtol=rtol)
         if digest:
             result.digest = check_source_digest(views[str(source)], views[str(out)])

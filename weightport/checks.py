@@ -28,7 +28,8 @@ from .storage import Storage
 if TYPE_CHECKING:
     from .planner import Step
 
-__all__ = ["Check", "Compare", "Orders", "Context", "At", "BLOCK_BYTES", "SAME_ORDER", "checked", "values", "window", "kernel"]
+__all__ = ["Check", "Compare", "Orders", "Context", "At", "BLOCK_BYTES", "SAMPLES", "SAME_ORDER", "checked", "values", "window", "kernel",
+           "rows_dot", "leading", "errors"]
 
 BLOCK_BYTES = 1 << 20  # float64 working blocks: the check adds a few MiB of memory, whatever the model
 SAMPLES = 3
@@ -108,9 +109,9 @@ def window(orders: Orders) -> Compare:
         rank = len(conv_shape) - 2
         x = context.standard_normal((SAMPLES,) + tuple(conv_shape[:-1]))  # channels_last windows
         src_order, tgt_order = orders(step.params, rank)
-        want = _rows_dot(source, _flatten(x, src_order), cast)
-        got = _rows_dot(target, _flatten(x, tgt_order))
-        return (f"dense on window ({tgt_order if source_is_conv else src_order}) vs conv",) + _errors(got, want)
+        want = rows_dot(source, _flatten(x, src_order), cast)
+        got = rows_dot(target, _flatten(x, tgt_order))
+        return (f"dense on window ({tgt_order if source_is_conv else src_order}) vs conv",) + errors(got, want)
 
     return compare
 
@@ -130,15 +131,15 @@ def kernel(layout: Optional[Callable[[np.ndarray], np.ndarray]] = None, flipped:
         spatial = len(shape) - 2
         x = context.standard_normal((SAMPLES,) + shape[:-1])
         flip = bool(flipped(step.params))
-        got = _rows_dot(target, x.reshape(SAMPLES, -1))
+        got = rows_dot(target, x.reshape(SAMPLES, -1))
         if layout is None and not flip:  # same layout on both sides: stream the source too
-            return ("correlation",) + _errors(got, _rows_dot(source, x.reshape(SAMPLES, -1), cast))
+            return ("correlation",) + errors(got, rows_dot(source, x.reshape(SAMPLES, -1), cast))
         weights = cast.store(source.read())
         if layout is not None:
             weights = layout(weights)
         patches = x[(slice(None),) + (slice(None, None, -1),) * spatial] if flip else x  # true convolution flips the input
         want = np.tensordot(patches, weights, axes=spatial + 1)
-        return ("true convolution vs correlation" if flip else "correlation",) + _errors(got, want)
+        return ("true convolution vs correlation" if flip else "correlation",) + errors(got, want)
 
     return compare
 
@@ -189,12 +190,12 @@ def _compare_values(source: Storage, target: Storage, cast: Cast) -> Tuple[float
     if source.size != target.size:
         return float("inf"), float("inf")
     if source.shape != target.shape or source.ndim <= 1 or not source.size:
-        return _errors(target.read().astype("float64").reshape(-1), cast.store(source.read()).reshape(-1))
+        return errors(target.read().astype("float64").reshape(-1), cast.store(source.read()).reshape(-1))
     step = max(1, BLOCK_BYTES // max(1, source.size // source.shape[0] * source.dtype.itemsize * 8))
     worst_diff, scale = 0.0, 0.0
     for start in range(0, source.shape[0], step):
-        want = cast.store(_leading(source, start, start + step))
-        got = _leading(target, start, start + step).astype("float64")
+        want = cast.store(leading(source, start, start + step))
+        got = leading(target, start, start + step).astype("float64")
         worst_diff, scale = max(worst_diff, _max_diff(got, want)), max(scale, _scale(want))
     return worst_diff, _relative(worst_diff, scale)
 
@@ -206,7 +207,7 @@ def _flatten(x: np.ndarray, order: str) -> np.ndarray:
     return x.transpose(axes).reshape(x.shape[0], -1)
 
 
-def _leading(storage: Storage, start: int, stop: int) -> np.ndarray:
+def leading(storage: Storage, start: int, stop: int) -> np.ndarray:
     """Indices `start` to `stop` of the first axis of a tensor of at least two (an `[start:stop]`
     slice), read as the rows they are."""
     shape = (min(stop, storage.shape[0]) - start,) + storage.shape[1:]
@@ -216,7 +217,7 @@ def _leading(storage: Storage, start: int, stop: int) -> np.ndarray:
     return storage.read_rows(np.arange(start * per_first, (start + shape[0]) * per_first)).reshape(shape)
 
 
-def _rows_dot(storage: Storage, rows: np.ndarray, cast: Optional[Cast] = None) -> np.ndarray:
+def rows_dot(storage: Storage, rows: np.ndarray, cast: Optional[Cast] = None) -> np.ndarray:
     """rows (n, R) @ the tensor seen as (R, out), reading it in bounded blocks (its values as
     `cast` stores them: the source's, as the output's dtype holds them)."""
     shape = storage.shape
@@ -225,7 +226,7 @@ def _rows_dot(storage: Storage, rows: np.ndarray, cast: Optional[Cast] = None) -
     step = max(1, BLOCK_BYTES // max(1, per_first * out * 8))
     total = np.zeros((rows.shape[0], out))
     for start in range(0, shape[0], step):
-        block = _leading(storage, start, start + step)
+        block = leading(storage, start, start + step)
         block = (cast.store(block) if cast else block.astype("float64")).reshape(-1, out)
         total += rows[:, start * per_first:start * per_first + block.shape[0]] @ block
     return total
@@ -250,7 +251,7 @@ def _relative(diff: float, scale: float) -> float:
     return diff / scale if scale else (0.0 if diff == 0 else float("inf"))
 
 
-def _errors(got: np.ndarray, want: np.ndarray) -> Tuple[float, float]:
+def errors(got: np.ndarray, want: np.ndarray) -> Tuple[float, float]:
     if got.shape != want.shape:
         return float("inf"), float("inf")
     diff = _max_diff(got, want)

@@ -19,11 +19,11 @@ import numpy as np
 from .config import ConfigLayer, ModelConfig
 from .errors import WeightportError
 from .roles import guess_class
-from .rules import SPATIAL, canonical_order, check_order
+from .orders import SPATIAL, canonical_order, parse_source_order
 from .shapes import ShapeError, TensorInfo, class_rank, flatten_form, flatten_hint, infer_shapes, open_shapes, spatial_rank
 from .view import Layer, ModelView, Tensor
 
-__all__ = ["HeadRole", "analyze_head", "layer_class", "is_conv_kernel", "is_th_kernel", "parse_source_order"]
+__all__ = ["HeadRole", "analyze_head", "target_feeds", "layer_class", "is_conv_kernel", "is_th_kernel", "parse_source_order"]
 
 PASS_THROUGH = {
     "Dropout", "SpatialDropout1D", "SpatialDropout2D", "SpatialDropout3D", "GaussianNoise",
@@ -64,15 +64,6 @@ def is_th_kernel(layer: Layer, tensor: Tensor) -> bool:
     return is_conv_kernel(layer, tensor) and (layer.config or {}).get("dim_ordering") == "th"
 
 
-def parse_source_order(order: Optional[str], rank: int) -> Optional[str]:
-    """`--source-order hwc|chw` in the window's rank: 'chw' is 'cw' in 1-D, 'cdhw' in 3-D."""
-    if order is None:
-        return None
-    mapped = {"hwc": canonical_order(rank), "chw": "c" + SPATIAL[rank]}.get(order, order)
-    check_order(mapped, rank)
-    return mapped
-
-
 def analyze_head(view: ModelView, flatten: Optional[Sequence[int]] = None, source_order: Optional[str] = None,
                  required: bool = True) -> Dict[str, HeadRole]:
     """Roles of the source layers that change in the twin (others are copied as they are);
@@ -86,6 +77,23 @@ def analyze_head(view: ModelView, flatten: Optional[Sequence[int]] = None, sourc
                               f"{flatten_hint(_view_rank(view))}, or --config model.json")
     if required and not any(role.kind in ("window", "1x1") for role in roles.values()):
         raise _nothing_to_convert(view)
+    return roles
+
+
+def target_feeds(view: ModelView, flatten: Optional[Sequence[int]] = None) -> Dict[str, HeadRole]:
+    """What feeds each Dense of a target that a PyTorch source fills (its file records no graph,
+    so the window a Linear sees is the target's): from the target's config, or the Dense layers'
+    order with `--flatten`; without either, a Dense not fed by an earlier one is 'unknown'."""
+    if view.config is not None or flatten:
+        return analyze_head(view, flatten, required=False)
+    roles: Dict[str, HeadRole] = {}
+    units: List[int] = []
+    for layer in view.layers:
+        shape = layer.weights[0].shape if layer.weights else ()
+        if layer_class(layer) == "Dense" and len(shape) == 2:
+            known = shape[0] in units
+            roles[layer.name] = HeadRole("1x1" if known else "unknown", 1, f"after a Dense with {shape[0]} units" if known else "input unknown (no config)")
+            units.append(shape[1])
     return roles
 
 

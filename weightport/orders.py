@@ -6,7 +6,9 @@ Permute((3, 2, 1)) + Flatten. The rules, their checks and the head analysis all 
 
 from __future__ import annotations
 
-__all__ = ["SPATIAL", "canonical_order", "check_order"]
+from typing import Optional
+
+__all__ = ["SPATIAL", "canonical_order", "check_order", "parse_source_order"]
 
 SPATIAL = {1: "w", 2: "hw", 3: "dhw"}
 
@@ -20,3 +22,12 @@ def check_order(order: str, rank: int) -> None:
     """Refuse an order that is not a permutation of the window's axes (ValueError)."""
     if sorted(order) != sorted(canonical_order(rank)):
         raise ValueError(f"flatten order '{order}' is not a permutation of '{canonical_order(rank)}'")
+
+
+def parse_source_order(order: Optional[str], rank: int) -> Optional[str]:
+    """`--source-order hwc|chw` in the window's rank: 'chw' is 'cw' in 1-D, 'cdhw' in 3-D."""
+    if order is None:
+        return None
+    mapped = {"hwc": canonical_order(rank), "chw": "c" + SPATIAL[rank]}.get(order, order)
+    check_order(mapped, rank)
+    return mapped

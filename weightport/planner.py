@@ -16,7 +16,7 @@ from typing import Any, Deque, Dict, List, Optional, Tuple
 
 import numpy as np
 
-from . import statedict, units
+from . import torchrules, units
 from .align import Ambiguous, align
 from .errors import WeightportError, printable
 from .head import HeadRole, is_conv_kernel, is_th_kernel, layer_class, parse_source_order
@@ -88,6 +88,7 @@ class Plan:
     verification: Optional[Any] = None  # set by `convert`: the Verification of what was written
     loaded_by: Optional[str] = None  # set by `convert` of a whole model: the Keras that loaded it
     load_skipped: Optional[str] = None  # or why it was not loaded: code in its config that loading would run
+    feeds: Optional[Dict[str, HeadRole]] = None  # a PyTorch source's: what fed each target layer (head.target_feeds)
 
     def to_dict(self) -> Dict[str, Any]:
         """The `plan --json` document (contract in the README)."""
@@ -104,7 +105,9 @@ class Plan:
 
 def make_plan(source: ModelView, target: Target, head: Dict[str, HeadRole], options: PlanOptions,
               target_view: Optional[ModelView] = None) -> Plan:
-    """Pair source and target layers and pick one rule per tensor."""
+    """Pair source and target layers and pick one rule per tensor. `head`: what each source layer
+    becomes in the twin (a Keras source), or, for a PyTorch source (whose file records no graph),
+    what feeds each target layer (`head.target_feeds`: a Flatten's window), by target layer name."""
     classwise = source.order in ASSUMED_ORDERS or (target_view is not None and target_view.order in ASSUMED_ORDERS)
     pairs, alignment = _pair(source, target, options, classwise, head)
     notes = [f"{source.path}: layer order from {source.order} ({source.order_note})"]
@@ -117,8 +120,15 @@ def make_plan(source: ModelView, target: Target, head: Dict[str, HeadRole], opti
         if src is None:
             steps.extend(_keep_steps(tgt, target_view))
         else:
-            steps.extend(_layer_steps(source, src, tgt, head.get(src.name), options))
+            steps.extend(_layer_steps(source, src, tgt, _role_of(source, head, src, tgt), options))
+    if source.framework == torchrules.FRAMEWORK:
+        notes += torchrules.epsilon_notes([(src.class_name, tgt.name) for src, tgt in pairs if src is not None], target_view)
     return Plan(source=source.path, target=target, steps=steps, notes=notes, alignment=alignment)
+
+
+def _role_of(source: ModelView, head: Dict[str, HeadRole], src: Layer, tgt: Any) -> Optional[HeadRole]:
+    """A Keras source layer's role in the twin, or what feeds the target layer of a PyTorch source's."""
+    return head.get(tgt.name) if source.framework == torchrules.FRAMEWORK else head.get(src.name)
 
 
 def refuse_lossy_casts(plan: Plan) -> None:
@@ -162,6 +172,9 @@ def _check_names(source: ModelView, target: Target, options: PlanOptions, by_src
         _known(target.label, tgt, by_tgt, "--skip target layer")
     for src in options.drops:
         _known(source.path, src, by_src, "--drop source layer")
+    if options.units and source.framework == torchrules.FRAMEWORK:
+        raise WeightportError(source.path, "--units keeps output units of a Keras source's layers, and this is a PyTorch state dict",
+                              "convert the whole layer, then take the units from the Keras file: weightport convert OUT ... --units")
     for src, spec in options.units.items():
         _known(source.path, src, by_src, "--units source layer")
         _check_units(source.path, by_src[src], spec)
@@ -197,7 +210,9 @@ def _known(file: str, name: str, layers: Dict[str, Any], what: str) -> None:
 
 
 def _source_class(layer: Layer) -> Optional[str]:
-    return pairing_class(layer_class(layer), layer.wrapped)
+    """The Keras class a source layer pairs as (a PyTorch module's: Linear as Dense ...)."""
+    cls = torchrules.keras_class(layer.class_name) if torchrules.is_torch_class(layer.class_name) else layer_class(layer)
+    return pairing_class(cls, layer.wrapped)
 
 
 def _target_class(layer: TargetLayer) -> Optional[str]:
@@ -205,7 +220,9 @@ def _target_class(layer: TargetLayer) -> Optional[str]:
 
 
 def _compatible(src: Optional[str], tgt: Optional[str]) -> bool:
-    if src is None or tgt is None or src == tgt:
+    """Classes that may pair: the same, a Dense and a Conv (the twin's head), and a convolution
+    and its depthwise or transposed kind, which a PyTorch state dict cannot tell apart."""
+    if src is None or tgt is None or src == tgt or tgt in torchrules.conv_kinds(src) or src in torchrules.conv_kinds(tgt):
         return True
     convs = {src, tgt} - {"Dense"}
     return len(convs) == 1 and next(iter(convs)).startswith("Conv")
@@ -245,7 +262,7 @@ def _aligned(source: ModelView, target: Target, src: List[Layer], tgt: List[Targ
         if len(src[i].weights) != len(tgt[j].weights) or not _compatible(_source_class(src[i]), _target_class(tgt[j])):
             return False
         try:
-            _layer_steps(source, src[i], tgt[j], head.get(src[i].name), options)
+            _layer_steps(source, src[i], tgt[j], _role_of(source, head, src[i], tgt[j]), options)
         except WeightportError:
             return False
         return True
@@ -263,15 +280,15 @@ def _aligned(source: ModelView, target: Target, src: List[Layer], tgt: List[Targ
 def _take(pools: Dict[Optional[str], Deque[Layer]], layer: TargetLayer, cls: Optional[str]) -> Optional[Layer]:
     """The next source layer for a target layer of class `cls`: of its class, or its stand-in;
     else, where one side's file does not say what a wrapper holds, the next wrapper of the same
-    class (TimeDistributed(Dense) otherwise pools with the Dense layers); else, for a target
-    layer whose file names no class, the next with the same tensor shapes."""
+    class (TimeDistributed(Dense) otherwise pools with the Dense layers); else, where either side
+    names no class (a target file without one, a PyTorch norm), the next with the same tensor shapes."""
     pool = pools[cls] if pools[cls] else _stand_in(pools, cls)
     if pool:
         return pool.popleft()
     shapes = [tuple(w.shape) for w in layer.weights]
     for pool in pools.values():
         found = next((c for c in pool if (c.class_name == layer.class_name is not None and None in (c.wrapped, layer.wrapped))
-                      or (layer.class_name is None and [t.shape for t in c.weights] == shapes)), None)
+                      or (None in (layer.class_name, _source_class(c)) and [t.shape for t in c.weights] == shapes)), None)
         if found is not None:
             pool.remove(found)
             return found
@@ -281,6 +298,9 @@ def _take(pools: Dict[Optional[str], Deque[Layer]], layer: TargetLayer, cls: Opt
 def _stand_in(pools: Dict[Optional[str], Deque[Layer]], cls: Optional[str]) -> Deque[Layer]:
     """A Dense and a convolution stand in for each other (dense-to-conv, conv-to-dense): a
     target convolution takes the source's next Dense, a target Dense the next convolution left."""
+    plain = next((kind for kind in torchrules.plain_convs(cls) if pools[kind]), None)
+    if plain is not None:  # a depthwise or transposed target conv: the next plain one (a PyTorch source's)
+        return pools[plain]
     if (cls or "").startswith("Conv"):
         return pools["Dense"]
     if cls == "Dense":
@@ -319,7 +339,9 @@ def _layer_steps(source: ModelView, src: Layer, tgt: TargetLayer, role: Optional
         raise WeightportError(source.path, f"layer pair {src.name} -> {tgt.name}: {len(src.weights)} tensors in the source, {len(tgt.weights)} in the target",
                               "pair the layers differently with --map, or --skip the target layer")
     _check_sub_objects(source, src, tgt)
-    _check_framework(source, src, tgt)
+    if source.framework == torchrules.FRAMEWORK:
+        return [_step(source.path, src, t, tgt, i, _torch_rule(source.path, src, t, tt, tgt, role, options))
+                for i, (t, tt) in enumerate(zip(src.weights, tgt.weights, strict=True))]
     spec = options.units.get(src.name)
     return [_step(source.path, src, t, tgt, i, _chosen(source.path, src, t, tt, role, options, spec))
             for i, (t, tt) in enumerate(zip(src.weights, tgt.weights, strict=True))]
@@ -336,20 +358,6 @@ def _check_sub_objects(source: ModelView, src: Layer, tgt: TargetLayer) -> None:
         raise WeightportError(source.path, f"layer pair {src.name} -> {tgt.name} ({src.display_class or tgt.class_name or 'class unknown'}): its tensors sit in "
                                            f"sub-objects{' (' + ', '.join(where[:4]) + ')' if where else ''} whose order weightport cannot establish across these files",
                               "convert between files of the same layout (both Keras 3 .weights.h5/.keras), or --skip the target layer")
-
-
-def _check_framework(source: ModelView, src: Layer, tgt: TargetLayer) -> None:
-    """No rule takes PyTorch's layouts to Keras's yet: a PyTorch kernel, (out, in) or (out, in,
-    *k), would be copied as Keras's (in, out) wherever the shapes happen to agree (a square
-    Linear, a conv with as many inputs as outputs), a silent wrong conversion. Vectors (biases,
-    norms' gamma and beta, BatchNorm statistics) mean the same in both and pass."""
-    if source.framework != statedict.FRAMEWORK:
-        return
-    kernel = next((t for t in src.weights if len(t.shape) >= 2), None)
-    if kernel is not None:
-        raise WeightportError(source.path, f"layer pair {src.name} -> {tgt.name}: {kernel.name} is {'x'.join(map(str, kernel.shape))} in "
-                                           f"PyTorch's layout, and weightport has no rule yet from it to Keras's",
-                              "leave the layer out with --drop (and its target with --skip, which keeps the target's values)")
 
 
 _WITH_UNITS = {"Dense", "Conv1D", "Conv2D", "Conv3D"}  # layers whose tensors all end in the output units
@@ -417,6 +425,25 @@ def _rule(file: str, src: Layer, tensor: Tensor, have: Tuple[int, ...], wanted: 
     raise WeightportError(file, f"layer pair {src.name} -> {wanted.legacy_name.split('/')[0]}: no exact rule takes {tensor.role or tensor.name} "
                                 f"{'x'.join(map(str, have))} to {'x'.join(map(str, want))}",
                           "check the target architecture, or pair the layers with --map / --skip")
+
+
+def _torch_rule(file: str, src: Layer, tensor: Tensor, wanted: TargetTensor, tgt: TargetLayer, feed: Optional[HeadRole],
+                options: PlanOptions) -> Tuple[str, Dict[str, Any]]:
+    """The rule from a PyTorch layout (`torchrules`), the target layer's class and what feeds it
+    deciding: a DepthwiseConv2D takes a (C*m, 1, *k) kernel, a Dense fed by a Flatten of a window
+    takes a Linear's rows reordered. A Linear into a Dense whose input nobody can tell (a target
+    without its config) is refused rather than guessed."""
+    if feed is not None and feed.kind == "unknown" and src.class_name == "Linear" and tensor.role == "kernel":
+        raise WeightportError(file, f"Linear '{src.name}' ({tensor.shape[1]} inputs) goes into Dense '{tgt.name}', and without the target's config "
+                                    "nothing says whether a Flatten of a window (NCHW: rows to reorder) or a vector feeds it",
+                              "give the target with its config (.keras, or a full-model .h5), or --flatten H,W,C (1,1,C after a global pooling)")
+    window = (tuple(feed.window), feed.channels, feed.order) if feed is not None and feed.kind == "window" else None
+    found = torchrules.choose(src.class_name, tensor.role, tensor.shape, (_target_class(tgt), wanted.role, tuple(wanted.shape)), window, options.source_order)
+    if found is None:
+        raise WeightportError(file, f"layer pair {src.name} ({src.class_name or 'class unknown'}) -> {tgt.name} ({tgt.class_name or 'class unknown'}): "
+                                    f"no exact rule takes PyTorch's {tensor.role or tensor.name} {'x'.join(map(str, tensor.shape))} "
+                                    f"to {'x'.join(map(str, wanted.shape))}", "check the target architecture, or pair the layers with --map / --skip")
+    return found
 
 
 def _dense_to_conv(have: Tuple[int, ...], want: Tuple[int, ...], role: Optional[HeadRole], options: PlanOptions) -> Optional[Tuple[str, Dict[str, Any]]]:

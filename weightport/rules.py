@@ -61,7 +61,9 @@ class Rule:
     `runs` describes it as row moves for the byte mover (None: done in memory, small tensors);
     `check(step, source, target, context, at)` proves a tensor it made, from the two storages,
     as (what was compared, max abs error, max relative error) (see `checks`); `tag(params)`
-    is what the plan's table shows after the name ("chw", "flip")."""
+    is what the plan's table shows after the name ("chw", "flip"); `columns`, for a rule that
+    transposes (PyTorch's layouts), which source column each target row is, so the byte mover
+    streams it a block of columns at a time."""
 
     name: str
     summary: str
@@ -69,6 +71,7 @@ class Rule:
     runs: Optional[Callable[[Shape, Params], List[Run]]]
     check: Check
     tag: Callable[[Params], str] = _flip_tag
+    columns: Optional[Callable[[Shape, Params], np.ndarray]] = None  # a transpose: target row r is source column columns[r] (streamed by columns)
 
     def label(self, params: Params) -> str:
         """The rule as the plan's table names it: `dense-to-conv chw`, `kernel-from-th flip`."""
@@ -243,3 +246,6 @@ RULES: Dict[str, Rule] = {rule.name: rule for rule in (
     Rule("kernel-from-th", "Keras 1 'th' kernel (out, in, *spatial) -> (*spatial, in, out), flipped with --flip-kernels", _from_th, None,
          checked(checks.kernel(_th_layout, flipped=lambda params: bool(params.get("flip"))))),
 )}
+
+
+from . import torchrules  # noqa: E402,F401  (PyTorch's rules add themselves to RULES; imported last, as they use this module)

@@ -80,7 +80,10 @@ class RawFileStorage(Storage):
 
     def read_rows(self, rows: np.ndarray) -> np.ndarray:
         width = self.shape[-1] if self.shape else 1
-        return self._read(np.asarray(rows, dtype=np.int64) * width, width)
+        rows = np.asarray(rows, dtype=np.int64)
+        if len(rows) > 1 and rows[-1] - rows[0] == len(rows) - 1 and (np.diff(rows) == 1).all():  # consecutive (a block): one read
+            return self._read(rows[:1] * width, len(rows) * width).reshape(len(rows), width)
+        return self._read(rows * width, width)
 
     def _read(self, starts: np.ndarray, count: int) -> np.ndarray:
         """`count` elements from each of the elements `starts`, one row each."""

@@ -38,6 +38,7 @@ from .view import ModelView, Tensor
 __all__ = ["BLOCK_BYTES", "Output", "keeps_order", "open_data_files", "piece_shape", "raw_location", "transfer", "write_pieces"]
 
 BLOCK_BYTES = 1 << 20  # small enough to stay in the CPU cache between the read and the write
+TRANSPOSE_BYTES = 4 << 20  # whole source columns read at once by a transposing rule: one read per source row
 WRITEBACK_BYTES = 32 << 20  # start the disk on what was written every this many bytes
 _SYNC_FILE_RANGE_WRITE = 2
 
@@ -144,6 +145,9 @@ def transfer(rule_name: str, params: dict, storage: Union[Storage, h5py.Dataset]
     rule = RULES[rule_name]
     if storage.size == 0:
         return
+    if rule.columns is not None and source is not None:
+        _columns(rule.columns(tuple(storage.shape), params), source, storage, output, out_offset, out_dtype, source_file)
+        return
     if rule.runs is None or source is None:
         output.write(out_offset, _whole(rule_name, params, storage, source_file, out_dtype))
         return
@@ -158,6 +162,34 @@ def _whole(rule_name: str, params: dict, storage: Storage, source_file: str, dty
     with damaged_hdf5(source_file):
         values = storage.read()
     return np.ascontiguousarray(RULES[rule_name].apply(values, params), dtype=dtype)
+
+
+def _columns(columns: np.ndarray, source: Tuple[int, int], storage: Storage, output: Output, out_offset: int, out_dtype: np.dtype,
+             source_file: str) -> None:
+    """A target made of the source's columns (the source seen as (its first axis, the rest): a
+    PyTorch weight), target row r being source column columns[r]: `TRANSPOSE_BYTES` of whole
+    columns read at a time (one read per source row), transposed, and written where they go
+    (rows that follow each other in the target in one write)."""
+    fd, offset = source
+    rows = storage.shape[0]
+    width, itemsize = storage.size // rows, storage.dtype.itemsize
+    place = np.empty(width, np.int64)
+    place[columns] = np.arange(width)  # the target row of each source column
+    row_bytes = rows * out_dtype.itemsize
+    per = max(1, TRANSPOSE_BYTES // (rows * itemsize))
+    for start in range(0, width, per):
+        count = min(per, width - start)
+        block = np.empty((rows, count), storage.dtype)
+        for i in range(rows):
+            at = offset + (i * width + start) * itemsize
+            got = os.preadv(fd, [block[i]], at)
+            if got != count * itemsize:
+                raise truncated(source_file, got, count * itemsize, at)
+        made = np.ascontiguousarray(block.T, dtype=out_dtype)
+        targets = place[start:start + count]
+        cuts = [0, *(np.flatnonzero(np.diff(targets) != 1) + 1), count]
+        for first, end in zip(cuts, cuts[1:]):
+            output.write(out_offset + int(targets[first]) * row_bytes, made[first:end])
 
 
 class _Mover:
