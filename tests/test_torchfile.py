@@ -15,7 +15,9 @@ import pytest
 
 import weightport
 from conftest import FIXTURES, ROOT, import_or_skip
+from weightport.budgets import MAX_TENSORS
 from weightport.cli import main
+from weightport.torchfile import MAX_PICKLE_OPCODES
 
 torch = import_or_skip("torch")
 nn = torch.nn
@@ -175,6 +177,18 @@ def _a_tensor(path: Path) -> None:
     torch.save(torch.zeros(3), path)
 
 
+def _opcode_flood(path: Path) -> None:
+    """A torch.save zip whose pickle is 1.3 million one-byte opcodes (scanning 16 MB of them took 14 s)."""
+    with zipfile.ZipFile(path, "w", zipfile.ZIP_STORED) as out:
+        out.writestr("archive/data.pkl", b"\x80\x02" + b"N" * (MAX_PICKLE_OPCODES + 1) + b".")
+
+
+def _shared_keys(path: Path) -> None:
+    """More keys than weightport converts, all one tensor: a small file (150,000 of them took 13 s, 700 MB)."""
+    one = torch.zeros(1)
+    torch.save({f"m{i}.weight": one for i in range(MAX_TENSORS + 1)}, path)
+
+
 CASES = {
     "code": (_code, "names posix.system"),
     "instance": (_instance, "names test_torchfile.Instance"),
@@ -185,6 +199,8 @@ CASES = {
     "short-storage": (_short_storage, "declares 16,384 bytes but its zip member holds 16"),
     "legacy-short": (_legacy_short, "declares storages of more than its 4,096 bytes"),
     "a-tensor": (_a_tensor, "holding a single tensor"),
+    "opcode-flood": (_opcode_flood, f"pickle holds more than {MAX_PICKLE_OPCODES:,} opcodes"),
+    "shared-keys": (_shared_keys, f"declares {MAX_TENSORS + 1:,} tensors, more than weightport converts"),
 }
 
 
@@ -215,7 +231,7 @@ def test_without_torch_a_checkpoint_says_how_to_read_it(tmp_path: Path) -> None:
     assert "a PyTorch checkpoint (torch.save zip)" in result.stderr and "pip install weightport[torch]" in result.stderr
 
 
-@pytest.mark.parametrize("case", ["code", "instance", "truncated", "compressed"])
+@pytest.mark.parametrize("case", ["code", "instance", "truncated", "compressed", "opcode-flood"])
 def test_hostile_files_are_refused_before_torch_is_imported(case: str, tmp_path: Path) -> None:
     """A damaged zip, or a pickle naming code, is refused from the container and the opcodes
     alone: PyTorch (seconds to import) is never loaded, so refusing costs well under a second."""

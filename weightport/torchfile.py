@@ -37,7 +37,7 @@ from .statedict import Entry, read_view
 from .storage import Storage
 from .view import ModelView
 
-__all__ = ["ZIP", "LEGACY", "LAYOUT", "ORDER", "sniff", "read_torch", "TorchStorage", "load_checkpoint"]
+__all__ = ["ZIP", "LEGACY", "LAYOUT", "ORDER", "MAX_PICKLE_OPCODES", "sniff", "read_torch", "TorchStorage", "load_checkpoint"]
 
 PathLike = Union[str, Path]
 ZIP, LEGACY = "zip", "legacy"
@@ -51,6 +51,9 @@ _MAGIC_NUMBER, _PROTOCOL_VERSION = 0x1950A86A20F9469CFC6C, 1001
 # the largest models weightport takes (MAX_LAYERS layers, a handful of tensors each) has fewer.
 MAX_MEMBERS = 16 * budgets.MAX_LAYERS
 MAX_PICKLE_BYTES = budgets.MAX_CONFIG_BYTES  # a state dict's pickle holds names and shapes: ~100 bytes a tensor
+# ... and ~34 opcodes a tensor (ResNet50's), each ~1 µs to scan: a 16 MB pickle of one-byte opcodes took
+# 14 s, and 150,000 tensors sharing one storage (a 4 MB file) 13 s and 700 MB to unpickle.
+MAX_PICKLE_OPCODES = 64 * budgets.MAX_TENSORS
 _HINT_DAMAGED = "the file is damaged or was not written by torch.save; save or download it again"
 _HINT_STATE_DICT = "save the weights with torch.save(model.state_dict(), PATH)"
 # What the pickle of a state dict may name (module, name pattern): PyTorch's tensor and storage
@@ -249,9 +252,10 @@ def _scan(path: PathLike, stream: Any, count: int) -> None:
     and refuse one that names anything a state dict does not need: `os.system`, a class of the
     training script. Fast, and without PyTorch; PyTorch's own weights-only unpickler checks again."""
     limited = io.BytesIO(stream.read(MAX_PICKLE_BYTES + 4096))
+    counts = [0, 0]  # opcodes, storage references (one a tensor)
     try:
         for _ in range(count):
-            for named in _globals(limited):
+            for named in _globals(_counted(path, pickletools.genops(limited), counts)):
                 if not _allowed(named):
                     raise WeightportError(path, f"PyTorch checkpoint whose pickle names {'.'.join(named)} (code, or an object other than "
                                                 "tensors): weightport loads weights only and runs no code", _HINT_STATE_DICT)
@@ -259,12 +263,25 @@ def _scan(path: PathLike, stream: Any, count: int) -> None:
         raise WeightportError(path, f"damaged PyTorch checkpoint: its pickle cannot be read ({exc})", _HINT_DAMAGED) from None
 
 
-def _globals(stream: Any) -> Iterator[List[str]]:
-    """[module, name] of every global one pickle of `stream` names: GLOBAL's argument, or the two
+def _counted(path: PathLike, ops: Iterator[Any], counts: List[int]) -> Iterator[Any]:
+    """The opcodes of `ops`, refused past what a state dict of `budgets.MAX_TENSORS` tensors
+    holds (`counts`: opcodes and storage references so far, over all pickles of the file)."""
+    for op in ops:
+        counts[0] += 1
+        counts[1] += op[0].name in ("BINPERSID", "PERSID")
+        if counts[0] > MAX_PICKLE_OPCODES or counts[1] > budgets.MAX_TENSORS:
+            what = f"more than {MAX_PICKLE_OPCODES:,} opcodes" if counts[0] > MAX_PICKLE_OPCODES else f"more than {budgets.MAX_TENSORS:,} tensors"
+            raise WeightportError(path, f"PyTorch checkpoint whose pickle holds {what}, more than weightport converts",
+                                  "convert a model of fewer layers, or a part of the state dict saved on its own")
+        yield op
+
+
+def _globals(ops: Iterator[Any]) -> Iterator[List[str]]:
+    """[module, name] of every global one pickle (its opcodes `ops`) names: GLOBAL's argument, or the two
     strings STACK_GLOBAL (protocol 4) takes from the stack, which may come from the memo."""
     strings: List[Optional[str]] = []  # what each push left on top, where it is a string
     memo: Dict[int, Optional[str]] = {}
-    for opcode, arg, _ in pickletools.genops(stream):
+    for opcode, arg, _ in ops:
         name = opcode.name
         if name in ("GLOBAL", "INST"):
             yield str(arg).split(" ", 1)
@@ -377,6 +394,7 @@ def _state_dict(torch: Any, path: PathLike, obj: Any) -> Tuple[Optional[str], Di
         if len(inner) != 1 or inner[0] not in WRAPPERS:
             raise WeightportError(path, f"a PyTorch checkpoint holding {_describe(torch, obj)}, not a state dict of tensors", _HINT_STATE_DICT)
         key, state = inner[0], obj[inner[0]]
+    budgets.check_state_dict(path, tensors=len(state), longest=max(map(len, state)))  # before each of 150,000 keys sharing one tensor is checked
     for name, tensor in state.items():
         _check_tensor(torch, path, name, tensor)
     return key, state
