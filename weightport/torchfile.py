@@ -203,7 +203,8 @@ def _check_zip(path: PathLike, name: str, size: int) -> _Zip:
             raise WeightportError(path, f"torch.save zip of {end[zipfile._ECD_ENTRIES_TOTAL]:,} members, more than a state dict of "
                                         f"{budgets.MAX_LAYERS:,} layers has ({MAX_MEMBERS:,})", _HINT_DAMAGED)
         try:
-            infos = zipfile.ZipFile(fh).infolist()
+            with zipfile.ZipFile(fh) as archive:  # closes the directory's reader, not `fh`
+                infos = archive.infolist()
         except (zipfile.BadZipFile, OSError, EOFError, ValueError) as exc:
             raise WeightportError(path, f"damaged torch.save zip ({exc})", _HINT_DAMAGED) from None
         spans = [(info, _span(path, fh, info, size)) for info in infos]
