@@ -105,6 +105,22 @@ def test_tied_views_and_transposed_tensors_read_their_own_values(tmp_path: Path)
         np.testing.assert_array_equal(_read_all(path)[key], tensor.detach().numpy())
 
 
+def test_a_checkpoint_cut_after_it_was_read_is_refused_not_a_crash(tmp_path: Path) -> None:
+    """Values of a tensor in place are read from the file, not through the memory map: a file cut
+    after reading is an error naming it (reading a map past the file's new end is SIGBUS)."""
+    path = tmp_path / "model.pth"
+    torch.save({"fc.weight": torch.ones(512, 512), "fc.bias": torch.ones(512)}, path)
+    with weightport.read(path) as view:
+        weight = view.tensors[0].storage
+        assert weight.offset is not None
+        np.testing.assert_array_equal(weight.read_rows(np.array([3, 1])), np.ones((2, 512), np.float32))
+        os.truncate(path, weight.offset + 4096)
+        for reading in (weight.read, lambda: weight.read_rows(np.array([500]))):
+            with pytest.raises(weightport.WeightportError) as caught:
+                reading()
+            assert str(path) in caught.value.line() and "\n" not in caught.value.line()
+
+
 # --- refusals: one line, exit 2, nothing written, no code run ---------------------------------
 
 class Payload:

@@ -34,7 +34,7 @@ import numpy as np
 from . import budgets, digests
 from .errors import WeightportError
 from .statedict import Entry, read_view
-from .storage import Storage
+from .storage import RawFileStorage, Storage
 from .view import ModelView
 
 __all__ = ["ZIP", "LEGACY", "LAYOUT", "ORDER", "MAX_PICKLE_OPCODES", "sniff", "read_torch", "TorchStorage", "load_checkpoint"]
@@ -123,15 +123,24 @@ class TorchStorage(Storage):
         self.widened = str(tensor.dtype) == "torch.bfloat16"  # given as float32
 
     def read(self) -> np.ndarray:
-        """The whole tensor (for a memory-mapped contiguous one, a view of the mapped file)."""
+        """The whole tensor: one in place is read from the file (`_in_place`), else from the loaded one."""
+        if self.offset is not None:
+            return self._in_place().read()
         return _values(self._tensor)
 
     def read_rows(self, rows: np.ndarray) -> np.ndarray:
         """The given rows (slices along the last axis), in the order given: only those are read."""
+        if self.offset is not None:
+            return self._in_place().read_rows(rows)
         rows = np.asarray(rows, dtype=np.int64)
         if len(self.shape) < 2:
             return self.read().reshape(1, -1)[rows]
         return _values(self._tensor[tuple(np.unravel_index(rows, self.shape[:-1]))])
+
+    def _in_place(self) -> RawFileStorage:
+        """The tensor's bytes in the file, read with `os.pread` once the file is still the one read
+        and long enough: a file cut while a memory map of it is read kills the process (SIGBUS)."""
+        return RawFileStorage(self.file, self.identity, self.offset, self.shape, self.dtype)
 
     def release(self) -> None:
         """Let the loaded tensor go (its memory map closes with the last reference to it)."""
