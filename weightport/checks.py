@@ -41,24 +41,41 @@ Orders = Callable[[Params, int], Tuple[str, str]]  # (source, target) row orders
 
 class Context:
     """What every check of one verification shares: its random numbers from one seed (rows to
-    sample drawn by the standard library, inputs by numpy's generator, made on first use:
-    importing numpy.random costs ~7 MiB of memory, as it loads OpenSSL, and most models never
-    need it), and how big a tensor is checked whole (`full_values`) and how many random rows a
-    bigger one is checked on (`sampled_rows`, besides the first and the last)."""
+    sample drawn by the standard library, inputs by `standard_normal`), and how big a tensor is
+    checked whole (`full_values`) and how many random rows a bigger one is checked on
+    (`sampled_rows`, besides the first and the last)."""
 
     def __init__(self, seed: int, full_values: int, sampled_rows: int) -> None:
         self.seed, self.full_values, self.sampled_rows = seed, full_values, sampled_rows
         self._rows = random.Random(seed)
-        self._values: Optional[np.random.Generator] = None
+        self._drawn = 0  # how many values the input generator has given
 
     def sample(self, population: int, count: int) -> List[int]:
         """`count` distinct integers below `population`."""
         return self._rows.sample(range(population), count)
 
     def standard_normal(self, shape: Tuple[int, ...]) -> np.ndarray:
-        if self._values is None:
-            self._values = np.random.default_rng(self.seed)
-        return self._values.standard_normal(shape)
+        """Standard normal inputs in plain numpy: splitmix64 over a running counter, then
+        Box-Muller. numpy.random would do, but importing it costs ~7 MiB (it loads OpenSSL) in a
+        conversion that must stay within 64 MiB (a VGG16 from PyTorch is checked on inputs)."""
+        count = int(np.prod(shape, dtype=np.int64))
+        pairs = (count + 1) // 2
+        counter = np.arange(self._drawn, self._drawn + 2 * pairs, dtype=np.uint64) + np.uint64(self.seed) * _GOLDEN
+        self._drawn += 2 * pairs
+        uniform = ((_splitmix64(counter) >> np.uint64(11)).astype(np.float64) + 0.5) * 2.0 ** -53  # in (0, 1)
+        radius, angle = np.sqrt(-2.0 * np.log(uniform[:pairs])), 2.0 * np.pi * uniform[pairs:]
+        return np.concatenate([radius * np.cos(angle), radius * np.sin(angle)])[:count].reshape(shape)
+
+
+_GOLDEN = np.uint64(0x9E3779B97F4A7C15)
+
+
+def _splitmix64(x: np.ndarray) -> np.ndarray:
+    """The splitmix64 finaliser (Steele, Lea, Flood 2014) on uint64 counters: arithmetic wraps mod 2**64."""
+    z = x + _GOLDEN
+    z = (z ^ (z >> np.uint64(30))) * np.uint64(0xBF58476D1CE4E5B9)
+    z = (z ^ (z >> np.uint64(27))) * np.uint64(0x94D049BB133111EB)
+    return z ^ (z >> np.uint64(31))
 
 
 Check = Callable[["Step", Storage, Storage, Context, At], Result]  # a rule's whole check of one tensor
