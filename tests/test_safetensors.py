@@ -17,7 +17,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from conftest import ROOT, import_or_skip, run_cli
+from conftest import ROOT, import_or_skip, measured_cli_command, peak_mib, run_cli
 from test_hostile_inputs import assert_refused
 import weightport
 from weightport import budgets
@@ -459,6 +459,44 @@ def test_a_vgg16_sized_file_streams_through_the_byte_mover_in_bounded_memory(tmp
                 n = min(16 << 20, end - at)
                 assert moved.read(n) == src.read(n), name
         assert moved.read(1) == b""
+
+
+KERAS_VGG16 = [f"block{b}_conv{c}" for b, n in ((1, 2), (2, 2), (3, 3), (4, 3), (5, 3)) for c in range(1, n + 1)] + ["fc1", "fc2", "predictions"]
+
+
+def _keras_vgg16_target(path: Path) -> None:
+    """keras.applications.VGG16's weights-only `.h5` layout (legacy names, Keras shapes), zeros
+    written a block at a time, without building the model: only its shapes matter to the plan."""
+    import h5py
+    shapes = [(*shape[2:], shape[1], shape[0]) for shape in VGG16_SHAPES]  # (out, in, *k) -> (*k, in, out); (out, in) -> (in, out)
+    with h5py.File(path, "w") as f:
+        f.attrs["layer_names"] = np.array([name.encode() for name in KERAS_VGG16])
+        f.attrs["backend"], f.attrs["keras_version"] = b"tensorflow", b"2.15.0"
+        for name, shape in zip(KERAS_VGG16, shapes):
+            group = f.create_group(name)
+            group.attrs["weight_names"] = np.array([f"{name}/kernel:0".encode(), f"{name}/bias:0".encode()])
+            kernel = group.create_dataset(f"{name}/kernel:0", shape=shape, dtype="f4")
+            for start in range(0, shape[0], 512):
+                kernel[start:start + 512] = 0
+            group.create_dataset(f"{name}/bias:0", data=np.zeros(shape[-1], "f4"))
+
+
+def test_a_vgg16_sized_file_converts_and_verifies_into_keras_within_64_mib(tmp_path: Path) -> None:
+    """Issue 14's streaming bound, end to end: torchvision VGG16's state dict (553 MB of
+    safetensors) into keras.applications.VGG16's weights by the PyTorch rules (convs transposed,
+    fc1's rows from chw to the Keras Flatten's hwc, Linears transposed), written and verified by
+    `convert` itself in one process whose peak memory stays within 64 MiB."""
+    source, target, out, peak = tmp_path / "vgg16.safetensors", tmp_path / "vgg16_keras.h5", tmp_path / "out.h5", tmp_path / "peak"
+    _vgg16_sized(source)
+    _keras_vgg16_target(target)
+    maps = [arg for pair in zip(["--map"] * 3, ["classifier.0=fc1", "classifier.3=fc2", "classifier.6=predictions"]) for arg in pair]
+    child = subprocess.run(**measured_cli_command("convert", str(source), "--target", str(target), "--flatten", "7,7,512", *maps,
+                                                  "-o", str(out), "--json", peak_file=peak), capture_output=True, text=True, timeout=900)
+    assert child.returncode == 0, child.stderr
+    report = json.loads(child.stdout)
+    assert report["ok"] is True and report["verification"]["ok"] is True
+    assert {step["rule"] for step in report["plan"]["steps"]} == {"torch-conv", "torch-linear-flatten", "torch-linear", "copy"}
+    assert peak_mib(peak) < STREAM_MIB, f"peak memory {peak_mib(peak):.1f} MiB"
 
 
 # --- converting -------------------------------------------------------------------------------
