@@ -12,6 +12,9 @@ What is measured, each command as its own child process, wall time and peak RSS:
 - VGG16 (138,357,544 float32 values, ~553 MB, 32 tensors): legacy `.h5` to `.h5` and to
   `.weights.h5`, `.keras` to `.weights.h5`, with and without verification, against `cp` and
   `cp` + `sync` (`--compression` adds the lzf / gzip outputs);
+- torchvision's VGG16 state dict (`--skip-torch` leaves it out) as `.safetensors` and `.pth` into
+  `keras.applications.VGG16`'s weights (`--target vgg16.keras`), verified, against `cp` + `sync` of
+  the `.safetensors` file;
 - the Keras route (bench/keras_route.py) for each model: build it and its twin in Keras 3,
   `load_weights`, `get_weights`/`set_weights`, `save_weights`;
 - `weightport --version`: the start-up cost of every command;
@@ -27,7 +30,7 @@ pays for another's writeback. Peak RSS is the child's own maximum resident set:
 `/usr/bin/time -f %M` when present, else `os.wait4`.
 The source files are made once (bench/make_sources.py) and cached in `bench/cache/`.
 
-    python bench/bench.py [--repeat N] [--keras-repeat K] [--big-gb G] [--cache DIR] [--skip-keras] [--compression] [--markdown] [--drop-caches]
+    python bench/bench.py [--repeat N] [--keras-repeat K] [--big-gb G] [--cache DIR] [--skip-keras] [--skip-torch] [--compression] [--markdown] [--drop-caches]
 """
 
 from __future__ import annotations
@@ -54,6 +57,7 @@ MIB = 1 << 20
 TARGETS = {"apps": (1.5, 10.0), "vgg16": (1.2, 20.0)}
 MAX_RSS_MIB = 64.0
 MAX_STARTUP_S = 0.1
+TORCH_SOURCES = ["vgg16.safetensors", "vgg16.pth"]
 
 
 @dataclass
@@ -101,10 +105,13 @@ def make_cached(cache: Path, names: list[str], kind: str, *extra: str) -> None:
             os.replace(Path(tmp) / name, cache / name)
 
 
-def make_sources(cache: Path, big_gb: float) -> Path | None:
-    """The VGG16 files (Keras 3 and tf_keras), the applications' and, unless `big_gb` is 0, the big file; returns its path."""
+def make_sources(cache: Path, big_gb: float, torch: bool) -> Path | None:
+    """The VGG16 files (Keras 3, tf_keras and, with `torch`, PyTorch's), the applications' and, unless
+    `big_gb` is 0, the big file; returns its path."""
     make_cached(cache, ["vgg16.weights.h5", "vgg16.keras"], "keras3")
     make_cached(cache, ["vgg16_weights.h5"], "tf_keras")
+    if torch:
+        make_cached(cache, TORCH_SOURCES, "torch")
     make_cached(cache, [name for app in APPS for name in app_names(app)], "apps")
     if not big_gb:
         return None
@@ -180,6 +187,18 @@ def vgg_rows(cache: Path, out: Path, skip_keras: bool, compression: bool) -> lis
                                     flat + ["--compression", method], True, floor, None, "compressed"))
     rows += cp_rows(legacy, out, "vgg16_weights.h5")
     return rows + ([route] if route else [])
+
+
+def torch_rows(cache: Path, out: Path) -> list[Command]:
+    """torchvision's VGG16 into Keras's: the .pth in its registration order, the .safetensors (whose
+    order is the natural order of module paths: classifier before features) with its head mapped."""
+    target = ["--target", str(cache / "vgg16.keras")]
+    maps = ["--map", "classifier.0=fc1", "--map", "classifier.3=fc2", "--map", "classifier.6=predictions"]
+    floor = "cp + sync vgg16.safetensors"
+    return [convert_row("convert vgg16.safetensors -> .h5 (verify)", cache / "vgg16.safetensors", out / "from_safetensors.h5", target + maps,
+                        True, floor, None, "torch"),
+            convert_row("convert vgg16.pth -> .h5 (verify)", cache / "vgg16.pth", out / "from_pth.h5", target, True, floor, None, "torch"),
+            *cp_rows(cache / "vgg16.safetensors", out, "vgg16.safetensors")]
 
 
 def big_rows(big: Path, out: Path, big_gb: float) -> list[Command]:
@@ -309,6 +328,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--big-gb", type=float, default=0.0, help="size of the synthetic big source in GB (default 0: skip it)")
     parser.add_argument("--cache", type=Path, default=HERE / "cache", help="where the source files are made and kept")
     parser.add_argument("--skip-keras", action="store_true", help="leave out the Keras routes")
+    parser.add_argument("--skip-torch", action="store_true", help="leave out the PyTorch sources (they need torch and torchvision)")
     parser.add_argument("--keras-repeat", type=int, help="timed runs of each Keras route (default: --repeat; no warm-up run)")
     parser.add_argument("--compression", action="store_true", help="add the VGG16 --compression lzf / gzip rows (slow: the compressors)")
     parser.add_argument("--markdown", action="store_true", help="print the table as Markdown")
@@ -326,12 +346,13 @@ def main(argv: list[str] | None = None) -> None:
     cache = args.cache.resolve()
     out = cache / "out"
     out.mkdir(parents=True, exist_ok=True)
-    big = make_sources(cache, args.big_gb)
+    big = make_sources(cache, args.big_gb, not args.skip_torch)
     if args.drop_caches:
         drop_caches()
     commands = vgg_rows(cache, out, args.skip_keras, args.compression) + app_rows(cache, out, args.skip_keras)
     commands += big_rows(big, out, args.big_gb) if big else []
-    sources = {name: cache / name for name in ("vgg16_weights.h5", "vgg16.weights.h5", "vgg16.keras")}
+    commands += [] if args.skip_torch else torch_rows(cache, out)
+    sources = {name: cache / name for name in ("vgg16_weights.h5", "vgg16.weights.h5", "vgg16.keras", *([] if args.skip_torch else TORCH_SOURCES))}
     sources.update({name: cache / name for app in APPS for name in app_names(app)})
     if big:
         sources[big.name] = big

@@ -3,6 +3,8 @@
     python bench/make_sources.py keras3 DIR      vgg16.weights.h5 and vgg16.keras (Keras 3, weights=None)
     python bench/make_sources.py tf_keras DIR    vgg16_weights.h5 (tf_keras save_weights, legacy layout)
     python bench/make_sources.py big DIR GB      big_7x7xC.h5: a ~GB legacy weights-only .h5, huge flatten head
+    python bench/make_sources.py torch DIR       vgg16.safetensors and vgg16.pth: torchvision's VGG16 (weights=None)
+                                                 state dict, as safetensors and as torch.save writes it
     python bench/make_sources.py apps DIR        <app>.keras (Keras 3 model.save) and <app>_tfk.h5 (tf_keras
                                                  model.save, a whole legacy model) for every APPS model
 
@@ -49,6 +51,16 @@ def make_tf_keras(folder: Path) -> None:
     import tf_keras
 
     tf_keras.applications.VGG16(weights=None).save_weights(str(folder / "vgg16_weights.h5"))
+
+
+def make_torch(folder: Path) -> None:
+    import torch
+    import torchvision
+    from safetensors.torch import save_file
+
+    state = torchvision.models.vgg16(weights=None).state_dict()
+    save_file(state, str(folder / "vgg16.safetensors"))
+    torch.save(state, folder / "vgg16.pth")
 
 
 def make_apps(folder: Path) -> None:
@@ -119,6 +131,8 @@ def main(argv: list[str]) -> None:
         make_keras3(folder)
     elif kind == "tf_keras":
         make_tf_keras(folder)
+    elif kind == "torch":
+        make_torch(folder)
     elif kind == "apps":
         make_apps(folder)
     elif kind in ("app-keras3", "app-tf_keras"):
