@@ -13,6 +13,13 @@ from typing import Callable, List, Sequence
 
 import pytest
 
+# PyTorch before TensorFlow: torchvision imported into a process that has loaded TensorFlow
+# segfaults as it loads triton's native library (seen in a worker that had collected the Keras
+# tests); imported first, both work. Test modules import Keras as they are collected, after this.
+for _module in ("torch", "torchvision"):
+    if importlib.util.find_spec(_module) is not None:
+        importlib.import_module(_module)
+
 ROOT = Path(__file__).resolve().parent.parent
 FIXTURES = ROOT / "fixtures"
 SHARED_FILES = ROOT.parent / "shared" / "keras-files"
