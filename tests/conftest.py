@@ -130,8 +130,10 @@ def keras_required() -> bool:
 
 
 def import_or_skip(module: str):
+    """The module itself (`safetensors.torch`, not its package, as `__import__` would give), or a
+    skip where it is not installed; under CI a missing module fails."""
     if keras_required():
-        return __import__(module)
+        return importlib.import_module(module)
     return pytest.importorskip(module, reason=f"{module} is not installed (pip install -e '.[test]')")
 
 

@@ -177,15 +177,17 @@ def _columns(columns: np.ndarray, source: Tuple[int, int], storage: Storage, out
     place[columns] = np.arange(width)  # the target row of each source column
     row_bytes = rows * out_dtype.itemsize
     per = max(1, TRANSPOSE_BYTES // (rows * itemsize))
+    read_into, made_into = np.empty(rows * min(per, width), storage.dtype), np.empty(rows * min(per, width), out_dtype)  # reused: no allocator churn
     for start in range(0, width, per):
         count = min(per, width - start)
-        block = np.empty((rows, count), storage.dtype)
+        block = read_into[:rows * count].reshape(rows, count)
         for i in range(rows):
             at = offset + (i * width + start) * itemsize
             got = os.preadv(fd, [block[i]], at)
             if got != count * itemsize:
                 raise truncated(source_file, got, count * itemsize, at)
-        made = np.ascontiguousarray(block.T, dtype=out_dtype)
+        made = made_into[:rows * count].reshape(count, rows)
+        np.copyto(made, block.T, casting="unsafe")
         targets = place[start:start + count]
         cuts = [0, *(np.flatnonzero(np.diff(targets) != 1) + 1), count]
         for first, end in zip(cuts, cuts[1:]):
