@@ -50,7 +50,7 @@ def twin_config(view: ModelView, head: Dict[str, HeadRole], per_location: bool =
     folded = {name: role for role in head.values() for name in role.folded}
     pooling = {role.pooling: role for role in head.values() if role.pooling}
     for entry in _entries(raw):
-        name = entry.get("name") or entry["config"].get("name")
+        name = _name(entry)
         entry.pop("build_config", None)
         if name in folded:
             _to_identity(entry)
