@@ -5,11 +5,12 @@ from __future__ import annotations
 import contextlib
 import importlib.util
 import os
+import shutil
 import subprocess
 import sys
 import time
 from pathlib import Path
-from typing import Callable, List, Sequence
+from typing import Callable, Iterator, List, Sequence
 
 import pytest
 
@@ -176,14 +177,30 @@ def pytest_collection_modifyitems(items: List[pytest.Item]) -> None:
     items.sort(key=lambda item: item.nodeid.split("::", 1)[0].endswith(ONE_TEST_AT_A_TIME))
 
 
+@contextlib.contextmanager
+def scratch(tmp_path_factory: pytest.TempPathFactory, name: str) -> Iterator[Path]:
+    """A module fixture's folder, removed when the fixture ends. pytest keeps `tmp_path_factory`'s
+    folders to the end of the session, and the suite writes ~20 GB of VGG16-sized files in all:
+    kept, they filled CI's disk. (`tmp_path` folders go when their test passes: setup.cfg.)"""
+    folder = tmp_path_factory.mktemp(name)
+    try:
+        yield folder
+    finally:
+        shutil.rmtree(folder, ignore_errors=True)
+
+
 @pytest.fixture(scope="session")
-def big_source(tmp_path_factory) -> Path:
+def big_source(tmp_path_factory) -> Iterator[Path]:
     """A legacy weights-only classifier whose Dense kernel is ~200 MB (written in blocks): its
     conversion is long enough to be caught mid-write. Convert it with `--flatten 7,7,64`."""
+    with scratch(tmp_path_factory, "big") as folder:
+        yield _write_big_source(folder / "big_weights.h5")
+
+
+def _write_big_source(path: Path) -> Path:
     import h5py
     import numpy as np
 
-    path = tmp_path_factory.mktemp("big") / "big_weights.h5"
     units = 200 * 2**20 // (BIG_ROWS * 4)
     with h5py.File(path, "w") as f:
         f.attrs["keras_version"], f.attrs["backend"] = "2.21.0", "tensorflow"

@@ -16,7 +16,7 @@ import numpy as np
 import pytest
 
 import weightport
-from conftest import ROOT, import_or_skip, run_cli, vgg16_classifier
+from conftest import ROOT, import_or_skip, run_cli, scratch, vgg16_classifier
 
 keras = import_or_skip("keras")
 tf_keras = import_or_skip("tf_keras")
@@ -35,15 +35,15 @@ def _recipe():
 def fcn32s(request, tmp_path_factory):
     K = keras if request.param == "k3" else tf_keras
     K.backend.clear_session()
-    folder = tmp_path_factory.mktemp(f"fcn32s_{request.param}")
-    classifier = vgg16_classifier(K, 32)
-    source = folder / ("vgg16.keras" if request.param == "k3" else "vgg16.h5")
-    classifier.save(str(source))
-    fcn = _recipe().build_fcn32s(K)
-    target = folder / ("target.weights.h5" if request.param == "k3" else "target.h5")
-    fcn.save_weights(str(target))
-    new_layers = {name: fcn.get_layer(name).get_weights() for name in ("score_fr", "upscore")}
-    yield K, folder, classifier, fcn, source, target, new_layers
+    with scratch(tmp_path_factory, f"fcn32s_{request.param}") as folder:
+        classifier = vgg16_classifier(K, 32)
+        source = folder / ("vgg16.keras" if request.param == "k3" else "vgg16.h5")
+        classifier.save(str(source))
+        fcn = _recipe().build_fcn32s(K)
+        target = folder / ("target.weights.h5" if request.param == "k3" else "target.h5")
+        fcn.save_weights(str(target))
+        new_layers = {name: fcn.get_layer(name).get_weights() for name in ("score_fr", "upscore")}
+        yield K, classifier, fcn, source, target, new_layers
     K.backend.clear_session()
 
 
@@ -52,9 +52,9 @@ def _tensors(path):
         return {(layer.name, t.name.rsplit("/", 1)[-1]): t.read() for layer in view.layers for t in layer.weights}
 
 
-def test_drop_and_skip_or_align_initialise_the_fcn_from_the_classifier(fcn32s) -> None:
-    K, folder, classifier, fcn, source, target, new_layers = fcn32s
-    by_hand, aligned = folder / f"by_hand{target.name[6:]}", folder / f"aligned{target.name[6:]}"
+def test_drop_and_skip_or_align_initialise_the_fcn_from_the_classifier(fcn32s, tmp_path) -> None:
+    K, classifier, fcn, source, target, new_layers = fcn32s
+    by_hand, aligned = tmp_path / f"by_hand{target.name[6:]}", tmp_path / f"aligned{target.name[6:]}"
     weightport.convert(source, by_hand, target=target, drops=["predictions"], skips=["score_fr", "upscore"])
     result = run_cli("convert", str(source), "--target", str(target), "--align", "-o", str(aligned))
     assert result.returncode == 0, result.stderr
@@ -62,6 +62,8 @@ def test_drop_and_skip_or_align_initialise_the_fcn_from_the_classifier(fcn32s) -
     hand, auto = _tensors(by_hand), _tensors(aligned)
     assert hand.keys() == auto.keys()
     assert all(hand[key].dtype == auto[key].dtype and hand[key].tobytes() == auto[key].tobytes() for key in hand)
+    del hand, auto
+    by_hand.unlink()
 
     fcn.load_weights(str(aligned))
     for name, values in new_layers.items():
@@ -82,12 +84,12 @@ def test_drop_and_skip_or_align_initialise_the_fcn_from_the_classifier(fcn32s) -
 
 
 @pytest.mark.parametrize("fcn32s", ["k3"], indirect=True)  # the recipe is written for Keras 3
-def test_the_fcn32s_recipe_runs_as_written(fcn32s) -> None:
+def test_the_fcn32s_recipe_runs_as_written(fcn32s, tmp_path) -> None:
     """docs/recipes/fcn32s.py with a trained classifier given (this module's VGG16, which saves
     building another): it converts, loads and fine-tunes two steps."""
-    _, folder, _, _, source, *_ = fcn32s
-    result = subprocess.run([sys.executable, str(ROOT / "docs" / "recipes" / "fcn32s.py"), str(source)], cwd=folder,
+    _, _, _, source, *_ = fcn32s
+    result = subprocess.run([sys.executable, str(ROOT / "docs" / "recipes" / "fcn32s.py"), str(source)], cwd=tmp_path,
                             capture_output=True, text=True, timeout=900, env=dict(os.environ, PYTHONPATH=str(ROOT)))
     assert result.returncode == 0, result.stderr[-2000:]
     assert "fine-tuned 2 steps from fcn32s_init.weights.h5" in result.stdout
-    assert (folder / "fcn32s_init.weights.h5").exists()
+    assert (tmp_path / "fcn32s_init.weights.h5").exists()

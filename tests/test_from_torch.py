@@ -15,7 +15,7 @@ import numpy as np
 import pytest
 
 import weightport
-from conftest import import_or_skip, keras_required
+from conftest import import_or_skip, keras_required, scratch
 from weightport.cli import main
 from weightport.errors import WeightportError
 
@@ -77,12 +77,12 @@ def _save_target(K, model, folder: Path) -> Path:
 
 @pytest.fixture(scope="module")
 def small(tmp_path_factory):
-    folder = tmp_path_factory.mktemp("small")
-    model = small_torch()
-    torch.save(model.state_dict(), folder / "small.pth")
-    safetensors_torch.save_file({k: v.contiguous() for k, v in model.state_dict().items()}, str(folder / "small.safetensors"))
-    x = np.random.default_rng(0).standard_normal((2, 8, 8, 3)).astype("float32")
-    return folder, model, x, _torch_out(model, x)
+    with scratch(tmp_path_factory, "small") as folder:
+        model = small_torch()
+        torch.save(model.state_dict(), folder / "small.pth")
+        safetensors_torch.save_file({k: v.contiguous() for k, v in model.state_dict().items()}, str(folder / "small.safetensors"))
+        x = np.random.default_rng(0).standard_normal((2, 8, 8, 3)).astype("float32")
+        yield folder, model, x, _torch_out(model, x)
 
 
 @pytest.mark.parametrize("source", ["small.pth", "small.safetensors"])
@@ -221,21 +221,21 @@ def vgg(tmp_path_factory):
         if keras_required():
             pytest.fail("torchvision is not installed, and this run requires the test extra", pytrace=False)
         pytest.skip("torchvision is not installed (pip install -e '.[test]')")
-    folder = tmp_path_factory.mktemp("vgg16")
-    rng = np.random.default_rng(16)
-    for size in (224, 256):
-        np.save(folder / f"x{size}.npy", rng.uniform(-1, 1, size=(1, size, size, 3)).astype("float32"))
-    made = subprocess.run([sys.executable, "-c", _TORCHVISION, str(folder)], capture_output=True, text=True, timeout=600)
-    assert made.returncode == 0, made.stderr[-2000:]
-    keras.backend.clear_session()
-    target = keras.applications.VGG16(weights=None, classifier_activation=None)
-    target.save(str(folder / "vgg16.keras"))
-    return folder, target
+    with scratch(tmp_path_factory, "vgg16") as folder:
+        rng = np.random.default_rng(16)
+        for size in (224, 256):
+            np.save(folder / f"x{size}.npy", rng.uniform(-1, 1, size=(1, size, size, 3)).astype("float32"))
+        made = subprocess.run([sys.executable, "-c", _TORCHVISION, str(folder)], capture_output=True, text=True, timeout=600)
+        assert made.returncode == 0, made.stderr[-2000:]
+        keras.backend.clear_session()
+        target = keras.applications.VGG16(weights=None, classifier_activation=None)
+        target.save(str(folder / "vgg16.keras"))
+        yield folder, target
 
 
-def test_vgg16_into_keras_applications_equals_torchvision(vgg) -> None:
+def test_vgg16_into_keras_applications_equals_torchvision(vgg, tmp_path) -> None:
     folder, target = vgg
-    out = folder / "from_torch.weights.h5"
+    out = tmp_path / "from_torch.weights.h5"
     assert main(["convert", str(folder / "vgg16.pth"), "-o", str(out), "--target", str(folder / "vgg16.keras")]) == 0
     plan = weightport.plan(folder / "vgg16.pth", folder / "vgg16.keras")
     fc1 = next(s for s in plan.steps if s.target_layer == "fc1" and s.role == "kernel")
@@ -244,11 +244,11 @@ def test_vgg16_into_keras_applications_equals_torchvision(vgg) -> None:
     assert relative_error(target(np.load(folder / "x224.npy")), np.load(folder / "want224.npy")) < 1e-4
 
 
-def test_vgg16_into_its_fcn_twin_gives_the_classifier_on_every_window(vgg) -> None:
+def test_vgg16_into_its_fcn_twin_gives_the_classifier_on_every_window(vgg, tmp_path) -> None:
     """The twin weightport derives from the Keras VGG16 is the target: each location of its map
     at 256x256 is torchvision's classifier on that 7x7 window of the features (chw flatten)."""
     folder, _ = vgg
-    twin, out = folder / "fcn.keras", folder / "fcn_from_torch.keras"
+    twin, out = tmp_path / "fcn.keras", tmp_path / "fcn_from_torch.keras"
     weightport.convert(folder / "vgg16.keras", twin)
     plan = weightport.convert(folder / "vgg16.pth", out, target=twin)
     assert [s.rule for s in plan.steps if s.role == "kernel"][-3:] == ["torch-linear-to-conv", "torch-linear", "torch-linear"]

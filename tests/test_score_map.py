@@ -15,7 +15,7 @@ import numpy as np
 import pytest
 
 import weightport
-from conftest import import_or_skip
+from conftest import import_or_skip, scratch
 from weightport.keras_check import check_end_to_end
 
 keras = import_or_skip("keras")
@@ -79,21 +79,22 @@ def _head(features: np.ndarray, classifier, head: List[Tuple[str, str]]) -> np.n
 
 @pytest.fixture(scope="module", params=[(k, m) for m in MODELS for k in KERAS], ids=lambda p: f"{p[1]}-{p[0]}")
 def score_map(request, tmp_path_factory):
-    return _converted(*request.param, tmp_path_factory)
+    with scratch(tmp_path_factory, "score_map") as folder:
+        yield _converted(*request.param, folder)
 
 
 @pytest.fixture(scope="module", params=list(KERAS))
 def small_score_map(request, tmp_path_factory):
-    return _converted(request.param, "gap-dense-dense", tmp_path_factory)
+    with scratch(tmp_path_factory, "small_score_map") as folder:
+        yield _converted(request.param, "gap-dense-dense", folder)
 
 
-def _converted(flavour: str, name: str, tmp_path_factory):
+def _converted(flavour: str, name: str, folder):
     """The classifier, converted with --score-map into its Keras's whole-model formats, and
     its backbone alone at any input size, with the classifier's weights."""
     K = KERAS[flavour]
     K.backend.clear_session()
     build, backbone, pooling, head, size, larger, cells = MODELS[name]
-    folder = tmp_path_factory.mktemp(f"score_map_{name}_{flavour}")
     classifier = build(K)
     _randomise(classifier, np.random.default_rng(7))
     outputs = []

@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 
 import weightport
-from conftest import import_or_skip, vgg16_classifier
+from conftest import import_or_skip, scratch, vgg16_classifier
 
 keras = import_or_skip("keras")
 tf_keras = import_or_skip("tf_keras")
@@ -43,45 +43,47 @@ def vgg(request, tmp_path_factory):
     """A VGG16 classifier with non-trivial biases, saved in its Keras's layouts, and its FCN."""
     K = keras if request.param == "k3" else tf_keras
     K.backend.clear_session()
-    folder = tmp_path_factory.mktemp(f"vgg16_{request.param}")
-    classifier = vgg16_classifier(K, 16)
-    rng = np.random.default_rng(16)
-    if request.param == "k3":
-        sources = {"keras": folder / "vgg16.keras", "weights": folder / "vgg16.weights.h5"}
-        classifier.save(str(sources["keras"]))
-        classifier.save_weights(str(sources["weights"]))
-    else:
-        sources = {"h5": folder / "vgg16.h5"}
-        classifier.save(str(sources["h5"]))
-    x = rng.uniform(0, 255, size=(1, 224, 224, 3)).astype("float32")
-    yield K, folder, classifier, fcn_vgg16(K), sources, x, np.asarray(classifier(x), "float64")
+    with scratch(tmp_path_factory, f"vgg16_{request.param}") as folder:
+        classifier = vgg16_classifier(K, 16)
+        rng = np.random.default_rng(16)
+        if request.param == "k3":
+            sources = {"keras": folder / "vgg16.keras", "weights": folder / "vgg16.weights.h5"}
+            classifier.save(str(sources["keras"]))
+            classifier.save_weights(str(sources["weights"]))
+        else:
+            sources = {"h5": folder / "vgg16.h5"}
+            classifier.save(str(sources["h5"]))
+        x = rng.uniform(0, 255, size=(1, 224, 224, 3)).astype("float32")
+        yield K, classifier, fcn_vgg16(K), sources, x, np.asarray(classifier(x), "float64")
 
 
-def test_vgg16_224_scores_equal_the_classifier(vgg) -> None:
-    K, folder, classifier, fcn, sources, x, want = vgg
-    outputs = []
-    for kind, source in sources.items():
-        for suffix in (".weights.h5", ".h5"):
-            out = folder / f"fcn_{kind}{suffix}"
-            flatten = [7, 7, 512] if kind == "weights" else None
-            weightport.convert(source, out, flatten=flatten, force=True)
-            outputs.append(out)
-    template = folder / ("template.weights.h5" if K is keras else "template.h5")
-    fcn.save_weights(str(template))
-    for source in sources.values():
-        out = folder / f"into_template_{source.name}{template.suffix}"
-        weightport.convert(source, out, target=template, force=True)
-        outputs.append(out)
-    for out in outputs:
+def test_vgg16_224_scores_equal_the_classifier(vgg, tmp_path) -> None:
+    K, classifier, fcn, sources, x, want = vgg
+
+    def loads_with_the_classifiers_scores(out) -> None:
         fcn.load_weights(str(out))
         got = np.asarray(fcn(x))
         assert got.shape == (1, 1, 1, 1000)
         assert relative_error(got[:, 0, 0], want) < 1e-5, out.name
+        out.unlink()  # 528 MB each: one at a time on disk
+
+    for kind, source in sources.items():
+        for suffix in (".weights.h5", ".h5"):
+            out = tmp_path / f"fcn_{kind}{suffix}"
+            flatten = [7, 7, 512] if kind == "weights" else None
+            weightport.convert(source, out, flatten=flatten, force=True)
+            loads_with_the_classifiers_scores(out)
+    template = tmp_path / ("template.weights.h5" if K is keras else "template.h5")
+    fcn.save_weights(str(template))
+    for source in sources.values():
+        out = tmp_path / f"into_template_{source.name}{template.suffix}"
+        weightport.convert(source, out, target=template, force=True)
+        loads_with_the_classifiers_scores(out)
 
 
-def test_vgg16_320_gives_a_4x4_map_of_window_scores(vgg) -> None:
-    K, folder, classifier, fcn, sources, _, _ = vgg
-    out = folder / "fcn_320.weights.h5"
+def test_vgg16_320_gives_a_4x4_map_of_window_scores(vgg, tmp_path) -> None:
+    K, classifier, fcn, sources, _, _ = vgg
+    out = tmp_path / "fcn_320.weights.h5"
     weightport.convert(next(iter(sources.values())), out, flatten=[7, 7, 512], force=True)
     fcn.load_weights(str(out))
     x = np.random.default_rng(320).uniform(0, 255, size=(1, 320, 320, 3)).astype("float32")
@@ -95,10 +97,10 @@ def test_vgg16_320_gives_a_4x4_map_of_window_scores(vgg) -> None:
 
 
 @pytest.mark.parametrize("vgg", ["k3"], indirect=True)  # .keras archives are Keras 3's whole-model format
-def test_vgg16_keras_archive_to_whole_fcn_model(vgg) -> None:
+def test_vgg16_keras_archive_to_whole_fcn_model(vgg, tmp_path) -> None:
     """`convert vgg16.keras -o fcn.keras`: load_model gives the FCN with no Python written."""
-    K, folder, classifier, _, sources, x, want = vgg
-    out = folder / "fcn.keras"
+    K, classifier, _, sources, x, want = vgg
+    out = tmp_path / "fcn.keras"
     weightport.convert(sources["keras"], out, force=True)
     fcn = keras.models.load_model(str(out))
     assert fcn.input_shape == (None, None, None, 3)
