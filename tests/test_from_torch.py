@@ -15,7 +15,7 @@ import numpy as np
 import pytest
 
 import weightport
-from conftest import import_or_skip, keras_required, scratch
+from conftest import import_or_skip, keras_required, run_cli, scratch
 from weightport.cli import main
 from weightport.errors import WeightportError
 
@@ -54,8 +54,8 @@ def small_torch(seed: int = 0) -> nn.Module:
     return randomized(model, seed)
 
 
-def small_keras(K) -> "keras.Model":
-    """The same network in Keras, channels_last (its Flatten lists hwc)."""
+def small_keras(K, units: int = 10) -> "keras.Model":
+    """The same network in Keras, channels_last (its Flatten lists hwc); `units`: its last Dense's."""
     x = inputs = K.Input((8, 8, 3))
     x = K.layers.Conv2D(8, 3, padding="same")(x)
     x = K.layers.BatchNormalization(epsilon=1e-5)(x)
@@ -65,7 +65,7 @@ def small_keras(K) -> "keras.Model":
     x = K.layers.Conv2DTranspose(6, 4, strides=2, padding="same")(x)
     x = K.layers.ReLU()(x)
     x = K.layers.Flatten()(x)
-    return K.Model(inputs, K.layers.Dense(10)(x))
+    return K.Model(inputs, K.layers.Dense(units)(x))
 
 
 def _save_target(K, model, folder: Path) -> Path:
@@ -141,6 +141,65 @@ def test_a_wrong_epsilon_is_said(small, tmp_path: Path) -> None:
     assert "epsilon 0.001 in the target, PyTorch's default is 1e-05" in note and "outputs differ by that" in note
 
 
+# --- --units: a subset of a PyTorch module's output units ----------------------------------
+
+@pytest.mark.parametrize("source, spec, kept", [("small.pth", "0,3,7,9", [0, 3, 7, 9]), ("small.safetensors", "1:10", list(range(1, 10)))])
+@pytest.mark.parametrize("flavour", ["k3", "tfk"])
+def test_units_keep_some_outputs_of_the_last_linear(small, source: str, spec: str, kept: list, flavour: str, tmp_path: Path) -> None:
+    """The last Linear (10 outputs, after an NCHW flatten) cut to some of its units: the Keras
+    model with that many gives exactly PyTorch's outputs at those units; `verify` proves it and
+    catches other units."""
+    folder, _, x, want = small
+    K = keras if flavour == "k3" else tf_keras
+    K.backend.clear_session()
+    model = small_keras(K, len(kept))
+    target = _save_target(K, model, tmp_path)
+    out = tmp_path / ("converted.weights.h5" if K is keras else "converted.h5")
+    plan = weightport.convert(folder / source, out, target=target, units={"8": spec})
+    head = [(s.role, s.rule, s.params.get("axis"), s.params.get("rule")) for s in plan.steps if s.source_layer == "8"]
+    assert head == [("kernel", "units", 0, "torch-linear-flatten"), ("bias", "units", 0, "copy")], head
+    assert plan.verification is not None and plan.verification.ok
+    model.load_weights(str(out))
+    assert relative_error(model(x), want[:, kept]) < 1e-5
+    assert weightport.verify(folder / source, out, units={"8": spec}).ok
+    other = ",".join(str((i + 1) % 10) for i in kept)
+    assert not weightport.verify(folder / source, out, units={"8": other}).ok  # the wrong units are caught
+
+
+def test_units_of_a_transposed_conv_are_its_second_axis(tmp_path: Path) -> None:
+    """A ConvTranspose2d's weight is (in, out, *k): its units are kept along its second axis;
+    Keras 3 then computes PyTorch's outputs at those channels."""
+    torch.manual_seed(3)
+    model = nn.Sequential(nn.Conv2d(3, 4, 3), nn.ConvTranspose2d(4, 6, 4, stride=2, padding=1)).eval()
+    torch.save(model.state_dict(), tmp_path / "up.pth")
+    x = np.random.default_rng(3).standard_normal((2, 8, 8, 3)).astype("float32")
+    want = _torch_out(model, x)
+    keras.backend.clear_session()
+    inputs = keras.Input((8, 8, 3))
+    target_model = keras.Model(inputs, keras.layers.Conv2DTranspose(3, 4, strides=2, padding="same")(keras.layers.Conv2D(4, 3)(inputs)))
+    target_model.save(str(tmp_path / "up.keras"))
+    plan = weightport.convert(tmp_path / "up.pth", tmp_path / "up.weights.h5", target=tmp_path / "up.keras", units={"1": "2:5"})
+    assert [(s.params["axis"], s.params["rule"]) for s in plan.steps if s.rule == "units"] == [(1, "torch-conv-transpose"), (0, "copy")]
+    target_model.load_weights(str(tmp_path / "up.weights.h5"))
+    assert relative_error(target_model(x), want[..., 2:5]) < 1e-5
+
+
+def test_units_of_a_depthwise_conv_or_a_norm_are_refused(small, tmp_path: Path) -> None:
+    """No subset of a depthwise conv's outputs is exact (each reads its own input channel), and a
+    BatchNorm has no units: one-line errors (exit 2) naming the layer pair or the layer."""
+    folder = small[0]
+    keras.backend.clear_session()
+    target = _save_target(keras, small_keras(keras), tmp_path)
+    result = run_cli("plan", str(folder / "small.pth"), "--target", str(target), "--units", "3=0:8")
+    assert result.returncode == 2 and len(result.stderr.splitlines()) == 1, result.stderr
+    assert "layer pair 3 (Conv2d) -> depthwise_conv2d (DepthwiseConv2D) is a depthwise conv" in result.stderr
+    assert "leave --units 3 out" in result.stderr
+    result = run_cli("plan", str(folder / "small.safetensors"), "--target", str(target), "--units", "1=0:2")
+    assert result.returncode == 2 and "1 (BatchNorm) has no output units to choose" in result.stderr, result.stderr
+    result = run_cli("plan", str(folder / "small.safetensors"), "--target", str(target), "--units", "8=5:11")
+    assert result.returncode == 2 and "outside the layer's 10 units" in result.stderr, result.stderr
+
+
 # --- named modules: only the .pth keeps their order ------------------------------------------
 
 def named_keras(K):
@@ -183,10 +242,56 @@ def test_a_state_dict_alone_derives_no_twin_and_an_unknown_window_is_refused(sma
     keras.backend.clear_session()
     weights_only = tmp_path / "target.weights.h5"  # no config: what feeds the Dense is unknown
     small_keras(keras).save_weights(str(weights_only))
-    with pytest.raises(WeightportError, match=r"flatten=\(H, W, C\)"):
+    with pytest.raises(WeightportError, match=r"or flatten=\(12, 12, 6\) if the 6 channels of '5' \(the module before it\) reach it unchanged"):
         weightport.plan(folder / "small.pth", weights_only)
     plan = weightport.plan(folder / "small.pth", weights_only, flatten=(12, 12, 6))
     assert [s.rule for s in plan.steps if s.role == "kernel"][-1] == "torch-linear-flatten"
+
+
+def test_verify_takes_the_window_from_the_plan_the_output_records(small, tmp_path: Path) -> None:
+    """`verify model.pth out.weights.h5` (no config in OUT) checks the Linear after the NCHW
+    flatten on the window the plan recorded in OUT; a --flatten given still rules (a wrong one
+    fails); a file weightport did not write (no record) is refused in one line naming the
+    --flatten to give, as far as the state dict tells it."""
+    folder = small[0]
+    keras.backend.clear_session()
+    weights_only = tmp_path / "target.weights.h5"
+    small_keras(keras).save_weights(str(weights_only))
+    out = tmp_path / "out.weights.h5"
+    assert main(["convert", str(folder / "small.pth"), "--target", str(weights_only), "--flatten", "12,12,6", "-o", str(out)]) == 0
+    result = run_cli("verify", str(folder / "small.pth"), str(out))
+    assert result.returncode == 0, result.stderr
+    assert "PyTorch Linear on the window flattened chw vs Dense after Flatten (hwc)" in result.stdout, result.stdout
+    plan = weightport.plan(folder / "small.pth", out)
+    assert any("12x12x6, as the plan recorded in" in note for note in plan.notes), plan.notes
+    # chw -> hwc moves rows by the channels alone: another grid of 144 positions is the same rule, 3 channels are not
+    assert run_cli("verify", str(folder / "small.pth"), str(out), "--flatten", "6,24,6").returncode == 0
+    result = run_cli("verify", str(folder / "small.pth"), str(out), "--flatten", "12,24,3")
+    assert result.returncode == 1 and "FAIL" in result.stdout, result.stdout + result.stderr
+    result = run_cli("verify", str(folder / "small.pth"), str(weights_only))  # written by Keras: no record
+    assert result.returncode == 2 and len(result.stderr.splitlines()) == 1, result.stderr
+    assert "nor the window's shape" in result.stderr
+    assert "--flatten 12,12,6 if the 6 channels of '5' (the module before it) reach it unchanged (a Dense after a Flatten needs only the channels: " \
+           "any H,W with H*W = 144 orders its rows alike)" in result.stderr, result.stderr
+
+
+def test_a_linear_after_a_global_pooling_is_named_with_its_flatten(tmp_path: Path) -> None:
+    """A Linear with as many inputs as the conv before it has channels: the hint gives the exact value, 1,1,C."""
+    torch.manual_seed(4)
+    model = nn.Sequential(nn.Conv2d(3, 8, 3), nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(8, 4)).eval()
+    torch.save(model.state_dict(), tmp_path / "gap.pth")
+    keras.backend.clear_session()
+    inputs = keras.Input((8, 8, 3))
+    target_model = keras.Model(inputs, keras.layers.Dense(4)(keras.layers.GlobalAveragePooling2D()(keras.layers.Conv2D(8, 3)(inputs))))
+    target_model.save_weights(str(tmp_path / "gap.weights.h5"))
+    result = run_cli("plan", str(tmp_path / "gap.pth"), "--target", str(tmp_path / "gap.weights.h5"))
+    assert result.returncode == 2 and len(result.stderr.splitlines()) == 1, result.stderr
+    assert "--flatten 1,1,8 (its 8 inputs are the 8 channels of '0': a global pooling or a 1x1 window)" in result.stderr, result.stderr
+    weightport.convert(tmp_path / "gap.pth", tmp_path / "out.weights.h5", target=tmp_path / "gap.weights.h5", flatten=(1, 1, 8))
+    assert weightport.verify(tmp_path / "gap.pth", tmp_path / "out.weights.h5").ok
+    x = np.random.default_rng(4).standard_normal((2, 8, 8, 3)).astype("float32")
+    target_model.load_weights(str(tmp_path / "out.weights.h5"))
+    assert relative_error(target_model(x), _torch_out(model, x)) < 1e-5
 
 
 # --- torchvision VGG16 into keras.applications VGG16 and its fully-convolutional twin --------

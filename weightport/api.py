@@ -24,6 +24,7 @@ from .keras_load import LoadFailed, keras_of, load_in_keras
 from .options import PLAN_OPTIONS
 from .planner import Plan, PlanOptions, make_plan, refuse_lossy_casts
 from .readers import read
+from .recorded import recorded_feeds
 from .target import target_from_view
 from .twin import derive_twin
 from .twinconfig import as_keras3, open_input_size, twin_config
@@ -51,7 +52,7 @@ def planned(source: PathLike, target: Optional[PathLike] = None, config: Optiona
             tgt = stack.enter_context(read(target))
             views[tgt.path] = tgt
             if src.framework == FRAMEWORK:  # a state dict records no graph: the target's says what feeds each Dense
-                head = feeds if feeds is not None else target_feeds(tgt, flatten)
+                head = feeds if feeds is not None else _feeds(tgt, flatten)
             else:
                 head = analyze_head(src, flatten, options.source_order, required=False) if (src.config is not None or flatten) else {}
             built = make_plan(src, target_from_view(tgt), head, options, target_view=tgt)
@@ -62,6 +63,14 @@ def planned(source: PathLike, target: Optional[PathLike] = None, config: Optiona
         else:
             built = _twin_plan(src, flatten, options)
         yield built, views
+
+
+def _feeds(target: ModelView, flatten: Optional[Sequence[int]]) -> Dict[str, HeadRole]:
+    """What feeds each Dense of the target a PyTorch source fills: from its config or `--flatten`,
+    else from the plan weightport recorded in it (an output it wrote: `verify model.pth out.weights.h5`)."""
+    if flatten or target.config is not None:
+        return target_feeds(target, flatten)
+    return recorded_feeds(target) or target_feeds(target)
 
 
 def _twin_plan(src: ModelView, flatten: Optional[Sequence[int]], options: PlanOptions) -> Plan:

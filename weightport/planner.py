@@ -172,12 +172,9 @@ def _check_names(source: ModelView, target: Target, options: PlanOptions, by_src
         _known(target.label, tgt, by_tgt, "--skip target layer")
     for src in options.drops:
         _known(source.path, src, by_src, "--drop source layer")
-    if options.units and source.framework == torchrules.FRAMEWORK:
-        raise WeightportError(source.path, "--units keeps output units of a Keras source's layers, and this is a PyTorch state dict",
-                              "convert the whole layer, then take the units from the Keras file: weightport convert OUT ... --units")
     for src, spec in options.units.items():
         _known(source.path, src, by_src, "--units source layer")
-        _check_units(source.path, by_src[src], spec)
+        _check_units(source.path, by_src[src], spec, source.framework == torchrules.FRAMEWORK)
 
 
 def _side_by_side(source: ModelView, pairs: Pairs, options: PlanOptions, how: str) -> List[AlignRow]:
@@ -339,10 +336,10 @@ def _layer_steps(source: ModelView, src: Layer, tgt: TargetLayer, role: Optional
         raise WeightportError(source.path, f"layer pair {src.name} -> {tgt.name}: {len(src.weights)} tensors in the source, {len(tgt.weights)} in the target",
                               "pair the layers differently with --map, or --skip the target layer")
     _check_sub_objects(source, src, tgt)
-    if source.framework == torchrules.FRAMEWORK:
-        return [_step(source.path, src, t, tgt, i, _torch_rule(source.path, src, t, tt, tgt, role, options))
-                for i, (t, tt) in enumerate(zip(src.weights, tgt.weights, strict=True))]
     spec = options.units.get(src.name)
+    if source.framework == torchrules.FRAMEWORK:
+        return [_step(source.path, src, t, tgt, i, _torch_units(source, src, t, tt, tgt, role, options, spec))
+                for i, (t, tt) in enumerate(zip(src.weights, tgt.weights, strict=True))]
     return [_step(source.path, src, t, tgt, i, _chosen(source.path, src, t, tt, role, options, spec))
             for i, (t, tt) in enumerate(zip(src.weights, tgt.weights, strict=True))]
 
@@ -363,13 +360,20 @@ def _check_sub_objects(source: ModelView, src: Layer, tgt: TargetLayer) -> None:
 _WITH_UNITS = {"Dense", "Conv1D", "Conv2D", "Conv3D"}  # layers whose tensors all end in the output units
 
 
-def _check_units(file: str, src: Layer, spec: str) -> None:
-    """A layer whose tensors all end in its output units, and a SPEC within them."""
-    if layer_class(src) not in _WITH_UNITS or not src.weights or any(is_th_kernel(src, t) for t in src.weights):
+def _check_units(file: str, src: Layer, spec: str, torch: bool) -> None:
+    """A layer with output units (a Keras Dense or Conv: its tensors' last axis; a PyTorch Linear
+    or conv: `torchrules.unit_count`), and a SPEC within them."""
+    if torch:
+        count = torchrules.unit_count(src.class_name, {t.role: t.shape for t in src.weights})
+    else:
+        keras = layer_class(src) in _WITH_UNITS and src.weights and not any(is_th_kernel(src, t) for t in src.weights)
+        count = src.weights[0].shape[-1] if keras else None
+    if count is None:
         raise WeightportError(file, f"--units {src.name}={spec}: {src.name} ({layer_class(src) or 'unknown class'}) has no output units to choose",
-                              "--units takes a Dense or Conv layer (its kernel's last axis and its bias)")
+                              "--units takes a Dense or Conv layer (its kernel's output axis and its bias)"
+                              + (": a PyTorch Linear, Conv or ConvTranspose module" if torch else ""))
     try:
-        units.resolve(spec, src.weights[0].shape[-1])
+        units.resolve(spec, count)
     except ValueError as exc:
         raise WeightportError(file, f"--units {src.name}={spec}: {exc}", "units are numbered from 0; inspect shows the layer's size") from None
 
@@ -382,6 +386,25 @@ def _chosen(file: str, src: Layer, tensor: Tensor, wanted: TargetTensor, role: O
     kept = len(units.resolve(spec, tensor.shape[-1]))
     name, params = _rule(file, src, tensor, tensor.shape[:-1] + (kept,), wanted, role, options)
     return "units", {"units": spec, "rule": name, "params": params}
+
+
+def _torch_units(source: ModelView, src: Layer, tensor: Tensor, wanted: TargetTensor, tgt: TargetLayer, feed: Optional[HeadRole],
+                 options: PlanOptions, spec: Optional[str]) -> Tuple[str, Dict[str, Any]]:
+    """`_torch_rule`, after `--units` keeps some output units of a PyTorch tensor: along the axis
+    its layout holds them in (a weight's `out`, the first; a transposed conv's, the second). A
+    depthwise target conv takes no subset of units: refused, naming the pair."""
+    if spec is None:
+        return _torch_rule(source, src, tensor, tensor.shape, wanted, tgt, feed, options)
+    axis = torchrules.units_axis(src.class_name, tensor.role, _target_class(tgt), wanted.role)
+    if axis is None:
+        raise WeightportError(source.path, f"--units {src.name}={spec}: layer pair {src.name} ({src.class_name}) -> {tgt.name} ({_target_class(tgt)}) is a "
+                                    "depthwise conv, whose every output channel reads its own input channel: no subset of its units is exact",
+                              f"leave --units {src.name} out and convert the whole layer, or --drop {src.name} and --skip {tgt.name} "
+                              "to keep the target's values")
+    have = list(tensor.shape)
+    have[axis] = len(units.resolve(spec, have[axis]))
+    name, params = _torch_rule(source, src, tensor, tuple(have), wanted, tgt, feed, options)
+    return "units", {"units": spec, "axis": axis, "rule": name, "params": params}
 
 
 def _step(file: str, src: Layer, tensor: Tensor, tgt: TargetLayer, index: int, rule: Tuple[str, Dict[str, Any]]) -> Step:
@@ -427,21 +450,22 @@ def _rule(file: str, src: Layer, tensor: Tensor, have: Tuple[int, ...], wanted: 
                           "check the target architecture, or pair the layers with --map / --skip")
 
 
-def _torch_rule(file: str, src: Layer, tensor: Tensor, wanted: TargetTensor, tgt: TargetLayer, feed: Optional[HeadRole],
+def _torch_rule(source: ModelView, src: Layer, tensor: Tensor, have: Tuple[int, ...], wanted: TargetTensor, tgt: TargetLayer, feed: Optional[HeadRole],
                 options: PlanOptions) -> Tuple[str, Dict[str, Any]]:
     """The rule from a PyTorch layout (`torchrules`), the target layer's class and what feeds it
     deciding: a DepthwiseConv2D takes a (C*m, 1, *k) kernel, a Dense fed by a Flatten of a window
     takes a Linear's rows reordered. A Linear into a Dense whose input nobody can tell (a target
-    without its config) is refused rather than guessed."""
+    without its config) is refused rather than guessed. `have`: the tensor's shape (after --units)."""
     if feed is not None and feed.kind == "unknown" and src.class_name == "Linear" and tensor.role == "kernel":
-        raise WeightportError(file, f"Linear '{src.name}' ({tensor.shape[1]} inputs) goes into Dense '{tgt.name}', and without the target's config "
-                                    "nothing says whether a Flatten of a window (NCHW: rows to reorder) or a vector feeds it",
-                              "give the target with its config (.keras, or a full-model .h5), or --flatten H,W,C (1,1,C after a global pooling)")
+        raise WeightportError(source.path, f"Linear '{src.name}' ({have[1]} inputs) goes into Dense '{tgt.name}', and without the target's config "
+                                           "(or the plan weightport records in a file it wrote) nothing says whether a Flatten of a window "
+                                           "(NCHW: rows to reorder) or a vector feeds it, nor the window's shape",
+                              "give the target with its config (.keras, or a full-model .h5), or " + torchrules.window_hint(source.layers, src.name, have[1]))
     window = (tuple(feed.window), feed.channels, feed.order) if feed is not None and feed.kind == "window" else None
-    found = torchrules.choose(src.class_name, tensor.role, tensor.shape, (_target_class(tgt), wanted.role, tuple(wanted.shape)), window, options.source_order)
+    found = torchrules.choose(src.class_name, tensor.role, have, (_target_class(tgt), wanted.role, tuple(wanted.shape)), window, options.source_order)
     if found is None:
-        raise WeightportError(file, f"layer pair {src.name} ({src.class_name or 'class unknown'}) -> {tgt.name} ({tgt.class_name or 'class unknown'}): "
-                                    f"no exact rule takes PyTorch's {tensor.role or tensor.name} {'x'.join(map(str, tensor.shape))} "
+        raise WeightportError(source.path, f"layer pair {src.name} ({src.class_name or 'class unknown'}) -> {tgt.name} ({tgt.class_name or 'class unknown'}): "
+                                    f"no exact rule takes PyTorch's {tensor.role or tensor.name} {'x'.join(map(str, have))} "
                                     f"to {'x'.join(map(str, wanted.shape))}", "check the target architecture, or pair the layers with --map / --skip")
     return found
 

@@ -188,14 +188,15 @@ def _flip_runs(shape: Shape, params: Params) -> List[Run]:
 
 
 def _units(array: np.ndarray, params: Params) -> np.ndarray:
-    """Only the kept output units (last axis), then the rule that makes the pair exact."""
-    return RULES[params["rule"]].apply(select(array, params["units"]), params["params"])
+    """Only the kept output units (along `axis`: the last, a Keras kernel's, unless a PyTorch
+    layout says), then the rule that makes the pair exact."""
+    return RULES[params["rule"]].apply(select(array, params["units"], params.get("axis", -1)), params["params"])
 
 
 def _check_units(step: "Step", source: Storage, target: Storage, context: Context, at: At = (None, None)) -> Tuple[str, float, float]:
     """The kept units of the source (a head layer: small), held in memory, checked against the
     output by the pair's own rule."""
-    kept = select(source.read(), step.params["units"])
+    kept = select(source.read(), step.params["units"], step.params.get("axis", -1))
     inner = replace(step, rule=step.params["rule"], params=step.params["params"], source_shape=list(kept.shape))
     name, worst, relative = RULES[inner.rule].check(inner, ArrayStorage(kept, source.file), target, context)
     return f"units {step.params['units']}; {name}", worst, relative

@@ -12,6 +12,7 @@ Linear's input rows are reordered for either.
 
 from __future__ import annotations
 
+import math
 import re
 from typing import Any, Dict, List, Optional, Sequence, Tuple
 
@@ -26,7 +27,7 @@ from .storage import Storage
 from .statedict import FRAMEWORK
 from .view import ModelView
 
-__all__ = ["FRAMEWORK", "DEFAULT_EPSILON", "BLOCKWISE", "is_torch_class", "keras_class", "conv_kinds", "plain_convs", "epsilon_notes", "choose", "conv", "depthwise",
+__all__ = ["FRAMEWORK", "DEFAULT_EPSILON", "BLOCKWISE", "is_torch_class", "keras_class", "unit_count", "units_axis", "window_hint", "conv_kinds", "plain_convs", "epsilon_notes", "choose", "conv", "depthwise",
            "conv_transpose", "linear", "linear_window", "conv_columns", "linear_columns", "window_columns", "check_name", "sample_shape", "source_rows", "target_rows", "source_side", "target_side"]
 
 Params = Dict[str, Any]
@@ -148,6 +149,58 @@ def _dims(params: Params, rows: int) -> Dict[str, int]:
 
 # --- which rule ---------------------------------------------------------------------------
 
+def unit_count(torch_class: Optional[str], shapes: Dict[Optional[str], Tuple[int, ...]]) -> Optional[int]:
+    """How many output units a module has (`--units` chooses among them): a Linear's or a conv's
+    `out` (its weight's first axis), a transposed conv's (its second: (in, out, *k)); None for a
+    module with no output units to choose (a norm, a class the state dict does not tell)."""
+    kernel = shapes.get("kernel")
+    if kernel is None or not re.fullmatch(r"Linear|Conv[123]d|ConvTranspose[123]d", torch_class or ""):
+        return None
+    return kernel[1] if torch_class.startswith("ConvTranspose") else kernel[0]
+
+
+def window_hint(layers: Sequence[Any], name: str, inputs: int) -> str:
+    """The `--flatten` to give for Linear `name` of `inputs` inputs, worked out as far as the
+    state dict allows. chw -> hwc moves rows by the channels alone (position p, channel c: row
+    c*P + p -> p*C + c, whatever rows and columns make the P positions), so only C matters for
+    a Dense; it is likely the outputs of the module before it (a conv's, a norm's), but a state
+    dict cannot show that nothing between changes the channels (a concatenation, a reshape),
+    nor that the module registered before it runs before it: offered, never assumed."""
+    before = [layer for layer in layers[:next((i for i, l in enumerate(layers) if l.name == name), 0)] if layer.weights]
+    last = before[-1] if before else None
+    shapes = {t.role: t.shape for t in last.weights} if last is not None else {}
+    channels = unit_count(last.class_name, shapes) if last is not None and last.class_name != "Linear" else None
+    if channels is None and last is not None and last.class_name in ("BatchNorm", "Norm"):
+        channels = next(iter(shapes.values()))[0]
+    if not channels or inputs % channels:
+        return "--flatten H,W,C (1,1,C after a global pooling)"
+    positions = inputs // channels
+    if positions == 1:
+        return f"--flatten 1,1,{channels} (its {inputs} inputs are the {channels} channels of '{last.name}': a global pooling or a 1x1 window)"
+    side = math.isqrt(positions)
+    rows, columns = (side, side) if side * side == positions else (1, positions)
+    return (f"--flatten {rows},{columns},{channels} if the {channels} channels of '{last.name}' (the module before it) reach it unchanged "
+            f"(a Dense after a Flatten needs only the channels: any H,W with H*W = {positions} orders its rows alike)")
+
+
+def units_axis(torch_class: Optional[str], role: Optional[str], target_class: Optional[str], target_role: Optional[str]) -> Optional[int]:
+    """The axis of a PyTorch tensor that holds its module's output units: 0 for a bias and for a
+    Linear's or a conv's weight, 1 for a transposed conv's (in, out, *k) (told as `choose` tells
+    it); None for a depthwise conv, whose output channel c*m + j reads input channel c: fewer
+    outputs would change which inputs the kept ones read, so no subset of them is exact."""
+    if role != "kernel" or not (torch_class or "").startswith("Conv"):
+        return 0
+    return {"depthwise": None, "transpose": 1, "conv": 0}[_conv_kind(torch_class, target_class, target_role)]
+
+
+def _conv_kind(torch_class: str, target_class: Optional[str], target_role: Optional[str]) -> str:
+    """What a PyTorch conv weight is: a state dict cannot tell a depthwise or a transposed conv
+    from a plain one, the target's class or role does (or the source's bias, for a transposed one)."""
+    if (target_class or "").startswith("DepthwiseConv") or target_role == "depthwise_kernel":
+        return "depthwise"
+    return "transpose" if (target_class or "").endswith("Transpose") or torch_class.startswith("ConvTranspose") else "conv"
+
+
 def choose(torch_class: Optional[str], role: Optional[str], have: Tuple[int, ...], target: Tuple[Optional[str], Optional[str], Tuple[int, ...]],
            window: Optional[Tuple[Tuple[int, ...], int, str]], source_order: Optional[str]) -> Optional[Tuple[str, Params]]:
     """The rule that makes the target tensor (its layer's class, its role, its shape `want`) from
@@ -158,9 +211,7 @@ def choose(torch_class: Optional[str], role: Optional[str], have: Tuple[int, ...
     the order the PyTorch Linear sees its window in (--source-order; default chw, `torch.flatten` of NCHW)."""
     target_class, target_role, want = target
     if role == "kernel" and (torch_class or "").startswith("Conv") and len(have) >= 3:
-        kind = "depthwise" if (target_class or "").startswith("DepthwiseConv") or target_role == "depthwise_kernel" else \
-            "transpose" if (target_class or "").endswith("Transpose") or torch_class.startswith("ConvTranspose") else "conv"
-        return _conv_rule(kind, have, want)
+        return _conv_rule(_conv_kind(torch_class, target_class, target_role), have, want)
     if role == "kernel" and torch_class == "Linear" and len(have) == 2:
         return _linear_rule(have, want, window, source_order)
     return ("copy", {}) if have == want else None

@@ -1,4 +1,4 @@
-"""`--units LAYER=SPEC`: keep only some output units of a layer (its kernel's last axis and its bias).
+"""`--units LAYER=SPEC`: keep only some output units of a layer (its kernel's output axis and its bias).
 
 A 1001-way classifier (background + 1000) goes into a 1000-way target with `1:1001`; a class
 subset to fine-tune on is a list, `0,5,9`. A SPEC is kept as the user wrote it, normalised
@@ -59,9 +59,10 @@ def resolve(spec: str, count: int) -> List[int]:
     return indices
 
 
-def select(array: np.ndarray, spec: str) -> np.ndarray:
-    """The array with only the kept units along its last axis."""
-    return np.ascontiguousarray(array[..., resolve(spec, array.shape[-1])])
+def select(array: np.ndarray, spec: str, axis: int = -1) -> np.ndarray:
+    """The array with only the kept units along `axis`: a Keras kernel's last, a PyTorch
+    weight's first (its `out`; a transposed conv's (in, out, *k): its second)."""
+    return np.ascontiguousarray(np.take(array, resolve(spec, array.shape[axis]), axis=axis))
 
 
 def _natural(text: str) -> bool:
