@@ -71,11 +71,21 @@ def test_help_is_wrapped_to_columns_as_argparse_does(columns) -> None:
     assert max(widths) <= int(columns) - 2 and max(widths) > int(columns) - 20, widths
 
 
-def test_a_pytorch_checkpoint_imports_torch_and_no_keras(tmp_path) -> None:
-    """Reading a .pth needs PyTorch (its weights-only unpickler), and nothing of Keras's."""
+def _seq_state_dict(torch, path) -> None:
+    """A torch.save state dict of fixtures/seq__tfk.h5's network in PyTorch (conv, NCHW flatten of 7x7x4, two Linear)."""
+    nn = torch.nn
+    torch.manual_seed(0)
+    torch.save(nn.Sequential(nn.Conv2d(3, 4, 3), nn.ReLU(), nn.MaxPool2d(2), nn.Flatten(), nn.Linear(196, 8), nn.Linear(8, 5)).state_dict(), path)
+
+
+def test_a_pytorch_checkpoint_is_read_and_converted_without_torch(tmp_path) -> None:
+    """weightport reads a .pth with its own unpickler: `inspect` and `convert` (with its
+    verification) import neither PyTorch (seconds, half a gigabyte) nor anything of Keras's."""
     torch = import_or_skip("torch")
-    path = tmp_path / "model.pth"
-    torch.save(torch.nn.Linear(3, 2).state_dict(), path)
-    result = _probe("inspect", str(path), heavy=("tensorflow", "keras", "tf_keras", "jax", "torch"))
-    assert result.returncode == 0, result.stderr
-    assert "HEAVY:torch\n" in result.stderr, result.stderr
+    path, out = tmp_path / "model.pth", tmp_path / "out.h5"
+    _seq_state_dict(torch, path)
+    for args in (["inspect", str(path)], ["convert", str(path), "--target", str(FIXTURES / "seq__tfk.h5"), "-o", str(out)]):
+        result = _probe(*args)
+        assert result.returncode == 0, result.stderr
+        assert "HEAVY:\n" in result.stderr, result.stderr
+    assert out.exists()

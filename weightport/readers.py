@@ -35,7 +35,7 @@ def read(path: PathLike, config: Optional[Union[PathLike, ModelConfig]] = None) 
     Args:
         path: a legacy `.h5`/`.hdf5` (Keras 1, 2 or 3), a Keras 3 `.weights.h5`, a `.keras` archive,
             or a PyTorch state dict: a `.safetensors` file (modules as layers, `framework` "torch"), or one saved by
-            `torch.save` (`.pth`, `.pt`, `.bin`; needs the `torch` extra).
+            `torch.save` (`.pth`, `.pt`, `.bin`), read without torch.
         config: a sidecar JSON config (`model.to_json()`), as a path or a parsed `ModelConfig`;
             it overrides a config stored in the file.
 
@@ -53,7 +53,7 @@ def read(path: PathLike, config: Optional[Union[PathLike, ModelConfig]] = None) 
     try:
         budgets.check_allocated(path, fd)
         state_dict = "safetensors" if looks_like_safetensors(path, fd) else sniff(fd)
-        if state_dict is not None:  # a PyTorch state dict: .safetensors read without torch, a torch.save checkpoint by torch, weights only
+        if state_dict is not None:  # a PyTorch state dict (.safetensors, or a torch.save checkpoint): read without torch
             if config is not None:  # a Keras config names no module of a state dict: refused, not ignored
                 raise WeightportError(path, f"a {'safetensors file' if state_dict == 'safetensors' else 'PyTorch checkpoint'} (a PyTorch state dict) "
                                             "takes no Keras model config", "leave out --config")

@@ -30,7 +30,7 @@ import numpy as np
 from . import budgets, digests
 from .errors import WeightportError
 from .statedict import IGNORED, Entry, natural_order, read_view, split_name
-from .storage import RawFileStorage, Storage
+from .storage import RawFileStorage, Widened
 from .view import ModelView
 
 __all__ = ["SUFFIX", "DTYPES", "MAX_HEADER_BYTES", "MAX_HEADER_VALUES", "LAYOUT", "ORDER", "Header", "looks_like_safetensors", "read_header", "read_safetensors"]
@@ -50,7 +50,7 @@ DTYPES = {
     "I64": "<i8", "I32": "<i4", "I16": "<i2", "I8": "i1",
     "U64": "<u8", "U32": "<u4", "U16": "<u2", "U8": "u1",
     "BOOL": "?",
-    "BF16": "<u2",  # the stored bits; given as float32 (`_Widened`)
+    "BF16": "<u2",  # the stored bits; given as float32 (`Widened`)
 }
 _NUMPY = {name: np.dtype(code) for name, code in DTYPES.items()}
 # Types the format defines that weightport does not read, and why.
@@ -107,31 +107,8 @@ def _stored(file: str, identity: tuple, entry: Entry, bfloat16: FrozenSet[str]) 
     raw = RawFileStorage(file, identity, entry.source, entry.shape, entry.dtype)
     if entry.name not in bfloat16:
         return Entry(entry.name, entry.shape, entry.dtype, raw)
-    widened = _Widened(raw)
+    widened = Widened(raw)
     return Entry(entry.name, entry.shape, widened.dtype, widened)
-
-
-class _Widened(Storage):
-    """A BF16 tensor given as float32, exactly: a bfloat16 is the high 16 bits of the float32 of
-    the same value, so each stored uint16 shifted up is that float32. Numpy has no bfloat16, and
-    the byte mover copies bytes as they are: nothing here lies in place (`offset` None), values
-    are read through `read` / `read_rows`, which widen what the raw storage reads."""
-
-    __slots__ = ("_raw",)
-
-    def __init__(self, raw: RawFileStorage) -> None:
-        super().__init__(raw.file, raw.identity, None, raw.shape, np.dtype("<f4"))
-        self._raw = raw
-
-    def read(self) -> np.ndarray:
-        return _widen(self._raw.read())
-
-    def read_rows(self, rows: np.ndarray) -> np.ndarray:
-        return _widen(self._raw.read_rows(rows))
-
-
-def _widen(bits: np.ndarray) -> np.ndarray:
-    return (bits.astype("<u4") << 16).view("<f4")
 
 
 def read_header(path: PathLike, fd: int) -> Header:

@@ -18,7 +18,7 @@ import numpy as np
 from . import digests
 from .errors import WeightportError
 
-__all__ = ["Storage", "RawFileStorage", "ArrayStorage", "as_rows", "truncated"]
+__all__ = ["Storage", "RawFileStorage", "StridedFileStorage", "Widened", "ArrayStorage", "as_rows", "truncated"]
 
 
 class Storage:
@@ -102,6 +102,47 @@ class RawFileStorage(Storage):
         finally:
             os.close(fd)
         return values
+
+
+class StridedFileStorage(Storage):
+    """A tensor that is a strided view of elements stored in place (a PyTorch tensor saved
+    transposed, or a view of a bigger storage): `span` holds the elements from the view's first to
+    its last, and `strides` (in elements) say where each value lies among them. Read whole (the span
+    is no bigger than the stored storage) and copied into C order: nothing lies in place for the byte mover."""
+
+    __slots__ = ("_span", "_strides")
+
+    def __init__(self, span: RawFileStorage, shape: Tuple[int, ...], strides: Tuple[int, ...]) -> None:
+        super().__init__(span.file, span.identity, None, shape, span.dtype)
+        self._span, self._strides = span, strides
+
+    def read(self) -> np.ndarray:
+        step = self.dtype.itemsize
+        return np.lib.stride_tricks.as_strided(self._span.read(), self.shape, [s * step for s in self._strides], writeable=False).copy()
+
+
+class Widened(Storage):
+    """A bfloat16 tensor given as float32, exactly: a bfloat16 is the high 16 bits of the float32 of
+    the same value, so each stored uint16 shifted up is that float32. Numpy has no bfloat16, and
+    the byte mover copies bytes as they are: nothing here lies in place (`offset` None), values
+    are read through `read` / `read_rows`, which widen what the storage of the bits (`raw`, of
+    uint16 in either byte order) reads. Both PyTorch formats store bfloat16 so."""
+
+    __slots__ = ("_raw",)
+
+    def __init__(self, raw: Storage) -> None:
+        super().__init__(raw.file, raw.identity, None, raw.shape, np.dtype("<f4"))
+        self._raw = raw
+
+    def read(self) -> np.ndarray:
+        return _widen(self._raw.read())
+
+    def read_rows(self, rows: np.ndarray) -> np.ndarray:
+        return _widen(self._raw.read_rows(rows))
+
+
+def _widen(bits: np.ndarray) -> np.ndarray:
+    return (bits.astype("<u4") << 16).view("<f4")
 
 
 class ArrayStorage(Storage):
