@@ -21,7 +21,7 @@ import weightport
 from conftest import FIXTURES, ROOT, import_or_skip
 from weightport.budgets import MAX_TENSORS
 from weightport.cli import main
-from weightport.torchfile import ZIP, load_checkpoint
+from weightport.torchfile import LEGACY, ZIP, load_checkpoint
 from weightport.torchpickle import MAX_PICKLE_OPCODES
 
 torch = import_or_skip("torch")
@@ -76,6 +76,19 @@ def test_a_training_checkpoint_is_unwrapped_and_said(wrapper: str, tmp_path: Pat
         assert f"under key '{wrapper}'" in view.order_note
     for key, values in _values(model.state_dict()).items():
         np.testing.assert_array_equal(_read_all(path)[key], values)
+
+
+def test_legacy_format_reads_as_torch_load_reads_it(tmp_path: Path) -> None:
+    """torch.save's format before PyTorch 1.6 (five pickles, then the storages): the same keys,
+    order and values as torch.load, each storage found in place by walking the file."""
+    model = _named(2)
+    path = tmp_path / "legacy.pth"
+    state = {**model.state_dict(), "view.weight": model.state_dict()["stem.weight"][2:5], "t.weight": torch.randn(4, 3).T, "b.weight": torch.randn(3).to(torch.bfloat16)}
+    torch.save(state, path, _use_new_zipfile_serialization=False)
+    with weightport.read(path) as view:
+        assert [layer.name for layer in view.layers][:4] == ["stem", "bn", "body", "head"]
+        assert view.tensors[0].storage.offset is not None  # in place: streamed by the byte mover
+    _same_as_torch(path, kind=LEGACY)
 
 
 def test_tied_views_and_transposed_tensors_read_their_own_values(tmp_path: Path) -> None:
@@ -176,9 +189,15 @@ def _short_storage(path: Path) -> None:
             out.writestr(name, data[:16] if name.endswith("/data/0") else data)
 
 
-def _legacy(path: Path) -> None:
-    """torch.save's format before PyTorch 1.6: a bare pickle, the storages after it."""
-    torch.save(_named().state_dict(), path, _use_new_zipfile_serialization=False)
+def _legacy_code(path: Path) -> None:
+    torch.save({"w.weight": torch.zeros(2, 2), "w.bias": Payload(path.with_name("PWNED"))}, path, _use_new_zipfile_serialization=False)
+
+
+def _legacy_short(path: Path) -> None:
+    """A legacy file cut short: its storage ends past the file's end."""
+    torch.save({"w.weight": torch.zeros(256, 256)}, path, _use_new_zipfile_serialization=False)
+    data = path.read_bytes()
+    path.write_bytes(data[:4096])
 
 
 def _a_tensor(path: Path) -> None:
@@ -304,8 +323,9 @@ CASES = {
     "some-not-tensors": (_some_not_tensors, "a dict whose entries w.step (int) are not tensors"),
     "truncated": (_truncated, "truncated"),
     "compressed": (_compressed, "is compressed; torch.save stores members as they are"),
-    "short-storage": (_short_storage, "declares 16,384 bytes but its zip member holds 16"),
-    "legacy": (_legacy, "legacy format (PyTorch before 1.6), which weightport does not read; load it and save it again with PyTorch 1.6 or later"),
+    "short-storage": (_short_storage, "declares 16,384 bytes but the file holds 16 for it"),
+    "legacy-code": (_legacy_code, "names posix.system"),
+    "legacy-short": (_legacy_short, "of 262,144 bytes extends past the end of the file's 4,096 (truncated file)"),
     "a-tensor": (_a_tensor, "holding a single tensor"),
     "opcode-flood": (_opcode_flood, f"pickle holds more than {MAX_PICKLE_OPCODES:,} opcodes"),
     "shared-keys": (_shared_keys, f"declares {MAX_TENSORS + 1:,} tensors, more than weightport converts"),
@@ -315,10 +335,10 @@ CASES = {
     "deep-key": (_deep_key, "uses something other than a string or number as a dict key"),
     "deep-list": (_deep_list, "holding a dict with keys w.weight, not a state dict of tensors"),
     "bad-rebuild": (_bad_rebuild, "a tensor rebuilt from something other than a storage of the file"),
-    "missing-entry": (_missing_entry, "refers to storage '7', which the zip does not hold"),
+    "missing-entry": (_missing_entry, "refers to storage '7', which the file does not hold"),
     "past-storage": (_past_storage, "tensor w.weight of shape 1000x1000 reaches past its storage '0' (16 values)"),
     "empty-directory": (_empty_directory, "its directory lists no members"),
-    "huge-storage": (_huge_storage, "storage '0' declares 4,000,000,000,000 bytes but its zip member holds 64"),
+    "huge-storage": (_huge_storage, "storage '0' declares 4,000,000,000,000 bytes but the file holds 64 for it"),
 }
 
 
@@ -414,14 +434,14 @@ def test_a_handmade_pickle_reads_as_torch_reads_it(tmp_path: Path) -> None:
     _same_as_torch(path)
 
 
-def _same_as_torch(path: Path, key: str = None) -> None:
+def _same_as_torch(path: Path, key: str = None, kind: str = ZIP) -> None:
     """Every tensor of the state dict (`key`: under that key) as weightport reads it without torch,
     against torch.load's: the same keys in the same order, the same dtype (bfloat16: float32), the same values."""
     loaded = torch.load(path, weights_only=True)
     want = loaded if key is None else loaded[key]
     fd = os.open(path, os.O_RDONLY)
     try:
-        got, _ = load_checkpoint(path, fd, ZIP)
+        got, _ = load_checkpoint(path, fd, kind)
     finally:
         os.close(fd)
     assert [name for name, _ in got] == list(want)

@@ -10,8 +10,9 @@ Each tensor is then checked against the bytes its zip entry really has and becom
 storage: a contiguous one lies in place, so the byte mover streams it from its offset like a
 contiguous HDF5 dataset; a strided one (a transpose, a view) is read exactly through its strides.
 
-The legacy format (PyTorch before 1.6, 2020: a bare pickle followed by the storages, located
-only by walking the file) is refused with what to do: torch 1.6 or later re-saves it as a zip.
+The legacy format (PyTorch before 1.6) is five pickles, each read the same way, then the storages
+one after another, each behind its element count: their places are found by walking those counts
+(one 8-byte read per storage, each checked against the file's size), then read like a zip's.
 
 The state dict keeps its modules' registration order (the order `forward` is usually written
 in), which the view uses as is.
@@ -44,6 +45,7 @@ LAYOUT = "torch-pickle"  # `ModelView.layout` of a torch.save checkpoint
 ORDER = "state-dict"  # the state dict's own order: the modules' registration order
 # What torch.save writes first in its legacy (non-zip) format: the pickle (protocol 2) of its magic number.
 _LEGACY_MAGIC = b"\x80\x02\x8a\x0al\xfc\x9cF\xf9\x20j\xa8P\x19."
+_MAGIC_NUMBER, _PROTOCOL_VERSION = 0x1950A86A20F9469CFC6C, 1001  # the legacy format's first two pickles
 # A zip's members: the state dict's pickle, a few small records, one per storage. A state dict of
 # the largest models weightport takes (MAX_LAYERS layers, a handful of tensors each) has fewer.
 MAX_MEMBERS = 16 * budgets.MAX_LAYERS
@@ -81,11 +83,11 @@ class _Record:
 
 
 @dataclass
-class _Zip:
-    """What a checked torch.save zip holds: its storages' records by key, its pickle, its byte order ('<' or '>')."""
+class _Stored:
+    """Where a checkpoint's storages lie, checked against the file: their records by key, and
+    their byte order ('<' or '>')."""
 
     records: Dict[str, _Record]
-    pickle: bytes
     order: str
 
 
@@ -104,21 +106,22 @@ def load_checkpoint(path: PathLike, fd: int, kind: str) -> Tuple[List[Tuple[str,
     """The state dict of the checkpoint open as `fd` (`sniff` said `kind`), checked and located
     without ever running code the pickle names, as (key, storage) in its order, and a note on
     where it was found and what its order is; every refusal is one WeightportError."""
-    if kind == LEGACY:
-        raise WeightportError(path, "a PyTorch checkpoint in torch.save's legacy format (PyTorch before 1.6), which weightport does not read",
-                              "load it and save it again with PyTorch 1.6 or later: torch.save(torch.load(PATH), NEW_PATH)")
-    name = f"/proc/self/fd/{fd}" if os.path.exists(f"/proc/self/fd/{fd}") else str(path)
-    archive = _check_zip(path, name, os.fstat(fd).st_size)
-    key, state = _state_dict(path, torchpickle.load(path, archive.pickle))
+    size = os.fstat(fd).st_size
+    if kind == ZIP:
+        stored, pickle = _check_zip(path, f"/proc/self/fd/{fd}" if os.path.exists(f"/proc/self/fd/{fd}") else str(path), size)
+        value = torchpickle.load(path, pickle).value
+    else:
+        stored, value = _legacy(path, fd, size)
+    key, state = _state_dict(path, value)
     identity = digests.identity(str(path), fd)
-    tensors = [(k, _storage(path, identity, archive, k, t)) for k, t in state.items()]
+    tensors = [(k, _storage(path, identity, stored, k, t)) for k, t in state.items()]
     where = f"the state dict under key '{key}' of the checkpoint's dict" if key is not None else "the checkpoint's state dict"
     return tensors, f"{where} in its own order: the modules' registration order"
 
 
 # --- the container --------------------------------------------------------------------------
 
-def _check_zip(path: PathLike, name: str, size: int) -> _Zip:
+def _check_zip(path: PathLike, name: str, size: int) -> Tuple[_Stored, bytes]:
     """The zip's storage records and its pickle, once its directory is sane: few enough members, one folder, each stored uncompressed and whole
     inside the file, none overlapping another."""
     with open(name, "rb") as fh:
@@ -154,7 +157,7 @@ def _check_zip(path: PathLike, name: str, size: int) -> _Zip:
     if pickle is None or pickle.size > MAX_PICKLE_BYTES:
         raise WeightportError(path, f"torch.save zip whose data.pkl is {'missing' if pickle is None else 'larger than any state dict needs'}", _HINT_DAMAGED)
     records = {m[len("data/"):]: r for m, r in members.items() if m.startswith("data/")}
-    return _Zip(records, _bytes(name, pickle, pickle.size), _order(path, name, members.get("byteorder")))
+    return _Stored(records, _order(path, name, members.get("byteorder"))), _bytes(name, pickle, pickle.size)
 
 
 def _order(path: PathLike, name: str, record: Optional[_Record]) -> str:
@@ -184,6 +187,43 @@ def _bytes(name: str, record: _Record, limit: int) -> bytes:
     with open(name, "rb") as fh:
         fh.seek(record.start)
         return fh.read(min(record.size, limit))
+
+
+def _legacy(path: PathLike, fd: int, size: int) -> Tuple[_Stored, Any]:
+    """(where the storages lie, the object) of the legacy format (PyTorch before 1.6): five pickles
+    (magic number, protocol version, the writer's system, the object, the keys of its storages in
+    the order their bytes follow), each read like a zip's data.pkl, then the storages."""
+    data = os.pread(fd, MAX_PICKLE_BYTES + 4096, 0)  # the scan refuses a pickle longer than this
+    magic = torchpickle.load(path, data)
+    version = torchpickle.load(path, data, magic.end)
+    system = torchpickle.load(path, data, version.end)
+    if magic.value != _MAGIC_NUMBER or version.value != _PROTOCOL_VERSION:
+        raise WeightportError(path, f"legacy torch.save file of protocol {str(version.value)[:20]}, which weightport does not know", _HINT_DAMAGED)
+    if not isinstance(system.value, dict) or system.value.get("little_endian") is not True:
+        raise WeightportError(path, "legacy torch.save file written by a big-endian machine, which weightport does not read",
+                              "load it and save it again with PyTorch 1.6 or later, which records its byte order")
+    state = torchpickle.load(path, data, system.end)
+    keys = torchpickle.load(path, data, state.end)
+    if type(keys.value) is not list or any(type(k) is not str for k in keys.value):
+        raise WeightportError(path, "legacy torch.save file whose list of storages is not a list of keys", _HINT_DAMAGED)
+    return _Stored(_walk(path, fd, size, keys.end, keys.value, state.storages), "<"), state.value
+
+
+def _walk(path: PathLike, fd: int, size: int, start: int, keys: List[str], storages: Dict[str, torchpickle.StorageRef]) -> Dict[str, _Record]:
+    """The legacy storages' records: from `start`, for each key in turn, its element count (8 bytes,
+    little-endian) then its bytes, each inside the file and of a storage the pickle refers to."""
+    records: Dict[str, _Record] = {}
+    for key in keys:
+        ref = storages.get(key)
+        if ref is None or key in records:
+            raise WeightportError(path, f"legacy torch.save file listing storage '{key[:40]}' {'twice' if ref else 'which its pickle never refers to'}", _HINT_DAMAGED)
+        count = int.from_bytes(os.pread(fd, 8, start), "little")
+        nbytes = count * (1 if ref.untyped else _dtype(path, key, ref.dtype, "<").itemsize)
+        if start + 8 + nbytes > size:
+            raise WeightportError(path, f"legacy storage '{key[:40]}' of {nbytes:,} bytes extends past the end of the file's {size:,} (truncated file)", _HINT_DAMAGED)
+        records[key] = _Record(start + 8, nbytes)
+        start += 8 + nbytes
+    return records
 
 
 # --- the state dict -------------------------------------------------------------------------
@@ -230,12 +270,12 @@ def _key(key: Any) -> str:
 
 # --- each tensor: checked against its zip entry, then a lazy storage -------------------------
 
-def _storage(path: PathLike, identity: tuple, archive: _Zip, name: str, tensor: TensorRef) -> Storage:
+def _storage(path: PathLike, identity: tuple, stored: _Stored, name: str, tensor: TensorRef) -> Storage:
     """The storage that reads `tensor` from the file: in place if contiguous, else through its
     strides; bfloat16 widened to float32. Its element count, offset and strides are checked against
     the bytes its zip entry holds first: nothing read can lie outside it."""
-    dtype = _dtype(path, name, tensor.dtype, archive.order)
-    start, capacity = _entry(path, archive, tensor, dtype.itemsize)
+    dtype = _dtype(path, name, tensor.dtype, stored.order)
+    start, capacity = _entry(path, stored, tensor, dtype.itemsize)
     shown = "x".join(map(str, tensor.shape)) or "scalar"
     count = math.prod(tensor.shape)
     if count == 0:
@@ -261,16 +301,16 @@ def _dtype(path: PathLike, name: str, dtype: str, order: str) -> np.dtype:
     return np.dtype(order + code)
 
 
-def _entry(path: PathLike, archive: _Zip, tensor: TensorRef, itemsize: int) -> Tuple[int, int]:
+def _entry(path: PathLike, stored: _Stored, tensor: TensorRef, itemsize: int) -> Tuple[int, int]:
     """(where the tensor's storage starts in the file, how many of the tensor's elements it holds),
-    once its zip entry exists and has every byte the pickle declares for it."""
+    once its record (zip entry, legacy storage) exists and has every byte the pickle declares for it."""
     storage = tensor.storage
-    record = archive.records.get(storage.key)
+    record = stored.records.get(storage.key)
     if record is None:
-        raise WeightportError(path, f"the pickle refers to storage '{storage.key[:40]}', which the zip does not hold", _HINT_DAMAGED)
-    declared = storage.numel * (1 if storage.untyped else _dtype(path, storage.key, storage.dtype, archive.order).itemsize)
+        raise WeightportError(path, f"the pickle refers to storage '{storage.key[:40]}', which the file does not hold", _HINT_DAMAGED)
+    declared = storage.numel * (1 if storage.untyped else _dtype(path, storage.key, storage.dtype, stored.order).itemsize)
     if declared > record.size:
-        raise WeightportError(path, f"storage '{storage.key[:40]}' declares {declared:,} bytes but its zip member holds {record.size:,}", _HINT_DAMAGED)
+        raise WeightportError(path, f"storage '{storage.key[:40]}' declares {declared:,} bytes but the file holds {record.size:,} for it", _HINT_DAMAGED)
     return record.start, declared // itemsize
 
 

@@ -32,7 +32,7 @@ from typing import Any, Callable, Dict, Iterator, List, Optional, Tuple, Union
 from . import budgets
 from .errors import WeightportError
 
-__all__ = ["StorageRef", "TensorRef", "DType", "MAX_PICKLE_BYTES", "MAX_PICKLE_OPCODES", "load", "scan"]
+__all__ = ["StorageRef", "TensorRef", "DType", "Loaded", "MAX_PICKLE_BYTES", "MAX_PICKLE_OPCODES", "load", "scan"]
 
 PathLike = Union[str, Path]
 MAX_PICKLE_BYTES = budgets.MAX_CONFIG_BYTES  # a state dict's pickle holds names and shapes: ~100 bytes a tensor
@@ -200,7 +200,12 @@ ALLOWED = _allowed()
 
 
 class _Unpickler(pickle.Unpickler):
-    """The C unpickler with weightport's globals and storage references, after `scan` has passed."""
+    """The C unpickler with weightport's globals and storage references, after `scan` has passed;
+    `storages` collects every reference by key (the legacy format's storages are found by them)."""
+
+    def __init__(self, data: bytes) -> None:
+        super().__init__(io.BytesIO(data), encoding="utf-8")
+        self.storages: Dict[str, StorageRef] = {}
 
     def find_class(self, module: str, name: str) -> Any:
         found = ALLOWED.get((module, name))
@@ -209,18 +214,35 @@ class _Unpickler(pickle.Unpickler):
         return found
 
     def persistent_load(self, pid: Any) -> StorageRef:
-        """('storage', storage class, key, location, element count) -> a `StorageRef`; nothing is read."""
-        if type(pid) is not tuple or len(pid) != 5 or pid[0] != "storage" or type(pid[1]) is not DType or type(pid[2]) is not str:
+        """('storage', storage class, key, location, element count[, view]) -> a `StorageRef`; nothing
+        is read. The legacy format adds a sixth item, a storage view (PyTorch before 1.0) when not None."""
+        if type(pid) is not tuple or len(pid) not in (5, 6) or pid[0] != "storage" or type(pid[1]) is not DType or type(pid[2]) is not str:
             raise Refused("a storage reference torch.save does not write")
-        return StorageRef(pid[2], pid[1].name, _int(pid[4], "storage's element count"), pid[1] is _UNTYPED)
+        if len(pid) == 6 and pid[5] is not None:
+            raise Refused("a storage view (written by PyTorch before 1.0)")
+        ref = StorageRef(pid[2], pid[1].name, _int(pid[4], "storage's element count"), pid[1] is _UNTYPED)
+        if self.storages.setdefault(ref.key, ref).dtype != ref.dtype:
+            raise Refused(f"storage '{ref.key[:40]}' referred to with two dtypes")
+        return ref
 
 
-def load(path: PathLike, data: bytes) -> Any:
-    """The object the pickle `data` (a torch.save zip's data.pkl) describes, tensors as `TensorRef`s:
+@dataclass
+class Loaded:
+    """One unpickled pickle: its object (tensors as `TensorRef`s), where it ended in the bytes
+    read, and every storage it refers to by key."""
+
+    value: Any
+    end: int
+    storages: Dict[str, StorageRef]
+
+
+def load(path: PathLike, data: bytes, start: int = 0) -> Loaded:
+    """The pickle at `start` of `data` (a torch.save zip's data.pkl; one of a legacy file's pickles),
     scanned first, then unpickled with weightport's stand-ins; every refusal is one WeightportError."""
-    scan(path, data)
+    end = start + scan(path, data[start:])
+    unpickler = _Unpickler(data[start:end])
     try:
-        return _Unpickler(io.BytesIO(data), encoding="utf-8").load()
+        return Loaded(unpickler.load(), end, unpickler.storages)
     except Refused as exc:
         raise WeightportError(path, f"PyTorch checkpoint whose pickle holds {exc}: weightport loads weights only and runs no code",
                               _HINT_STATE_DICT) from None
@@ -243,11 +265,12 @@ _GET_OPS = {"GET", "BINGET", "LONG_BINGET"}
 _KEYED = {"SETITEMS": slice(0, None, 2), "DICT": slice(0, None, 2), "ADDITEMS": slice(None), "FROZENSET": slice(None)}
 
 
-def scan(path: PathLike, data: bytes) -> None:
-    """Read the pickle `data` as opcodes only (nothing is built or called), following its stack,
-    and refuse what `_Unpickler` must never see (see the module's docstring). Fast, and no torch."""
+def scan(path: PathLike, data: bytes) -> int:
+    """Read the pickle at the start of `data` as opcodes only (nothing is built or called), following
+    its stack, and refuse what `_Unpickler` must never see (see the module's docstring); its length.
+    Fast, and no torch."""
     try:
-        _Stack(path).run(_counted(path, pickletools.genops(io.BytesIO(data[:MAX_PICKLE_BYTES + 4096]))))
+        return _Stack(path).run(_counted(path, pickletools.genops(io.BytesIO(data[:MAX_PICKLE_BYTES + 4096]))))
     except (ValueError, EOFError) as exc:  # cut short, an unknown opcode, a string longer than the pickle
         raise WeightportError(path, f"damaged PyTorch checkpoint: its pickle cannot be read ({exc})", _HINT_DAMAGED) from None
 
@@ -280,9 +303,13 @@ class _Stack:
     def refuse(self, what: str, hint: str = _HINT_DAMAGED) -> WeightportError:
         return WeightportError(self.path, f"PyTorch checkpoint whose pickle {what}", hint)
 
-    def run(self, ops: Iterator[Any]) -> None:
-        for opcode, arg, _ in ops:
+    def run(self, ops: Iterator[Any]) -> int:
+        """Follow every opcode; where the pickle ends (after its STOP)."""
+        end = 0
+        for opcode, arg, position in ops:
             self.step(opcode, arg)
+            end = position + 1
+        return end
 
     def step(self, opcode: pickletools.OpcodeInfo, arg: Any) -> None:
         name = opcode.name
