@@ -469,12 +469,20 @@ def _views() -> dict:
             "stepped.weight": big[2:9:3, 1:5], "column.bias": big[:, 3], "param.weight": nn.Parameter(torch.randn(3, 2))}
 
 
+def _attributes() -> dict:
+    """Tensors carrying Python attributes: pickled through _rebuild_from_type_v2 and _rebuild_parameter_with_state."""
+    torch.manual_seed(10)
+    weight, bias = torch.randn(3, 2), nn.Parameter(torch.randn(3))
+    weight.note, bias.note = "pruned", 1
+    return {"w.weight": weight, "w.bias": bias}
+
+
 def _module() -> dict:
     """nn.Module.state_dict(): an OrderedDict with `_metadata` (its modules' versions) set by BUILD."""
     return _named(7).state_dict()
 
 
-@pytest.mark.parametrize("make", [_dtypes, _views, _module], ids=["dtypes", "views", "module"])
+@pytest.mark.parametrize("make", [_dtypes, _views, _attributes, _module], ids=["dtypes", "views", "attributes", "module"])
 def test_torch_saved_state_dicts_read_as_torch_load_reads_them(make, tmp_path: Path) -> None:
     path = tmp_path / "state.pth"
     torch.save(make(), path)

@@ -146,6 +146,20 @@ def _rebuild_parameter(data: Any, requires_grad: Any, hooks: Any, state: Any = N
     return data
 
 
+_TENSOR = DType("Tensor")  # `torch.Tensor`, which only `_rebuild_from_type_v2` names
+
+
+def _rebuild_from_type_v2(func: Any, new_type: Any, args: Any, state: Any) -> TensorRef:
+    """`torch._tensor._rebuild_from_type_v2`: how a tensor carrying Python attributes is pickled
+    (a tensor rebuilder, its class, its arguments, the attributes). The attributes change no value
+    and are dropped; only a plain `torch.Tensor` is taken (a subclass could mean anything)."""
+    if new_type is not _TENSOR:
+        raise Refused("a tensor of a class other than torch.Tensor")
+    if type(func) is not _Global or func._call not in (_tensor, _rebuild_tensor_v2, _rebuild_tensor_v3) or type(args) is not tuple:
+        raise Refused("a tensor rebuilt (from type) by something other than a tensor rebuilder")
+    return func(*args)
+
+
 def _ordered_dict(*args: Any) -> "collections.OrderedDict[Any, Any]":
     """`collections.OrderedDict()`: torch.save pickles it empty, its items set after; given none
     here, nothing the pickle passes is hashed or iterated."""
@@ -190,7 +204,8 @@ def _allowed() -> Dict[Tuple[str, str], Any]:
     table: Dict[Tuple[str, str], Any] = {("torch._utils", name): _Global(call) for name, call in rebuild.items()}
     table.update({("torch", name): DType(dtype) for name, dtype in _STORAGES.items()})
     table.update({("torch", name): DType(name) for name in _DTYPE_NAMES})
-    table.update({("torch.storage", "UntypedStorage"): _UNTYPED, ("torch", "UntypedStorage"): _UNTYPED,
+    table[("torch._tensor", "_rebuild_from_type_v2")] = _Global(_rebuild_from_type_v2)
+    table.update({("torch.storage", "UntypedStorage"): _UNTYPED, ("torch", "UntypedStorage"): _UNTYPED, ("torch", "Tensor"): _TENSOR,
                   ("torch", "Size"): _Global(_size), ("torch", "device"): _Global(_device),
                   ("collections", "OrderedDict"): _Global(_ordered_dict), ("_codecs", "encode"): _Global(_encode)})
     return table
