@@ -14,7 +14,7 @@ from __future__ import annotations
 import math
 import os
 from pathlib import Path
-from typing import IO, TYPE_CHECKING, List, Optional, Sequence, Union
+from typing import IO, TYPE_CHECKING, List, Optional, Sequence, Tuple, Union
 
 from .errors import WeightportError
 
@@ -170,19 +170,17 @@ def vars_keys(keys: Sequence[str], group: str, path: PathLike) -> List[str]:
     return ordered
 
 
-def check_stored(dataset: "h5py.Dataset", declared: int, path: PathLike, plist: Optional["h5py.h5p.PropDCID"] = None) -> None:
+def check_stored(dataset: "h5py.Dataset", declared: int, path: PathLike, plist: "h5py.h5p.PropDCID", shape: Tuple[int, ...]) -> None:
     """Refuse a tensor whose stored bytes cannot be its declared values: one with a zero-length
     axis (no Keras variable is empty), and a chunked one with chunks never written (HDF5 would
     hand back its fill value, as many bytes as declared, from nothing), compressed beyond
-    `MAX_INFLATION`, or in compressed chunks larger than `MAX_CHUNK_BYTES`. `plist` is the
-    dataset's creation property list when the caller has it already (asked for each of hundreds
-    of tensors, it is read once); its name is asked of HDF5 only for a message."""
+    `MAX_INFLATION`, or in compressed chunks larger than `MAX_CHUNK_BYTES`. `plist` and `shape`
+    are the dataset's creation property list and shape, which the caller has read already (for
+    each of hundreds of tensors, read once); its name is asked of HDF5 only for a message."""
     import h5py
 
-    shape = tuple(int(n) for n in dataset.shape)
     if 0 in shape:
         raise WeightportError(path, f"tensor {dataset.name} has shape {'x'.join(map(str, shape))}: no values (a Keras variable is never empty)", _HINT_DAMAGED)
-    plist = plist if plist is not None else dataset.id.get_create_plist()
     if plist.get_layout() != h5py.h5d.CHUNKED:
         return
     name = dataset.name

@@ -23,7 +23,7 @@ from .errors import WeightportError
 from .inputs import by_descriptor
 from .storage import Storage
 
-__all__ = ["open_h5", "member", "members", "finder", "str_list_attr", "str_attr", "has_attr", "damaged_hdf5", "checked_tensor", "read_rows", "small_cache", "Image", "HDF5Storage", "view_facts", "as_storage"]
+__all__ = ["open_h5", "member", "members", "finder", "str_list_attr", "str_attr", "has_attr", "damaged_hdf5", "tensor_storage", "creation", "read_rows", "small_cache", "Image", "HDF5Storage", "view_facts", "as_storage"]
 
 _HDF5_SIGNATURE = b"\x89HDF\r\n\x1a\n"
 _HINT_DAMAGED = "the file may be truncated or damaged; save or download it again"
@@ -173,11 +173,12 @@ def _open_object(group: h5py.Group, key: bytes, where: _Where, file: Union[str, 
         return h5py.Group(opened)
     if not isinstance(opened, h5py.h5d.DatasetID):
         return None
-    plist = opened.get_create_plist()
+    dataset = h5py.Dataset(opened, readonly=True)  # binds the id; asks HDF5 nothing
+    plist = creation(dataset)
     if plist.get_layout() == h5py.h5d.VIRTUAL or plist.get_external_count() > 0:
         raise WeightportError(file, f"tensor {where} keeps its values in other files (HDF5 external or virtual storage), which were not opened",
                               _HINT_OUTSIDE)
-    return h5py.Dataset(opened, readonly=True)
+    return dataset
 
 
 def small_cache(f: h5py.File) -> h5py.File:
@@ -266,33 +267,43 @@ def _reason(exc: BaseException) -> str:
     return text.rsplit("(", 1)[-1].rstrip(")") if "(" in text else text
 
 
-def checked_tensor(dataset: h5py.Dataset, root: h5py.File, file: Union[str, Path]) -> h5py.Dataset:
-    """`dataset` if it can be a Keras variable stored in this file, else a `WeightportError` naming it.
+def tensor_storage(dataset: h5py.Dataset, root: h5py.File, file: Union[str, Path], image: "Image") -> "HDF5Storage":
+    """`dataset`'s storage if it can be a Keras variable stored in this file, else a
+    `WeightportError` naming it; every fact is asked of HDF5 once (a model has hundreds of
+    tensors, and each ask of h5py costs ~10-30 us: the type, the shape, the creation properties).
 
     Refused before anything is read (`member`, which opened it, has refused values kept in other
     files): values that are not numbers; and a declared size the stored bytes cannot be
     (contiguous data past the end of the file, chunks never written or compressed past the
     budgets of `budgets.check_stored`), which would otherwise make numpy allocate it.
     """
-    dtype = dataset.dtype
+    dsid = dataset.id
+    dtype = dsid.dtype
     if dtype.kind not in _NUMERIC or dtype.fields is not None or dtype.subdtype is not None:
         raise WeightportError(file, f"tensor {dataset.name} holds {_dtype_name(dtype)} values, not numbers", "the file is damaged or was not written by Keras")
-    plist = dataset.id.get_create_plist()  # asked once: budgets.check_stored reads it too
+    plist = creation(dataset)
     layout = plist.get_layout()
-    shape = dataset.shape
-    declared = math.prod(int(n) for n in shape) * dtype.itemsize
-    budgets.check_stored(dataset, declared, file, plist)
+    shape = tuple(int(n) for n in dsid.shape)
+    declared = math.prod(shape) * dtype.itemsize
+    budgets.check_stored(dataset, declared, file, plist, shape)
     size = root.id.get_filesize()
     if layout != h5py.h5d.CHUNKED and declared > size:
         raise WeightportError(file, f"tensor {dataset.name} declares {'x'.join(map(str, shape))} {dtype} values ({declared:,} bytes), "
                                     f"more than the {size:,}-byte file can hold", _HINT_DAMAGED)
+    offset = dsid.get_offset() if layout == h5py.h5d.CONTIGUOUS else None
     if layout == h5py.h5d.CONTIGUOUS and declared:
-        offset = dataset.id.get_offset()
         if offset is None:
             raise WeightportError(file, f"tensor {dataset.name} has no values stored", _HINT_DAMAGED)
         if offset + declared > size:
             raise WeightportError(file, f"tensor {dataset.name} ends past the end of the file (truncated file)", _HINT_DAMAGED)
-    return dataset
+    in_place = offset is not None and image.base is not None and dsid.get_storage_size() == declared
+    return HDF5Storage(root.id, h5py.h5i.get_name(dsid), image, shape, dtype, image.base + offset if in_place else None)
+
+
+def creation(dataset: h5py.Dataset) -> h5py.h5p.PropDCID:
+    """The dataset's creation property list, asked of HDF5 once per `h5py.Dataset` object: h5py
+    keeps it (its own `is_virtual`, `chunks`, `external` ... read it there)."""
+    return dataset._dcpl
 
 
 def _dtype_name(dtype: np.dtype) -> str:
@@ -349,15 +360,16 @@ class HDF5Storage(Storage):
 
     __slots__ = ("_file", "_name")
 
-    def __init__(self, dataset: h5py.Dataset, image: Image) -> None:
-        """`dataset` as a reader found it in the file opened as `image`."""
-        dsid = dataset.id
-        shape = tuple(int(n) for n in dsid.shape)
-        dtype = dsid.dtype
-        offset = dsid.get_offset()  # None unless stored contiguous
-        in_place = offset is not None and image.base is not None and dsid.get_storage_size() == math.prod(shape) * dtype.itemsize
-        super().__init__(image.file, image.identity, image.base + offset if in_place else None, shape, dtype)
-        self._file, self._name = h5py.h5i.get_file_id(dsid), h5py.h5i.get_name(dsid)
+    def __init__(self, file_id: h5py.h5f.FileID, name: bytes, image: Image, shape: Tuple[int, ...], dtype: np.dtype, offset: Optional[int]) -> None:
+        """The dataset `name` (its path in the open file `file_id`, opened as `image`), as
+        `tensor_storage` found it: `offset` is absolute in `image.file`, or None."""
+        super().__init__(image.file, image.identity, offset, shape, dtype)
+        self._file, self._name = file_id, name
+
+    @property
+    def path(self) -> str:
+        """The dataset's path in its file (`/model_weights/dense/dense/kernel:0`)."""
+        return self._name.decode("utf-8", "surrogateescape")
 
     @property
     def dataset(self) -> h5py.Dataset:
@@ -377,4 +389,5 @@ def as_storage(source: Union[Storage, h5py.Dataset]) -> Storage:
     is read through h5py where it is, not in place."""
     if isinstance(source, Storage):
         return source
-    return HDF5Storage(source, Image(source.file.filename, None, None, contextlib.ExitStack()))
+    return HDF5Storage(source.file.id, h5py.h5i.get_name(source.id), Image(source.file.filename, None, None, contextlib.ExitStack()),
+                       tuple(int(n) for n in source.shape), source.dtype, None)

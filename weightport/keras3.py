@@ -18,7 +18,7 @@ import h5py
 from . import budgets
 from .config import ModelConfig, to_snake_case
 from .errors import WeightportError
-from .hdf5 import HDF5Storage, Image, checked_tensor, member, members, str_attr, view_facts
+from .hdf5 import HDF5Storage, Image, member, members, str_attr, tensor_storage, view_facts
 from .view import Layer, ModelView, Tensor
 from .wrappers import arrange, owner_at, roles_at, wrapped_class
 
@@ -100,7 +100,7 @@ class _Vars(NamedTuple):
 
 def _walk(root: h5py.File, path: Union[str, Path], image: Image, addresses: bool = False) -> List[Tuple[str, _Vars]]:
     """(group path, vars) for every group whose `vars` holds datasets, each dataset checked
-    (`checked_tensor`) and made a storage (with its header's address when `addresses`: the order
+    and made a storage (`tensor_storage`) (with its header's address when `addresses`: the order
     of a file without a config). Iterative, and each group is entered once, so a damaged file
     whose groups nest thousands deep or link back to an ancestor cannot make it recurse without
     end; a link into another file is refused (`member`)."""
@@ -127,8 +127,8 @@ def _walk(root: h5py.File, path: Union[str, Path], image: Image, addresses: bool
 
 def _found(dataset: h5py.Dataset, root: h5py.File, path: Union[str, Path], image: Image, address: bool) -> _Dataset:
     """A dataset the walk met, checked and kept as its storage; the dataset itself closes."""
-    checked_tensor(dataset, root, path)
-    return _Dataset(dataset.name, HDF5Storage(dataset, image), _header_address(dataset) if address else None)
+    storage = tensor_storage(dataset, root, path, image)
+    return _Dataset(storage.path, storage, _header_address(dataset) if address else None)
 
 
 def _header_address(dataset: h5py.Dataset) -> Optional[int]:

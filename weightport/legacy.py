@@ -17,7 +17,7 @@ import h5py
 from . import budgets
 from .config import ConfigLayer, ModelConfig, parse_model_config
 from .errors import WeightportError
-from .hdf5 import HDF5Storage, Image, checked_tensor, finder, has_attr, member, str_attr, str_list_attr, view_facts
+from .hdf5 import HDF5Storage, Image, finder, has_attr, member, str_attr, str_list_attr, tensor_storage, view_facts
 from .roles import role_from_name
 from .view import Layer, ModelView, Tensor
 from .wrappers import var_paths, wrapped_class
@@ -86,16 +86,15 @@ def _layers_of(group: h5py.Group, name: str, path: Union[str, Path], config: Opt
     if not weight_names:
         return []
     nested = _is_nested(name, weight_names, config)
-    inner: Dict[str, List[Tuple[str, h5py.Dataset]]] = {}
+    inner: Dict[str, List[Tuple[str, HDF5Storage]]] = {}
     find = finder(entry, path)  # a layer's weights share their path up to the last part: walked once
     for weight_name in weight_names:
         dataset = find(weight_name)
         if not isinstance(dataset, h5py.Dataset):
             raise WeightportError(path, f"weight '{weight_name}' of layer '{name}' is listed in weight_names but not stored", _HINT_DAMAGED)
-        checked_tensor(dataset, root, path)
         key = _inner_name(name, weight_name, config) if nested else name
-        inner.setdefault(key, []).append((weight_name, dataset))
-    return [_layer(key, items, entry, name if nested else None, config, image) for key, items in inner.items()]
+        inner.setdefault(key, []).append((weight_name, tensor_storage(dataset, root, path, image)))
+    return [_layer(key, items, entry, name if nested else None, config) for key, items in inner.items()]
 
 
 def _is_nested(name: str, weight_names: List[str], config: Optional[ModelConfig]) -> bool:
@@ -131,12 +130,11 @@ def _inner_name(container: str, weight_name: str, config: Optional[ModelConfig])
     return parts[0] if parts else container
 
 
-def _layer(name: str, items: List[Tuple[str, h5py.Dataset]], entry: h5py.Group, container: Optional[str], config: Optional[ModelConfig],
-           image: Image) -> Layer:
+def _layer(name: str, items: List[Tuple[str, HDF5Storage]], entry: h5py.Group, container: Optional[str], config: Optional[ModelConfig]) -> Layer:
     spec = config.get(name) if config else None
     roles = [role_from_name(stored, name) for stored, _ in items]
     k3_vars = _k3_vars(name, [stored for stored, _ in items], roles, spec)
-    weights = [Tensor(stored, role, ds.name, HDF5Storage(ds, image), k3_var) for (stored, ds), role, k3_var in zip(items, roles, k3_vars)]
+    weights = [Tensor(stored, role, storage.path, storage, k3_var) for (stored, storage), role, k3_var in zip(items, roles, k3_vars)]
     return Layer(
         name=name,
         class_name=spec.class_name if spec else None,
