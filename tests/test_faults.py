@@ -157,3 +157,41 @@ def test_inputs_are_opened_read_only(tmp_path: Path) -> None:
     checked = _as_a_user("-m", "weightport", "verify", str(source), str(out))
     assert checked.returncode == 0, checked.stdout + checked.stderr
     assert {p: (p.read_bytes(), p.stat().st_mtime_ns) for p in before} == before
+
+
+def _alive(pid: int) -> bool:
+    """Whether `pid` still runs (a zombie waiting for a reaper has ended)."""
+    try:
+        return "\nState:\tZ" not in Path(f"/proc/{pid}/status").read_text()
+    except FileNotFoundError:
+        return False
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="reads /proc")
+def test_the_keras_load_child_ends_with_weightport(tmp_path: Path) -> None:
+    """weightport killed (a pipeline's timeout, SIGKILL) while its Keras load child is busy: the
+    child ends too, instead of loading on unwatched. Its output here is a pipe nobody writes,
+    which would block the child for ever."""
+    fifo = tmp_path / "out.h5"
+    os.mkfifo(fifo)
+    parent = subprocess.Popen([sys.executable, "-c", f"""
+import subprocess, sys, os, time
+from weightport import keras_load
+child = subprocess.Popen([sys.executable, keras_load.__file__, str(os.getpid()), "keras", {str(fifo)!r}, {str(fifo)!r}, ""])
+print(child.pid, flush=True)
+time.sleep(600)
+"""], stdout=subprocess.PIPE, text=True, env=dict(os.environ, PYTHONPATH=str(ROOT)))
+    child = int(parent.stdout.readline())
+    try:
+        time.sleep(2)  # the child is importing Keras, or blocked opening the pipe
+        assert _alive(child)
+        parent.kill()
+        parent.wait()
+        deadline = time.monotonic() + 10
+        while _alive(child) and time.monotonic() < deadline:
+            time.sleep(0.1)
+        assert not _alive(child), "the Keras load child outlived weightport"
+    finally:
+        parent.kill()
+        if _alive(child):
+            os.kill(child, signal.SIGKILL)

@@ -9,7 +9,7 @@ load, the child also tries the source: if that does not load either, the model n
 environment lacks (a custom layer) and the input is refused; if it does, weightport wrote
 something wrong and says so.
 
-Run as a script (`python keras_load.py MODULE OUT SOURCE [CONFIG]`) this file imports nothing
+Run as a script (`python keras_load.py PARENT_PID MODULE OUT SOURCE [CONFIG]`) this file imports nothing
 but the Keras it is asked for, so the child needs no weightport on its path.
 """
 
@@ -18,9 +18,12 @@ from __future__ import annotations
 import importlib.util
 import json
 import os
+import signal
 import subprocess
 import sys
 import tempfile
+import threading
+import time
 from pathlib import Path
 from typing import Any, Dict, Optional
 
@@ -87,7 +90,8 @@ def load_in_keras(module: str, written: Path, out: Path, source: str, config: Op
 
 def _run_child(module: str, named: Path, source: str, config: Optional[str]) -> Dict[str, Any]:
     env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="3")
-    command = [sys.executable, str(Path(__file__).resolve()), module, str(named), str(Path(source).resolve()), str(Path(config).resolve()) if config else ""]
+    command = [sys.executable, str(Path(__file__).resolve()), str(os.getpid()), module, str(named), str(Path(source).resolve()),
+               str(Path(config).resolve()) if config else ""]
     try:
         done = subprocess.run(command, capture_output=True, text=True, env=env, timeout=TIMEOUT)
     except subprocess.TimeoutExpired:
@@ -127,6 +131,30 @@ def _safe_mode(module: str) -> Any:
         return contextlib.nullcontext()
 
 
+_PR_SET_PDEATHSIG = 1  # linux/prctl.h
+
+
+def _end_with_parent(parent: int) -> None:
+    """End this child when weightport ends. Killed or timed out by a pipeline, weightport can
+    no longer time the child out, and a Keras load can run for many minutes (a Sequential model
+    of thousands of layers), or block for ever (a file that is a pipe) holding the GIL. Linux
+    kills the child itself on the parent's death; elsewhere a thread watches for it."""
+    if sys.platform.startswith("linux"):
+        import ctypes
+
+        ctypes.CDLL(None).prctl(_PR_SET_PDEATHSIG, signal.SIGKILL)
+    else:
+        threading.Thread(target=_watch_parent, args=(parent,), daemon=True).start()
+    if os.getppid() != parent:  # gone before the watch began
+        os._exit(3)
+
+
+def _watch_parent(parent: int) -> None:
+    while os.getppid() == parent:
+        time.sleep(0.5)
+    os._exit(3)
+
+
 def _child(module: str, out: str, source: str, config: str) -> Dict[str, Any]:
     K = __import__(module)
     report: Dict[str, Any] = {"version": K.__version__, "backend": K.backend.backend()}
@@ -146,4 +174,5 @@ def _child(module: str, out: str, source: str, config: str) -> Dict[str, Any]:
 
 if __name__ == "__main__":
     del sys.path[0]  # this file's folder: weightport's modules must not shadow what Keras imports
-    print(json.dumps(_child(*sys.argv[1:5])))
+    _end_with_parent(int(sys.argv[1]))
+    print(json.dumps(_child(*sys.argv[2:6])))
