@@ -29,7 +29,7 @@ if TYPE_CHECKING:
     from .planner import Step
 
 __all__ = ["Check", "Compare", "Orders", "Context", "At", "BLOCK_BYTES", "SAMPLES", "SAME_ORDER", "checked", "values", "window", "kernel",
-           "rows_dot", "leading", "errors"]
+           "rows_dot", "leading", "errors", "in_place"]
 
 BLOCK_BYTES = 1 << 20  # float64 working blocks: the check adds a few MiB of memory, whatever the model
 SAMPLES = 3
@@ -97,11 +97,12 @@ def checked(compare: Compare, rows: Optional[Orders] = None, rows_equal: bool = 
 
     def check(step: "Step", source: Storage, target: Storage, context: Context, at: At = (None, None)) -> Result:
         cast = cast_to(source.dtype, target.dtype)
+        source, target = in_place(source, at[0]), in_place(target, at[1])
         if cast is None:
             return f"{source.dtype} -> {target.dtype}: this dtype cannot hold the weights", float("inf"), float("inf")
         try:
             if rows is not None and max(source.size, target.size) > context.full_values and min(source.ndim, target.ndim) >= 2:
-                name, diff, rel = _sampled_rows(step, source, target, cast, context, at, rows, rows_equal)
+                name, diff, rel = _sampled_rows(step, source, target, cast, context, rows, rows_equal)
             else:
                 name, diff, rel = compare(step, source, target, cast, context)
         except CastLost as lost:
@@ -161,7 +162,7 @@ def kernel(layout: Optional[Callable[[np.ndarray], np.ndarray]] = None, flipped:
     return compare
 
 
-def _sampled_rows(step: "Step", source: Storage, target: Storage, cast: Cast, context: Context, at: At, orders: Orders,
+def _sampled_rows(step: "Step", source: Storage, target: Storage, cast: Cast, context: Context, orders: Orders,
                   equal: bool) -> Result:
     """A big tensor: random window positions, the source's row for each (found through the
     source's flatten order) against the target's row for the same position."""
@@ -178,27 +179,46 @@ def _sampled_rows(step: "Step", source: Storage, target: Storage, cast: Cast, co
     per_read = max(1, BLOCK_BYTES // (8 * target.shape[-1]))  # rows whose float64 copies fit a block
     worst, scale = 0.0, 0.0
     for start in range(0, len(picked), per_read):
-        want = cast.store(_read_rows(source, src_index[start:start + per_read], at[0]))
-        got = _read_rows(target, tgt_index[start:start + per_read], at[1]).astype("float64")
+        want = cast.store(source.read_rows(src_index[start:start + per_read]))
+        got = target.read_rows(tgt_index[start:start + per_read]).astype("float64")
         worst, scale = max(worst, _max_diff(got, want)), max(scale, _scale(want))
     name = f"{'values equal' if equal else 'dense on window (' + src_order + ') vs conv'}, {len(picked)} of {rows} rows sampled"
     return name, worst, _relative(worst, scale)
 
 
-def _read_rows(storage: Storage, rows: np.ndarray, at: Optional[Tuple[int, int]]) -> np.ndarray:
-    """`Storage.read_rows`, straight from the open file when the tensor lies there in place (`at`:
-    descriptor, offset): a row is then one run of bytes, read with one call, where HDF5 would
-    build a selection of every row first."""
-    if at is None:
-        return storage.read_rows(rows)
-    fd, offset = at
-    values = np.empty((len(rows), storage.shape[-1]), storage.dtype)
-    size = values.shape[1] * values.itemsize
-    for k, row in enumerate(rows):
-        if os.preadv(fd, [values[k]], offset + int(row) * size) != size:
-            raise WeightportError(storage.file, "changed or truncated while being verified",
-                                  "convert again once the file is complete and no longer being written")
-    return values
+def in_place(storage: Storage, at: Optional[Tuple[int, int]]) -> Storage:
+    """The storage, read straight from the descriptor already open on its file where it lies in
+    place there (`at`: descriptor, offset, from `transfer.raw_location`): a block of rows is one
+    read, where HDF5 would build a selection first and a raw file would be opened again."""
+    return storage if at is None else _InPlace(storage, at)
+
+
+class _InPlace(Storage):
+    """A tensor's C-order bytes at an offset of an open descriptor: consecutive rows in one
+    read, others one read each; a file shorter than they need is an error naming it."""
+
+    __slots__ = ("_fd",)
+
+    def __init__(self, storage: Storage, at: Tuple[int, int]) -> None:
+        super().__init__(storage.file, storage.identity, at[1], storage.shape, storage.dtype)
+        self._fd = at[0]
+
+    def read(self) -> np.ndarray:
+        return self.read_rows(np.arange(self.size // (self.shape[-1] if self.shape else 1))).reshape(self.shape)
+
+    def read_rows(self, rows: np.ndarray) -> np.ndarray:
+        rows = np.asarray(rows, dtype=np.int64)
+        values = np.empty((len(rows), self.shape[-1] if self.shape else 1), self.dtype)
+        size = values.shape[1] * values.itemsize
+        if len(rows) > 1 and rows[-1] - rows[0] == len(rows) - 1 and (np.diff(rows) == 1).all():
+            spans = [(values.reshape(-1), int(rows[0]))]
+        else:
+            spans = list(zip(values, rows.tolist()))
+        for into, row in spans:
+            if into.nbytes and os.preadv(self._fd, [into], self.offset + row * size) != into.nbytes:
+                raise WeightportError(self.file, "changed or truncated while being verified",
+                                      "convert again once the file is complete and no longer being written")
+        return values
 
 
 def _compare_values(source: Storage, target: Storage, cast: Cast) -> Tuple[float, float]:

@@ -21,9 +21,10 @@ from __future__ import annotations
 
 import contextlib
 import ctypes
+import math
 import mmap
 import os
-from typing import Callable, Dict, Iterable, Iterator, List, Optional, Tuple, Union
+from typing import Callable, Dict, Iterable, Iterator, List, Optional, Sequence, Tuple, Union
 
 import h5py
 import numpy as np
@@ -38,7 +39,7 @@ from .view import ModelView, Tensor
 __all__ = ["BLOCK_BYTES", "Output", "keeps_order", "open_data_files", "piece_shape", "raw_location", "transfer", "write_pieces"]
 
 BLOCK_BYTES = 1 << 20  # small enough to stay in the CPU cache between the read and the write
-TRANSPOSE_BYTES = 4 << 20  # whole source columns read at once by a transposing rule: one read per source row
+TRANSPOSE_BYTES = 4 << 20  # a tile a transposing rule moves at once (read, and again transposed)
 WRITEBACK_BYTES = 32 << 20  # start the disk on what was written every this many bytes
 _SYNC_FILE_RANGE_WRITE = 2
 
@@ -72,20 +73,40 @@ class Output:
         may still get more bytes, so it waits for the next start, or the fsync; scattered writes
         may see a page started and written again, which only costs speed)."""
         view = memoryview(data.reshape(-1).view(np.uint8))
-        start, end = offset, offset + len(view)
-        while view:
-            written = os.pwrite(self.fd, view, offset)
-            view, offset = view[written:], offset + written
+        _pwrite(self.fd, view, offset)
+        self.written(offset, offset + len(view))
+
+    def write_rows(self, offsets: Sequence[int], data: np.ndarray, cuts: Optional[Sequence[int]] = None) -> None:
+        """Write pieces of the rows of `data` (contiguous, 2-D) each at its offset, one call each:
+        rows cuts[k] to cuts[k + 1] at offsets[k] (by default, each row at its own), and nothing
+        more: the caller tells `written` once a range is whole (a transposed tile's pieces of
+        target rows are whole rows only with the other tiles of their band)."""
+        view, size = memoryview(data.reshape(-1).view(np.uint8)), data.shape[1] * data.itemsize
+        bounds = range(len(offsets) + 1) if cuts is None else cuts
+        for offset, low, high in zip(offsets, bounds, bounds[1:]):
+            _pwrite(self.fd, view[low * size:high * size], offset)
+
+    def written(self, start: int, end: int, count: Optional[int] = None) -> None:
+        """Account for `count` bytes written within [start, end) (all of it by default): the
+        progress, and the writeback started every `WRITEBACK_BYTES`."""
+        count = end - start if count is None else count
         if self._advance is not None:
-            self._advance(end - start)
+            self._advance(count)
         if self._start_writeback is None:
             return
         low, high = self._span or (start, end)
-        self._span, self._unstarted = (min(low, start), max(high, end)), self._unstarted + end - start
+        self._span, self._unstarted = (min(low, start), max(high, end)), self._unstarted + count
         low, high = self._span[0] - self._span[0] % mmap.PAGESIZE, self._span[1] - self._span[1] % mmap.PAGESIZE
         if self._unstarted >= WRITEBACK_BYTES and high > low:
             self._start_writeback(self.fd, low, high - low, _SYNC_FILE_RANGE_WRITE)  # errors only cost speed
             self._span, self._unstarted = None, 0
+
+
+def _pwrite(fd: int, view: memoryview, offset: int) -> None:
+    """All of `view` at `offset` (a write may take fewer bytes than given)."""
+    while view:
+        written = os.pwrite(fd, view, offset)
+        view, offset = view[written:], offset + written
 
 
 @contextlib.contextmanager
@@ -167,31 +188,62 @@ def _whole(rule_name: str, params: dict, storage: Storage, source_file: str, dty
 def _columns(columns: np.ndarray, source: Tuple[int, int], storage: Storage, output: Output, out_offset: int, out_dtype: np.dtype,
              source_file: str) -> None:
     """A target made of the source's columns (the source seen as (its first axis, the rest): a
-    PyTorch weight), target row r being source column columns[r]: `TRANSPOSE_BYTES` of whole
-    columns read at a time (one read per source row), transposed, and written where they go
-    (rows that follow each other in the target in one write)."""
+    PyTorch weight), target row r being source column columns[r], moved a tile at a time
+    (`_tile`): a tile's source rows read with one call each (one call for them all when they are
+    whole), transposed, and its pieces of target rows written with one call each (one call for
+    them all when they are whole rows that follow each other in the target). The tiles of a band
+    of columns go one after the other, so the band's target rows are whole when the output is
+    told to start their writeback (never a page half written)."""
     fd, offset = source
     rows = storage.shape[0]
     width, itemsize = storage.size // rows, storage.dtype.itemsize
     place = np.empty(width, np.int64)
     place[columns] = np.arange(width)  # the target row of each source column
+    tile_rows, tile_columns = _tile(rows, width, TRANSPOSE_BYTES // max(itemsize, out_dtype.itemsize))
+    read_into, made_into = np.empty(tile_rows * tile_columns, storage.dtype), np.empty(tile_rows * tile_columns, out_dtype)  # reused
     row_bytes = rows * out_dtype.itemsize
-    per = max(1, TRANSPOSE_BYTES // (rows * itemsize))
-    read_into, made_into = np.empty(rows * min(per, width), storage.dtype), np.empty(rows * min(per, width), out_dtype)  # reused: no allocator churn
-    for start in range(0, width, per):
-        count = min(per, width - start)
-        block = read_into[:rows * count].reshape(rows, count)
-        for i in range(rows):
-            at = offset + (i * width + start) * itemsize
-            got = os.preadv(fd, [block[i]], at)
-            if got != count * itemsize:
-                raise truncated(source_file, got, count * itemsize, at)
-        made = made_into[:rows * count].reshape(count, rows)
-        np.copyto(made, block.T, casting="unsafe")
+    for start in range(0, width, tile_columns):
+        count = min(tile_columns, width - start)
         targets = place[start:start + count]
-        cuts = [0, *(np.flatnonzero(np.diff(targets) != 1) + 1), count]
-        for first, end in zip(cuts, cuts[1:]):
-            output.write(out_offset + int(targets[first]) * row_bytes, made[first:end])
+        at = out_offset + targets * row_bytes
+        for first_row in range(0, rows, tile_rows):
+            count_rows = min(tile_rows, rows - first_row)
+            block = read_into[:count_rows * count].reshape(count_rows, count)
+            _read_tile(fd, offset + (first_row * width + start) * itemsize, width * itemsize, block, source_file)
+            made = made_into[:count_rows * count].reshape(count, count_rows)
+            np.copyto(made, block.T, casting="unsafe")
+            if count_rows == rows:  # whole target rows: those that follow each other in one call
+                cuts = [0, *(np.flatnonzero(np.diff(targets) != 1) + 1).tolist(), count]
+                output.write_rows(at[cuts[:-1]].tolist(), made, cuts)
+            else:
+                output.write_rows((at + first_row * out_dtype.itemsize).tolist(), made)
+        output.written(int(at.min()), int(at.max()) + row_bytes, count * row_bytes)
+
+
+def _tile(rows: int, width: int, elements: int) -> Tuple[int, int]:
+    """(source rows, source columns) of a tile of at most `elements`. A tile of R rows and C
+    columns takes R reads and C writes, but one read where its rows are whole (C = width) and
+    one write where the target rows are (R = rows): whole on the side shorter than the square
+    tile's, else the square, which takes the fewest calls."""
+    if rows * width <= elements:
+        return rows, width
+    side = max(1, math.isqrt(elements))
+    if rows <= side:
+        return rows, elements // rows
+    if width <= side:
+        return elements // width, width
+    return side, side
+
+
+def _read_tile(fd: int, at: int, stride: int, block: np.ndarray, source_file: str) -> None:
+    """Read `block` (rows, columns) from source rows `stride` bytes apart, the first at `at`:
+    one call when its rows are whole (they follow each other in the file), else one a row."""
+    view, size = memoryview(block.reshape(-1).view(np.uint8)), block.shape[1] * block.itemsize
+    spans = [(view, at)] if size == stride else [(view[i * size:(i + 1) * size], at + i * stride) for i in range(block.shape[0])]
+    for into, where in spans:
+        got = os.preadv(fd, [into], where)
+        if got != len(into):
+            raise truncated(source_file, got, len(into), where)
 
 
 class _Mover:
