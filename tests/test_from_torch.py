@@ -361,3 +361,19 @@ def test_vgg16_into_its_fcn_twin_gives_the_classifier_on_every_window(vgg, tmp_p
     got = np.asarray(keras.models.load_model(str(out))(np.load(folder / "x256.npy")))
     assert got.shape == (1, 2, 2, 1000)
     assert relative_error(got, np.load(folder / "want256.npy")) < 1e-4
+
+
+def test_a_record_that_is_not_a_plan_is_no_window(small, tmp_path: Path) -> None:
+    """A weightport_rules attribute that is damaged, not a list of rules, or bigger than any plan
+    spares no --flatten: the refusal asks for it, as for a file weightport did not write."""
+    import h5py
+
+    folder = small[0]
+    keras.backend.clear_session()
+    weights_only = tmp_path / "target.weights.h5"
+    small_keras(keras).save_weights(str(weights_only))
+    for record in ("not json", '{"a": 1}', "[" + ",".join(["{}"] * 1_100_000) + "]"):
+        with h5py.File(weights_only, "r+") as f:
+            f.attrs["weightport_rules"] = record
+        with pytest.raises(WeightportError, match=r"flatten=\(12, 12, 6\) if the 6 channels"):
+            weightport.plan(folder / "small.pth", weights_only)

@@ -18,6 +18,8 @@ from typing import Any, Dict, List, Optional, Tuple
 import h5py
 import numpy as np
 
+from . import budgets
+from .errors import WeightportError
 from .head import HeadRole, target_feeds
 from .orders import canonical_order
 from .view import Layer, ModelView
@@ -52,12 +54,16 @@ def recorded_feeds(view: ModelView) -> Optional[Dict[str, HeadRole]]:
 
 
 def _records(view: ModelView) -> List[Dict[str, Any]]:
-    """The recorded rules of an HDF5 output ([] when it records none, or not as weightport writes them)."""
+    """The recorded rules of an HDF5 output ([] when it records none, or not as weightport writes
+    them, or more than a model's plan: the record only spares a --flatten, nothing depends on it)."""
     try:
         with h5py.File(view.path, "r") as f:  # as the reader opened it (HDF5 shares the open file)
-            text = f.attrs.get(ATTRIBUTE)
+            if ATTRIBUTE not in f.attrs or f.attrs.get_id(ATTRIBUTE).get_storage_size() > budgets.MAX_CONFIG_BYTES:
+                return []
+            text = f.attrs[ATTRIBUTE]
+        budgets.check_config_text(text, view.path, ATTRIBUTE)
         records = json.loads(text)
-    except (OSError, TypeError, ValueError):
+    except (OSError, TypeError, ValueError, KeyError, WeightportError):
         return []
     return [r for r in records if isinstance(r, dict) and isinstance(r.get("target"), str) and isinstance(r.get("params"), dict)] \
         if isinstance(records, list) else []
