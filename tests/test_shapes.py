@@ -3,6 +3,7 @@ configs, and the Flatten -> Dense heads of real files written by other projects.
 
 from __future__ import annotations
 
+import json
 import math
 import os
 import sys
@@ -16,6 +17,7 @@ import pytest
 import weightport
 from weightport import budgets
 from conftest import SHARED_FILES, import_or_skip, needs_shared_files, shared_files, sidecar_config
+from own_cpu import OwnCPU
 from weightport.config import ModelConfig, load_config_file, parse_model_config
 from weightport.errors import WeightportError
 from weightport.hdf5 import str_attr
@@ -198,6 +200,18 @@ def test_deep_graph_needs_no_recursion() -> None:
     layers = [("l0", "InputLayer", {"batch_input_shape": [None, 3]}, [])]
     layers += [(f"l{i}", "Activation", {"activation": "relu"}, [f"l{i - 1}"]) for i in range(1, depth)]
     assert infer_shapes(functional(*layers), "m.h5").output(f"l{depth - 1}").shape == (3,)
+
+
+def test_a_config_far_over_the_layer_budget_is_refused_before_its_layers_are_parsed() -> None:
+    """30,000 weightless layers (the fuzz's `cmany` splice, a 2 MB config): refused by their count,
+    in ~0.1 s of CPU for the JSON; parsing every layer first, then refusing, took 0.7 s."""
+    layers = [{"class_name": "InputLayer", "config": {"name": "in", "batch_shape": [None, 8, 8, 3]}}]
+    layers += [{"class_name": "Dropout", "config": {"name": f"drop_{i}", "rate": 0.0}} for i in range(30_000)]
+    text = json.dumps({"class_name": "Sequential", "config": {"name": "many", "layers": layers}})
+    with OwnCPU() as cpu, pytest.raises(WeightportError) as caught:
+        parse_model_config(text, "many.json")
+    assert f"model config of 30,001 layers, more than any model has ({budgets.MAX_LAYERS:,})" in caught.value.problem
+    assert cpu.seconds < 0.4, f"{cpu.seconds:.2f} s of CPU"
 
 
 # ---------------------------------------------------------------------------------------------

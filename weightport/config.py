@@ -9,6 +9,7 @@ sub-model stands, the way their weights are stored.
 
 from __future__ import annotations
 
+import functools
 import json
 import os
 import re
@@ -76,6 +77,10 @@ class ModelConfig:
     input_shape: Optional[List[Optional[int]]]
     keras_version: Optional[str] = None
     raw: Dict[str, Any] = field(default_factory=dict, repr=False)
+    # What later stages work out from the layers, kept by them under keys of their own: a config is
+    # not changed once parsed, and a convert asks the same of its source's three times (plan, whole
+    # model, check), each a walk of every layer per input axis (`shapes.free_input_axes`).
+    derived: Dict[Any, Any] = field(default_factory=dict, repr=False, compare=False)
 
     def __post_init__(self) -> None:
         self._by_name = {layer.name: layer for layer in self.layers}
@@ -100,8 +105,10 @@ class ModelConfig:
         return list(reversed(chain))
 
 
+@functools.lru_cache(maxsize=1024)
 def to_snake_case(name: str) -> str:
-    """Keras 3's own class-name -> group-name rule (`ReLU` -> `re_lu`, `Conv2D` -> `conv2d`)."""
+    """Keras 3's own class-name -> group-name rule (`ReLU` -> `re_lu`, `Conv2D` -> `conv2d`);
+    remembered, as a config names a few classes thousands of times."""
     name = re.sub(r"\W+", "", name)
     name = re.sub("(.)([A-Z][a-z]+)", r"\1_\2", name)
     name = re.sub("([a-z])([A-Z])", r"\1_\2", name)
@@ -134,13 +141,13 @@ def parse_model_config(obj: Union[str, bytes, Dict[str, Any]], source: Union[str
             obj = json.loads(obj)
         except (ValueError, RecursionError) as exc:
             raise WeightportError(source, f"model config is not valid JSON ({exc})", "give the output of model.to_json()") from None
-    if _depth(obj) > MAX_CONFIG_DEPTH:
-        raise WeightportError(source, f"model config nests more than {MAX_CONFIG_DEPTH} levels deep, deeper than any model", "give the output of model.to_json()")
     if not isinstance(obj, dict) or not isinstance(obj.get("class_name"), str) or obj["class_name"] not in MODEL_CLASSES:
         raise WeightportError(source, "not a Keras model config (no Sequential/Functional/Model class_name)", "give the output of model.to_json()")
+    budgets.check_layer_count(_layer_count(obj), source)
+    if _depth(obj) > MAX_CONFIG_DEPTH:
+        raise WeightportError(source, f"model config nests more than {MAX_CONFIG_DEPTH} levels deep, deeper than any model", "give the output of model.to_json()")
     try:
         layers, _, _ = _parse_container(obj, container=None, prefix="")
-        budgets.check_layer_count(len(layers), source)
         body = obj.get("config")
         name = body.get("name") if isinstance(body, dict) else None
         return ModelConfig(
@@ -165,6 +172,26 @@ def _depth(obj: Any) -> int:
         depth += 1
         level = [child for node in level for child in (node.values() if isinstance(node, dict) else node) if isinstance(child, (dict, list))]
     return depth
+
+
+def _layer_count(model: Dict[str, Any]) -> int:
+    """The layers `_parse_container` would make of `model` (nested models' own counted in, the
+    models themselves not), counted before any is parsed, without recursion: the layers of a
+    config far over the budget cost ~30 us each to parse (30,000 spliced in took 0.7 s to refuse).
+    A part of the wrong kind is left to the parse to name."""
+    count, models = 0, [model]
+    while models:
+        try:
+            entries = _layer_entries(models.pop())
+        except (KeyError, TypeError, IndexError, AttributeError, ValueError):
+            continue
+        for entry in entries:
+            nested = isinstance(entry, dict) and isinstance(entry.get("class_name"), str) and class_of(entry["class_name"]) in MODEL_CLASSES
+            if nested and isinstance(entry.get("config"), (dict, list)):
+                models.append(entry)
+            else:
+                count += 1
+    return count
 
 
 def _layer_entries(model: Dict[str, Any]) -> List[Dict[str, Any]]:

@@ -313,8 +313,8 @@ def _embedding(layer: ConfigLayer, inputs: List[TensorInfo]) -> TensorInfo:
 
 
 def _same_shape(layer: ConfigLayer, inputs: List[TensorInfo]) -> TensorInfo:
-    """Activations, dropout, noise, normalisation; also an InputLayer fed by an outer model."""
-    return TensorInfo(inputs[0].shape, inputs[0].layout)
+    """Activations, dropout, noise, normalisation; also an InputLayer fed by an outer model: the input as it is."""
+    return inputs[0]
 
 
 def _declared_shape(value: Any) -> Optional[Shape]:
@@ -498,27 +498,30 @@ class Shapes:
         for name in self._memo:
             layer = self._layer(name)
             sized = SIZED_AXES.get(layer.class_name)
+            if sized is None:
+                continue
             infos = [self._memo[n] for n in layer.inbound] or [self._root_input(layer)]
-            for index, info in enumerate(infos if sized else []):
+            for index, info in enumerate(infos):
                 found.update((name, index, axis) for axis in sized(layer, info) if 0 <= axis < len(info.shape) and info.shape[axis] is None)
         return found
 
     def output(self, name: str) -> TensorInfo:
         """The output of layer `name`, computing (once) only the layers upstream of it."""
-        pending, expanded = [name], set()
-        while pending:
-            layer = self._layer(pending[-1])
-            missing = [n for n in layer.inbound if n not in self._memo]
+        memo = self._memo
+        pending, expanded = [self._layer(name)], set()
+        while pending:  # each layer looked up once, when it is pushed: a walk of thousands of layers is repeated per input axis
+            layer = pending[-1]
+            missing = [n for n in layer.inbound if n not in memo]
             if not missing:
-                if layer.name not in self._memo:
-                    self._memo[layer.name] = self._compute(layer)
+                if layer.name not in memo:
+                    memo[layer.name] = self._compute(layer)
                 pending.pop()
             elif layer.name in expanded:
                 raise ShapeError(self._source, f"layer '{layer.name}' feeds itself in the model config", "the config is damaged")
             else:
                 expanded.add(layer.name)
-                pending.extend(missing)
-        return self._memo[name]
+                pending.extend(self._layer(n) for n in missing)
+        return memo[name]
 
     def _check_override(self, input_shape: Sequence[Dim]) -> Shape:
         shape = tuple(input_shape)
@@ -559,6 +562,8 @@ class Shapes:
             raise self._error(layer, f"its config has no {exc}") from None
         except (ValueError, TypeError, IndexError, ArithmeticError) as exc:  # config values of the wrong kind (inf, 0, "16" ...)
             raise self._error(layer, str(exc)) from None
+        if not any(x.assumed for x in inputs):  # nearly every layer: nothing assumed upstream, its own output as it is
+            return info
         upstream = (name for x in inputs for name in x.assumed)
         return replace(info, assumed=tuple(dict.fromkeys([*upstream, *info.assumed])))
 
@@ -579,8 +584,16 @@ def free_input_axes(config: ModelConfig, source: str, names: Optional[Sequence[s
     Each input axis is left unknown in turn and followed through the layers, data format by
     data format: a channels_last height that a channels_first pooling takes as its channels is
     still free (pooling has no weights), a width that a later Conv takes as its channels is not.
-    Empty when the shapes cannot be inferred (an unknown layer class): nothing is opened."""
-    names = [layer.name for layer in config.layers] if names is None else list(names)
+    Empty when the shapes cannot be inferred (an unknown layer class): nothing is opened.
+    Worked out once per config and `names` (`ModelConfig.derived`)."""
+    key = ("free_input_axes", None if names is None else tuple(names))
+    if key not in config.derived:
+        config.derived[key] = _free_input_axes(config, source, [layer.name for layer in config.layers] if names is None else list(names))
+    return dict(config.derived[key])
+
+
+def _free_input_axes(config: ModelConfig, source: str, names: List[str]) -> Dict[str, Tuple[int, ...]]:
+    """`free_input_axes` worked out: a walk of the layers as declared, one per input axis opened alone, one with every free axis open."""
     try:
         base = Shapes(config, source)
         for name in names:
