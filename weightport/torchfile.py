@@ -198,7 +198,8 @@ def _legacy(path: PathLike, fd: int, size: int) -> Tuple[_Stored, Any]:
     version = torchpickle.load(path, data, magic.end)
     system = torchpickle.load(path, data, version.end)
     if magic.value != _MAGIC_NUMBER or version.value != _PROTOCOL_VERSION:
-        raise WeightportError(path, f"legacy torch.save file of protocol {str(version.value)[:20]}, which weightport does not know", _HINT_DAMAGED)
+        shown = version.value if type(version.value) is int and abs(version.value) < 1 << 64 else _key(version.value)  # no 5,000-digit str()
+        raise WeightportError(path, f"legacy torch.save file of protocol {shown}, which weightport does not know", _HINT_DAMAGED)
     if not isinstance(system.value, dict) or system.value.get("little_endian") is not True:
         raise WeightportError(path, "legacy torch.save file written by a big-endian machine, which weightport does not read",
                               "load it and save it again with PyTorch 1.6 or later, which records its byte order")
@@ -238,12 +239,22 @@ def _state_dict(path: PathLike, obj: Any) -> Tuple[Optional[str], Dict[str, Tens
     if _is_tensor_dict(obj):
         key, state = None, obj
     else:
-        inner = [k for k, v in obj.items() if _is_tensor_dict(v)] if isinstance(obj, dict) else []
+        inner = _tensor_dict_keys(obj) if isinstance(obj, dict) else []
         if len(inner) != 1 or inner[0] not in WRAPPERS:
             raise WeightportError(path, f"a PyTorch checkpoint holding {_describe(obj)}, not a state dict of tensors", _HINT_STATE_DICT)
         key, state = inner[0], obj[inner[0]]
     budgets.check_state_dict(path, tensors=len(state), longest=max(map(len, state)))
     return key, state
+
+
+def _tensor_dict_keys(obj: Dict[Any, Any]) -> List[Any]:
+    """The keys of `obj` whose value is a dict of tensors, each value judged once however many keys
+    hold it (the memo lets 12,000 keys hold one dict of 12,000 tensors: 144 million checks)."""
+    judged: Dict[int, bool] = {}
+    for value in obj.values():
+        if id(value) not in judged:
+            judged[id(value)] = _is_tensor_dict(value)
+    return [k for k, v in obj.items() if judged[id(v)]]
 
 
 def _describe(obj: Any) -> str:

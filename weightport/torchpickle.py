@@ -160,12 +160,22 @@ def _rebuild_from_type_v2(func: Any, new_type: Any, args: Any, state: Any) -> Te
     return func(*args)
 
 
-def _ordered_dict(*args: Any) -> "collections.OrderedDict[Any, Any]":
+class OrderedDict(collections.OrderedDict):  # type: ignore[type-arg]
+    """What the pickle's OrderedDicts become: torch.save's state dict carries its modules' versions
+    as an attribute (`_metadata`, set by a BUILD), which weightport has no use for. Without
+    `__setstate__` the unpickler would copy a BUILD's state into the dict's attributes, every time:
+    one big state memoized and built onto thousands of dicts was gigabytes from a small file."""
+
+    def __setstate__(self, state: Any) -> None:
+        """Drop the attributes, at no cost whatever their size."""
+
+
+def _ordered_dict(*args: Any) -> OrderedDict:
     """`collections.OrderedDict()`: torch.save pickles it empty, its items set after; given none
     here, nothing the pickle passes is hashed or iterated."""
     if args:
         raise Refused("an OrderedDict built from arguments")
-    return collections.OrderedDict()
+    return OrderedDict()
 
 
 def _encode(text: Any, encoding: Any = "latin1") -> bytes:
@@ -180,11 +190,13 @@ def _size(dims: Any = ()) -> Tuple[int, ...]:
     return _ints(tuple(dims) if type(dims) in (list, tuple) else dims, "size")
 
 
-def _device(*args: Any) -> str:
-    """`torch.device('cpu')` in a training checkpoint's extras: its name, as text."""
-    if not args or type(args[0]) is not str:
+def _device(name: Any, index: Any = None) -> str:
+    """`torch.device('cpu')` (or `('cuda', 0)`) in a training checkpoint's extras: its name, as
+    text. Its arguments are counted: a call taking any number of them, made again and again
+    with one memoized tuple of 100,000 items, copied them each time (seconds of CPU)."""
+    if type(name) is not str:
         raise Refused("a torch.device not named by a string")
-    return args[0]
+    return name
 
 
 # Storage classes torch.save names, and the dtype of their elements.
@@ -207,10 +219,11 @@ def _allowed() -> Dict[Tuple[str, str], Any]:
     table[("torch._tensor", "_rebuild_from_type_v2")] = _Global(_rebuild_from_type_v2)
     table.update({("torch.storage", "UntypedStorage"): _UNTYPED, ("torch", "UntypedStorage"): _UNTYPED, ("torch", "Tensor"): _TENSOR,
                   ("torch", "Size"): _Global(_size), ("torch", "device"): _Global(_device),
-                  ("collections", "OrderedDict"): _Global(_ordered_dict), ("_codecs", "encode"): _Global(_encode)})
+                  ("collections", "OrderedDict"): _Global(_ordered_dict), ("_codecs", "encode"): _ENCODE})
     return table
 
 
+_ENCODE = _Global(_encode)  # stands for each unpickler's own `encode_within_budget`
 ALLOWED = _allowed()
 
 
@@ -221,12 +234,22 @@ class _Unpickler(pickle.Unpickler):
     def __init__(self, data: bytes) -> None:
         super().__init__(io.BytesIO(data), encoding="utf-8")
         self.storages: Dict[str, StorageRef] = {}
+        self.unencoded = len(data)  # what `_codecs.encode` may still make: in all, no more bytes than the pickle has
+        self.encode = _Global(self.encode_within_budget)
 
     def find_class(self, module: str, name: str) -> Any:
         found = ALLOWED.get((module, name))
         if found is None:
             raise Refused(f"names {module}.{name}")
-        return found
+        return self.encode if found is _ENCODE else found
+
+    def encode_within_budget(self, text: Any, encoding: Any = "latin1") -> bytes:
+        """`_codecs.encode`, within this pickle's budget: a string fetched from the memo and encoded
+        again and again made a new copy each time (8 GB from a 4 MB file)."""
+        self.unencoded -= len(text) if type(text) is str else 0
+        if self.unencoded < 0:
+            raise Refused("_codecs.encode making more bytes than the pickle has (one string encoded again and again)")
+        return _encode(text, encoding)
 
     def persistent_load(self, pid: Any) -> StorageRef:
         """('storage', storage class, key, location, element count[, view]) -> a `StorageRef`; nothing

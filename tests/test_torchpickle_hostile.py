@@ -1,0 +1,69 @@
+"""A hostile uploader's PyTorch checkpoints: pickles small on disk whose allowed opcodes and
+stand-ins would cost far more than their size (each opcode repeating work on one big object it
+fetches from the memo), refused or read within the bounds of every hostile input (under 2 s of
+CPU, under 200 MiB, one line, exit 2), each run in a child process."""
+
+from __future__ import annotations
+
+import struct
+from pathlib import Path
+
+from test_hostile_inputs import CPU_SECONDS, MAX_RSS_MIB, assert_refused, run_bounded
+from test_torchfile import SIXTEEN, _archive, _int, _tensor, _text
+
+_LEGACY_MAGIC = b"\x80\x02\x8a\x0al\xfc\x9cF\xf9\x20j\xa8P\x19."
+
+
+def _beside_a_state_dict(path: Path, junk: bytes) -> None:
+    """A training checkpoint {'junk': <junk>, 'state_dict': {'w.weight': 16 values}}: `junk` is
+    what the pickle spends its opcodes on."""
+    state = b"ccollections\nOrderedDict\n)R(" + _text("w.weight") + _tensor("0", 16, (16,), (1,)) + b"u"
+    _archive(path, b"\x80\x02}(" + _text("junk") + junk + _text("state_dict") + state + b"u.", {"0": SIXTEEN.tobytes()})
+
+
+def test_bytes_encoded_again_and_again_from_one_string_are_refused(tmp_path: Path) -> None:
+    """`_codecs.encode` (how protocol 2 pickles bytes) called 400 times on one memoized 1 MB
+    string: 400 MB made from a 1 MB file (a 4 MB one made 8 GB, read as a success)."""
+    source = tmp_path / "model.pth"
+    string = b"X" + struct.pack("<I", 1 << 20) + b"a" * (1 << 20)
+    setup = b"c_codecs\nencode\nq\x000" + string + _text("latin1") + b"\x86q\x010"
+    _beside_a_state_dict(source, setup + b"](" + b"h\x00h\x01R" * 400 + b"e")
+    assert_refused("inspect", str(source), cwd=tmp_path, names=source, says="_codecs.encode")
+
+
+def test_one_big_state_built_onto_many_ordered_dicts_reads_in_bounds(tmp_path: Path) -> None:
+    """BUILD of one memoized 20,000-entry dict onto 400 OrderedDicts: the C unpickler copies it
+    into each one's attributes (a 740 KB file took 11 GB and did not end)."""
+    source = tmp_path / "model.pth"
+    big = b"}(" + b"".join(b"J" + struct.pack("<i", i) + b"N" for i in range(20_000)) + b"uq\x020"
+    _beside_a_state_dict(source, b"ccollections\nOrderedDict\nq\x030" + big + b"](" + b"h\x03)Rh\x02b" * 400 + b"e")
+    outcome = run_bounded("inspect", str(source), cwd=tmp_path)
+    assert outcome.status == 0 and "w.weight" in outcome.stdout, outcome
+    assert outcome.cpu < CPU_SECONDS and outcome.rss_mib < MAX_RSS_MIB, outcome
+
+
+def test_a_device_called_with_a_huge_argument_tuple_is_refused(tmp_path: Path) -> None:
+    """torch.device called 2,000 times with one memoized tuple of 100,000 items."""
+    source = tmp_path / "model.pth"
+    arguments = b"(" + _text("cpu") + b"N" * 100_000 + b"tq\x020"
+    _beside_a_state_dict(source, b"ctorch\ndevice\nq\x010" + arguments + b"](" + b"h\x01h\x02R" * 2_000 + b"e")
+    assert_refused("inspect", str(source), cwd=tmp_path, names=source, says="damaged PyTorch checkpoint")
+
+
+def test_one_tensor_dict_under_many_keys_is_judged_once(tmp_path: Path) -> None:
+    """A dict of 12,000 keys whose values are all one memoized dict of 12,000 tensors: each value
+    checked in full is 144 million checks."""
+    source = tmp_path / "model.pth"
+    tensors = b"}(" + b"".join(_text(f"m{i}.weight") + b"h\x01" for i in range(12_000)) + b"uq\x020"
+    outer = b"}(" + b"".join(_text(f"copy{i}") + b"h\x02" for i in range(12_000)) + b"u."
+    _archive(source, b"\x80\x02" + _tensor("0", 16, (16,), (1,)) + b"q\x010" + tensors + outer, {"0": SIXTEEN.tobytes()})
+    assert_refused("inspect", str(source), cwd=tmp_path, names=source, says="not a state dict of tensors")
+
+
+def test_a_legacy_protocol_number_of_thousands_of_digits_is_refused_as_bad_input(tmp_path: Path) -> None:
+    """A legacy file whose protocol version is a 6,000-digit number: shown, it would be a
+    ValueError (Python's limit on int-to-text), exit 1."""
+    source = tmp_path / "model.pth"
+    version = b"\x80\x02" + b"\x8b" + struct.pack("<i", 2_500) + (10**6000).to_bytes(2_500, "little") + b"."
+    source.write_bytes(_LEGACY_MAGIC + version + b"\x80\x02}." * 2 + b"\x80\x02].")
+    assert_refused("inspect", str(source), cwd=tmp_path, names=source, says="legacy torch.save file of protocol")
