@@ -272,3 +272,26 @@ def test_a_write_only_drop_box_takes_the_output(tmp_path: Path) -> None:
     box.chmod(0o755)
     assert list(box.iterdir()) == [out]
     assert run_cli("verify", str(FIXTURES / "seq__k3.keras"), str(out)).returncode == 0
+
+
+def test_the_output_groups_refuse_a_path_held_twice_and_make_each_group_once(tmp_path: Path) -> None:
+    """The writer makes the output's groups itself (writers._Groups, not h5py's require_group):
+    two tensors at one path (`a/./b` is `a/b` to HDF5), a tensor where a group is and a group where
+    a tensor is are refused as the target's duplicate names, and each group is made once, with its parents."""
+    import h5py
+    import numpy as np
+    from weightport.writers import _Groups
+
+    with h5py.File(tmp_path / "g.h5", "w") as f:
+        groups = _Groups(f)
+        first = groups.group_id("layers/dense/vars")
+        assert groups.group_id("/layers//dense/./vars/") is first
+        assert set(groups.ids) == {"", "layers", "layers/dense", "layers/dense/vars"}
+        groups.text("layers/dense/vars", "name", "dense")
+        assert f["layers/dense/vars"].attrs["name"] == "dense"
+        groups.claim("layers/dense/vars/0")
+        groups.tensors.add("layers/dense/vars/0")
+        for held in ("layers/dense/vars/./0", "layers/dense", "layers/dense/vars/0/x"):
+            with pytest.raises(WeightportError, match="two target tensors share the path"):
+                groups.claim(held) if not held.endswith("/x") else groups.group_id(held)
+        assert isinstance(f["layers/dense/vars"], h5py.Group) and np.asarray(list(f["layers/dense"])).tolist() == ["vars"]

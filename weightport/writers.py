@@ -144,12 +144,13 @@ def _structure(plan: Plan, layout: str, tmp: Path, out: Path, model_config: Opti
     and data offsets (None for chunked ones). A legacy file with `model_config` is a whole
     model: weights under `model_weights`."""
     with small_cache(h5py.File(tmp, "w", locking=False)) as f:
+        groups = _Groups(f)
         if layout == "legacy" and model_config is not None:
             _full_model_attrs(plan, f, model_config)
-            places = [f"model_weights/{place}" for place in _legacy(plan, f.create_group("model_weights"))]
+            places = [f"model_weights/{place}" for place in _legacy(plan, groups, "model_weights")]
         else:
-            places = _legacy(plan, f) if layout == "legacy" else _keras3(plan, f, out)
-        make = _Datasets(f, filters)
+            places = _legacy(plan, groups) if layout == "legacy" else _keras3(plan, groups, out)
+        make = _Datasets(groups, filters)
         return places, [make(place, step) for place, step in zip(places, plan.steps, strict=True)]
 
 
@@ -166,7 +167,8 @@ def _version_attrs(plan: Plan, group: h5py.Group) -> None:
     group.attrs["backend"] = plan.target.backend or "tensorflow"
 
 
-def _legacy(plan: Plan, f: h5py.Group) -> List[str]:
+def _legacy(plan: Plan, groups: "_Groups", root: str = "") -> List[str]:
+    """The legacy layout below `root` (the file's root, or a whole model's `model_weights`)."""
     containers = {layer.name: layer.entry for layer in plan.target.layers}
     entries: Dict[str, List[str]] = {}
     places = []
@@ -174,14 +176,15 @@ def _legacy(plan: Plan, f: h5py.Group) -> List[str]:
         entry = containers[step.target_layer]
         entries.setdefault(entry, []).append(step.target_name)
         places.append(f"{entry}/{step.target_name}")
-    _version_attrs(plan, f)
-    _save_names(f, "layer_names", list(entries))
+    top = groups.group(root)
+    _version_attrs(plan, top)
+    _save_names(top, "layer_names", list(entries))
     for entry, names in entries.items():
-        _save_names(f.require_group(entry), "weight_names", names)
+        _save_names(groups.group(f"{root}/{entry}"), "weight_names", names)
     return places
 
 
-def _keras3(plan: Plan, f: h5py.File, out: Path) -> List[str]:
+def _keras3(plan: Plan, groups: "_Groups", out: Path) -> List[str]:
     places = []
     for step in plan.steps:
         if step.target_keras3 is None:
@@ -190,9 +193,53 @@ def _keras3(plan: Plan, f: h5py.File, out: Path) -> List[str]:
         places.append(step.target_keras3)
     for layer in plan.target.layers:
         if layer.k3_path:
-            f.require_group(f"{layer.k3_path}/vars").attrs["name"] = layer.name
-    f.require_group("vars")
+            groups.text(f"{layer.k3_path}/vars", "name", layer.name)
+    groups.group("vars")
     return places
+
+
+class _Groups:
+    """The output's groups by path, each created once with HDF5's own call and kept: h5py's
+    `require_group` asks HDF5 whether the path exists, then opens or creates it, ~1 ms a group
+    for the hundreds of a many-tensor model. The file is new, so what this made is all there is;
+    it also knows every tensor's path, so no path is both a group and a tensor, or two tensors."""
+
+    _TEXT = h5py.string_dtype()  # what h5py stores a str attribute as: variable-length UTF-8
+
+    def __init__(self, f: h5py.File) -> None:
+        self.ids: Dict[str, h5py.h5g.GroupID] = {"": f.id}
+        self.tensors: set = set()
+        self._text = h5py.h5t.py_create(self._TEXT, logical=True), h5py.h5t.py_create(self._TEXT), h5py.h5s.create_simple(())
+
+    def text(self, path: str, name: str, value: str) -> None:
+        """A new scalar str attribute `name` of the group at `path`, stored as h5py's
+        `attrs[name] = value` stores it, its HDF5 types and space made once (a Keras 3 layer's
+        `name`, hundreds of them)."""
+        stored, memory, space = self._text
+        h5py.h5a.create(self.group_id(path), name.encode("utf-8"), stored, space).write(np.asarray(value, dtype=self._TEXT), mtype=memory)
+
+    def group(self, path: str) -> h5py.Group:
+        return h5py.Group(self.group_id(path))
+
+    def group_id(self, path: str) -> h5py.h5g.GroupID:
+        """The group at `path` (HDF5's meaning: empty and `.` parts name no group), made with its parents."""
+        key = _normal(path)
+        found = self.ids.get(key)
+        if found is None:
+            self.claim(key)
+            parent, _, name = key.rpartition("/")
+            found = self.ids[key] = h5py.h5g.create(self.group_id(parent), name.encode("utf-8"))
+        return found
+
+    def claim(self, path: str) -> None:
+        """Refuse a second object at the same path (as HDF5 reads it)."""
+        key = _normal(path)
+        if key in self.tensors or key in self.ids:
+            raise WeightportError(None, f"two target tensors share the path {key}", "the target has duplicate weight names")
+
+
+def _normal(path: str) -> str:
+    return "/".join(part for part in path.split("/") if part not in ("", "."))
 
 
 def _save_names(group: h5py.Group, name: str, values: List[str]) -> None:
@@ -213,12 +260,11 @@ def _save_names(group: h5py.Group, name: str, values: List[str]) -> None:
 
 
 class _Datasets:
-    """Creates the output's datasets, each parent group looked up once and the creation
-    properties made once (hundreds of tensors: the per-tensor cost is what counts)."""
+    """Creates the output's datasets, each parent group made once and the creation properties
+    and HDF5 types made once (hundreds of tensors: the per-tensor cost is what counts)."""
 
-    def __init__(self, f: h5py.File, filters: Optional[Tuple[str, Optional[int]]] = None) -> None:
-        self.f, self.filters = f, filters
-        self.groups: Dict[str, h5py.Group] = {"": f}
+    def __init__(self, groups: _Groups, filters: Optional[Tuple[str, Optional[int]]] = None) -> None:
+        self.groups, self.filters = groups, filters
         self.dcpl = h5py.h5p.create(h5py.h5p.DATASET_CREATE)
         self.dcpl.set_alloc_time(h5py.h5d.ALLOC_TIME_EARLY)
         self.dcpl.set_fill_time(h5py.h5d.FILL_TIME_NEVER)
@@ -229,23 +275,22 @@ class _Datasets:
         its data offset. With `filters`, a chunked one compressed with them (byte-shuffled first:
         float bytes compress better grouped by significance), filled through h5py: None.
         Scalars and empty tensors stay contiguous."""
-        parent, _, name = place.rpartition("/")
-        group = self.groups.get(parent)
-        if group is None:
-            group = self.groups[parent] = self.f.require_group(parent)
-        encoded = name.encode("utf-8")
-        if encoded in group.id:
-            raise WeightportError(None, f"two target tensors share the path {place}", "the target has duplicate weight names")
+        key = _normal(place)
+        parent, _, name = key.rpartition("/")
+        group = self.groups.group_id(parent)
+        self.groups.claim(key)
+        self.groups.tensors.add(key)
         dtype = np.dtype(step.target_dtype).newbyteorder("<")
         shape = tuple(step.target_shape)
         if self.filters and shape and min(shape) > 0:
             chunks = piece_shape(shape, dtype.itemsize) if len(shape) > 1 else True
-            group.create_dataset(name, shape=shape, dtype=dtype, chunks=chunks, shuffle=True, compression=self.filters[0], compression_opts=self.filters[1])
+            h5py.Group(group).create_dataset(name, shape=shape, dtype=dtype, chunks=chunks, shuffle=True, compression=self.filters[0],
+                                             compression_opts=self.filters[1])
             return None
         space = h5py.h5s.create_simple(shape) if shape else h5py.h5s.create(h5py.h5s.SCALAR)
         if dtype not in self.types:
             self.types[dtype] = h5py.h5t.py_create(dtype, logical=True)
-        return h5py.h5d.create(group.id, encoded, self.types[dtype], space, dcpl=self.dcpl).get_offset()
+        return h5py.h5d.create(group, name.encode("utf-8"), self.types[dtype], space, dcpl=self.dcpl).get_offset()
 
 
 # --- data ---------------------------------------------------------------------------------
