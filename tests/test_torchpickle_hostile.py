@@ -67,3 +67,13 @@ def test_a_legacy_protocol_number_of_thousands_of_digits_is_refused_as_bad_input
     version = b"\x80\x02" + b"\x8b" + struct.pack("<i", 2_500) + (10**6000).to_bytes(2_500, "little") + b"."
     source.write_bytes(_LEGACY_MAGIC + version + b"\x80\x02}." * 2 + b"\x80\x02].")
     assert_refused("inspect", str(source), cwd=tmp_path, names=source, says="legacy torch.save file of protocol")
+
+
+def test_a_megabyte_number_as_a_dict_key_again_and_again_is_refused(tmp_path: Path) -> None:
+    """LONG4 of a 1 MB number, memoized, then set as a dict key 300,000 times: Python hashes an
+    int anew each time (a string keeps its hash), 180 s of CPU in one C call that not even
+    SIGTERM ended, from a 2 MB file. No state dict has a key of more than LONG1's 255 bytes."""
+    source = tmp_path / "model.pth"
+    number = b"\x8b" + struct.pack("<i", 1 << 20) + b"\x01" * (1 << 20)
+    _beside_a_state_dict(source, number + b"q\x000}(" + b"h\x00N" * 300_000 + b"u")
+    assert_refused("inspect", str(source), cwd=tmp_path, names=source, says="as a dict key")
