@@ -9,7 +9,7 @@ import struct
 from pathlib import Path
 
 from test_hostile_inputs import CPU_SECONDS, MAX_RSS_MIB, assert_refused, run_bounded
-from test_torchfile import SIXTEEN, _archive, _int, _tensor, _text
+from test_torchfile import SIXTEEN, _archive, _handmade, _tensor, _text
 
 _LEGACY_MAGIC = b"\x80\x02\x8a\x0al\xfc\x9cF\xf9\x20j\xa8P\x19."
 
@@ -77,3 +77,15 @@ def test_a_megabyte_number_as_a_dict_key_again_and_again_is_refused(tmp_path: Pa
     number = b"\x8b" + struct.pack("<i", 1 << 20) + b"\x01" * (1 << 20)
     _beside_a_state_dict(source, number + b"q\x000}(" + b"h\x00N" * 300_000 + b"u")
     assert_refused("inspect", str(source), cwd=tmp_path, names=source, says="as a dict key")
+
+
+def test_a_directory_offset_past_the_end_is_refused_as_damaged(tmp_path: Path) -> None:
+    """The end record says the directory starts at 2 GB in a 1 KB file: zipfile reads the directory
+    where it lies and shifts every member's offset below zero by the lie (a seek to a negative
+    offset: OSError, exit 1)."""
+    source = tmp_path / "model.pth"
+    _handmade(source)
+    data = source.read_bytes()
+    end = data.rfind(b"PK\x05\x06")
+    source.write_bytes(data[:end + 16] + struct.pack("<I", 1 << 31) + data[end + 20:])
+    assert_refused("inspect", str(source), cwd=tmp_path, names=source, says="damaged zip entry for archive/data.pkl")

@@ -173,9 +173,9 @@ def _span(path: PathLike, fh: Any, info: zipfile.ZipInfo, size: int) -> Tuple[in
     if info.flag_bits & 0x1 or info.compress_type != zipfile.ZIP_STORED:
         raise WeightportError(path, f"zip member {info.filename} is {'encrypted' if info.flag_bits & 0x1 else 'compressed'}; torch.save stores members as they are",
                               _HINT_DAMAGED)
-    fh.seek(info.header_offset)
+    fh.seek(max(info.header_offset, 0))  # below zero when the end record lies about where the directory is
     header = fh.read(30)
-    if len(header) < 30 or header[:4] != b"PK\x03\x04":
+    if info.header_offset < 0 or len(header) < 30 or header[:4] != b"PK\x03\x04":
         raise WeightportError(path, f"damaged zip entry for {info.filename} (truncated file?)", _HINT_DAMAGED)
     start = info.header_offset + 30 + int.from_bytes(header[26:28], "little") + int.from_bytes(header[28:30], "little")
     if start + info.file_size > size or info.file_size != info.compress_size:
