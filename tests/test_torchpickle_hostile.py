@@ -9,7 +9,7 @@ import struct
 from pathlib import Path
 
 from test_hostile_inputs import CPU_SECONDS, MAX_RSS_MIB, assert_refused, run_bounded
-from test_torchfile import SIXTEEN, _archive, _handmade, _tensor, _text
+from test_torchfile import SIXTEEN, _archive, _handmade, _int, _tensor, _text
 
 _LEGACY_MAGIC = b"\x80\x02\x8a\x0al\xfc\x9cF\xf9\x20j\xa8P\x19."
 
@@ -72,7 +72,7 @@ def test_a_legacy_protocol_number_of_thousands_of_digits_is_refused_as_bad_input
 def test_a_megabyte_number_as_a_dict_key_again_and_again_is_refused(tmp_path: Path) -> None:
     """LONG4 of a 1 MB number, memoized, then set as a dict key 300,000 times: Python hashes an
     int anew each time (a string keeps its hash), 180 s of CPU in one C call that not even
-    SIGTERM ended, from a 2 MB file. No state dict has a key of more than LONG1's 255 bytes."""
+    SIGTERM ended, from a 2 MB file. A state dict's keys are strings."""
     source = tmp_path / "model.pth"
     number = b"\x8b" + struct.pack("<i", 1 << 20) + b"\x01" * (1 << 20)
     _beside_a_state_dict(source, number + b"q\x000}(" + b"h\x00N" * 300_000 + b"u")
@@ -89,3 +89,13 @@ def test_a_directory_offset_past_the_end_is_refused_as_damaged(tmp_path: Path) -
     end = data.rfind(b"PK\x05\x06")
     source.write_bytes(data[:end + 16] + struct.pack("<I", 1 << 31) + data[end + 20:])
     assert_refused("inspect", str(source), cwd=tmp_path, names=source, says="damaged zip entry for archive/data.pkl")
+
+
+def test_numbers_that_hash_alike_are_refused_as_dict_keys(tmp_path: Path) -> None:
+    """20,000 keys k * (2**61 - 1): Python hashes an int modulo 2**61 - 1, so all hash to 0 and
+    every insertion compares with all before it (a 520 KB file of 40,000: 24 s of CPU, read as a
+    success). Below 2**61 - 1 distinct numbers hash apart; a state dict's keys are strings."""
+    source = tmp_path / "model.pth"
+    keys = b"".join(_int(k * ((1 << 61) - 1)) + b"N" for k in range(1, 20_001))
+    _beside_a_state_dict(source, b"}(" + keys + b"u")
+    assert_refused("inspect", str(source), cwd=tmp_path, names=source, says="as a dict key")

@@ -294,10 +294,11 @@ def load(path: PathLike, data: bytes, start: int = 0) -> Loaded:
 _SCALAR = object()  # a pushed number, bytes or None: safe to hash; a string is kept as itself (STACK_GLOBAL's operands)
 _SCALAR_KINDS = {pickletools.pyint, pickletools.pylong, pickletools.pyinteger_or_bool, pickletools.pybool, pickletools.pyfloat,
                  pickletools.pybytes_or_str, pickletools.pystring, pickletools.pybytes, pickletools.pyunicode, pickletools.pynone}
-# Numbers of more than 255 bytes (LONG4's; Python writes smaller ones as LONG1): Python hashes an int
-# anew each time it is a key (a string keeps its hash), so one megabyte number memoized and set as a
-# key 300,000 times was minutes in one C call. Never a key, as a container is not.
-_UNHASHED = {"LONG4"}
+# Python hashes an int modulo 2**61 - 1, anew each time it is a key (a string keeps its hash): numbers
+# from that modulus up hash alike at will (20,000 keys k * (2**61 - 1), each compared with all before
+# it) or cost their size each time (one 1 MB number set as a key 300,000 times: minutes in one C call).
+# Below it, distinct numbers hash apart, cheaply; from it up, a number is never a key, as a container is not.
+_HASHED_APART = (1 << 61) - 1
 # Opcodes no torch.save of a state dict writes and which reach past the pickle: the copyreg extension registry.
 _REFUSED_OPS = {"EXT1", "EXT2", "EXT4"}
 _MEMO_OPS = {"PUT", "BINPUT", "LONG_BINPUT", "MEMOIZE"}
@@ -337,8 +338,7 @@ def _effects() -> Dict[str, _Effect]:
         sliced = pickletools.stackslice in before
         taken = before.index(pickletools.markobject) if sliced else len(before)
         keyed = _KEYED.get(op.name, slice(-2, -1) if op.name == "SETITEM" else None)
-        scalar = bool(after) and after[0] in _SCALAR_KINDS and op.name not in _UNHASHED
-        table[op.name] = _Effect(sliced, taken, bool(after), scalar, keyed)
+        table[op.name] = _Effect(sliced, taken, bool(after), bool(after) and after[0] in _SCALAR_KINDS, keyed)
     return table
 
 
@@ -396,7 +396,10 @@ class _Stack:
                         self.check_keys([items[-2]])
                     del items[len(items) - effect.taken:]
                 if effect.pushes:
-                    items.append((arg if type(arg) is str else _SCALAR) if effect.scalar else None)
+                    if not effect.scalar or type(arg) is int and not -_HASHED_APART < arg < _HASHED_APART:
+                        items.append(None)
+                    else:
+                        items.append(arg if type(arg) is str else _SCALAR)
         return end
 
     def special(self, name: str, arg: Any) -> None:
@@ -456,5 +459,5 @@ class _Stack:
 
     def check_keys(self, keys: List[Any]) -> None:
         if None in keys:
-            raise self.refuse("uses something other than a string or number as a dict key or set member (or a number of more than 255 bytes)",
+            raise self.refuse("uses something other than a string or number as a dict key or set member (or a number of 2**61 or more, which hash alike)",
                               _HINT_STATE_DICT)
