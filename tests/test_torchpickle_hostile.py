@@ -99,3 +99,15 @@ def test_numbers_that_hash_alike_are_refused_as_dict_keys(tmp_path: Path) -> Non
     keys = b"".join(_int(k * ((1 << 61) - 1)) + b"N" for k in range(1, 20_001))
     _beside_a_state_dict(source, b"}(" + keys + b"u")
     assert_refused("inspect", str(source), cwd=tmp_path, names=source, says="as a dict key")
+
+
+def test_more_calls_than_a_state_dict_makes_are_refused(tmp_path: Path) -> None:
+    """One memoized tensor rebuilt 318,000 times (four opcodes each, under the opcode cap): a
+    1.6 MB file took 4 s of CPU. torch.save writes a few calls per tensor (its rebuild, its
+    hooks' OrderedDict, a Parameter's), and no more tensors than storage references."""
+    source = tmp_path / "model.pth"
+    hooks = b"ccollections\nOrderedDict\n)R"
+    reference = b"(" + _text("storage") + b"ctorch\nFloatStorage\n" + _text("0") + _text("cpu") + _int(16) + b"tQ"
+    arguments = b"(" + reference + _int(0) + b"(" + _int(16) + b"t(" + _int(1) + b"t\x89" + hooks + b"tq\x010"
+    _beside_a_state_dict(source, b"ctorch._utils\n_rebuild_tensor_v2\nq\x000" + arguments + b"](" + b"h\x00h\x01R" * 318_000 + b"e")
+    assert_refused("inspect", str(source), cwd=tmp_path, names=source, says="calls")

@@ -39,6 +39,9 @@ MAX_PICKLE_BYTES = budgets.MAX_CONFIG_BYTES  # a state dict's pickle holds names
 # ... and ~34 opcodes a tensor (ResNet50's), each ~1 µs to scan: a 16 MB pickle of one-byte opcodes took
 # 14 s, and 150,000 tensors sharing one storage (a 4 MB file) 13 s and 700 MB to unpickle.
 MAX_PICKLE_OPCODES = 64 * budgets.MAX_TENSORS
+# ... and a few calls a tensor (its rebuild, its hooks' OrderedDict, a Parameter's), with no more tensors
+# than storage references: one tensor rebuilt 318,000 times within the opcode cap took 4 s of CPU.
+MAX_PICKLE_CALLS = 5 * budgets.MAX_TENSORS
 _HINT_DAMAGED = "the file is damaged or was not written by torch.save; save or download it again"
 _HINT_STATE_DICT = "save the weights with torch.save(model.state_dict(), PATH)"
 
@@ -345,7 +348,8 @@ def _effects() -> Dict[str, _Effect]:
 _EFFECTS = _effects()
 # Opcodes `_Stack.special` follows itself: what their declared effect does not say (a mark, a name, a
 # duplicate, a storage reference to count), and the refused ones; `_Stack.run` follows the memo's.
-_SPECIAL = _REFUSED_OPS | {"GLOBAL", "INST", "STACK_GLOBAL", "MARK", "POP", "DUP", "BINPERSID", "PERSID"}
+_CALLS = {"REDUCE", "NEWOBJ", "NEWOBJ_EX", "OBJ", "INST", "BUILD"}
+_SPECIAL = _REFUSED_OPS | _CALLS | {"GLOBAL", "STACK_GLOBAL", "MARK", "POP", "DUP", "BINPERSID", "PERSID"}
 
 
 class _Stack:
@@ -359,7 +363,7 @@ class _Stack:
         self.items: List[Any] = []
         self.marks: List[int] = []
         self.memo: Dict[int, Any] = {}
-        self.references = 0
+        self.references = self.calls = 0
 
     def refuse(self, what: str, hint: str = _HINT_DAMAGED) -> WeightportError:
         return WeightportError(self.path, f"PyTorch checkpoint whose pickle {what}", hint)
@@ -414,10 +418,13 @@ class _Stack:
             self.marks.pop()  # the C unpickler pops a mark when nothing lies above it
         elif name == "DUP":
             self.items += self.pop(1) * 2
-        else:  # POP, GLOBAL, INST, STACK_GLOBAL, BINPERSID, PERSID: by their declared effect
+        else:  # POP, GLOBAL, INST, STACK_GLOBAL, BINPERSID, PERSID and the calls: by their declared effect
             self.references += name in ("BINPERSID", "PERSID")
+            self.calls += name in _CALLS
             if self.references > budgets.MAX_TENSORS:
                 raise self.too_many(f"{budgets.MAX_TENSORS:,} tensors")
+            if self.calls > MAX_PICKLE_CALLS:
+                raise self.too_many(f"{MAX_PICKLE_CALLS:,} calls")
             effect = _EFFECTS[name]
             if effect.sliced:
                 self.take_slice(effect)
