@@ -48,7 +48,7 @@ CASES = {
     "missing": (None, "no such file"),
     "directory": ("dir", "is a directory"),
     "empty": (_empty, "empty file"),
-    "text": (_text, "not an HDF5 file"),
+    "text": (_text, "not an HDF5 file; give a Keras weights file (.h5, .hdf5, .weights.h5), a .keras archive, a .safetensors file or a PyTorch checkpoint"),
     "plain_hdf5": (_plain_hdf5, "not a Keras weights file"),
     "truncated": (_truncated, "damaged HDF5 file"),
     "zip_without_weights": (_zip_without_weights, "without model.weights.h5"),

@@ -40,7 +40,7 @@ def open_h5(path: Union[str, Path], source: Union[int, IO[bytes]]) -> h5py.File:
     if not isinstance(source, int):
         return _h5_file(path, source)
     if not _hdf5_signature(source):
-        raise WeightportError(path, "not an HDF5 file", "give a Keras weights file (.h5, .hdf5, .weights.h5), a .keras archive or a .safetensors file")
+        raise WeightportError(path, "not an HDF5 file", "give a Keras weights file (.h5, .hdf5, .weights.h5), a .keras archive, a .safetensors file or a PyTorch checkpoint (.pth, .pt, .bin)")
     return _h5_file(path, by_descriptor(path, source))
 
 
