@@ -10,6 +10,7 @@ from pathlib import Path
 
 from test_hostile_inputs import CPU_SECONDS, MAX_RSS_MIB, assert_refused, run_bounded
 from test_torchfile import SIXTEEN, _archive, _handmade, _int, _tensor, _text
+from weightport.torchpickle import MAX_PICKLE_OPCODES
 
 _LEGACY_MAGIC = b"\x80\x02\x8a\x0al\xfc\x9cF\xf9\x20j\xa8P\x19."
 
@@ -70,12 +71,12 @@ def test_a_legacy_protocol_number_of_thousands_of_digits_is_refused_as_bad_input
 
 
 def test_a_megabyte_number_as_a_dict_key_again_and_again_is_refused(tmp_path: Path) -> None:
-    """LONG4 of a 1 MB number, memoized, then set as a dict key 300,000 times: Python hashes an
-    int anew each time (a string keeps its hash), 180 s of CPU in one C call that not even
-    SIGTERM ended, from a 2 MB file. A state dict's keys are strings."""
+    """LONG4 of a 1 MB number, memoized, then set as a dict key 100,000 times (within the opcode
+    cap): Python hashes an int anew each time (a string keeps its hash); 300,000 times took 180 s
+    of CPU in one C call that not even SIGTERM ended, from a 2 MB file. A state dict's keys are strings."""
     source = tmp_path / "model.pth"
     number = b"\x8b" + struct.pack("<i", 1 << 20) + b"\x01" * (1 << 20)
-    _beside_a_state_dict(source, number + b"q\x000}(" + b"h\x00N" * 300_000 + b"u")
+    _beside_a_state_dict(source, number + b"q\x000}(" + b"h\x00N" * 100_000 + b"u")
     assert_refused("inspect", str(source), cwd=tmp_path, names=source, says="as a dict key")
 
 
@@ -111,3 +112,11 @@ def test_more_calls_than_a_state_dict_makes_are_refused(tmp_path: Path) -> None:
     arguments = b"(" + reference + _int(0) + b"(" + _int(16) + b"t(" + _int(1) + b"t\x89" + hooks + b"tq\x010"
     _beside_a_state_dict(source, b"ctorch._utils\n_rebuild_tensor_v2\nq\x000" + arguments + b"](" + b"h\x00h\x01R" * 318_000 + b"e")
     assert_refused("inspect", str(source), cwd=tmp_path, names=source, says="calls")
+
+
+def test_a_pickle_at_its_opcode_cap_is_refused_in_bounds(tmp_path: Path) -> None:
+    """A tuple nested one opcode short of the cap deep (TUPLE1 after TUPLE1): the costliest pickle
+    the caps let through, scanned whole in Python, then unpickled (1,280,000 opcodes took 2.2-2.4 s)."""
+    source = tmp_path / "model.pth"
+    _archive(source, b"\x80\x02K\x01" + b"\x85" * (MAX_PICKLE_OPCODES - 3) + b".", {})
+    assert_refused("inspect", str(source), cwd=tmp_path, names=source, says="not a state dict of tensors")

@@ -36,9 +36,11 @@ __all__ = ["StorageRef", "TensorRef", "DType", "Loaded", "MAX_PICKLE_BYTES", "MA
 
 PathLike = Union[str, Path]
 MAX_PICKLE_BYTES = budgets.MAX_CONFIG_BYTES  # a state dict's pickle holds names and shapes: ~100 bytes a tensor
-# ... and ~34 opcodes a tensor (ResNet50's), each ~1 µs to scan: a 16 MB pickle of one-byte opcodes took
-# 14 s, and 150,000 tensors sharing one storage (a 4 MB file) 13 s and 700 MB to unpickle.
-MAX_PICKLE_OPCODES = 64 * budgets.MAX_TENSORS
+# ... and 34-44 opcodes a tensor (torchvision's: ResNet152 31,570 in all, DenseNet201 42,028,
+# EfficientNet-B7 45,300, the most), each ~1 µs to scan: a 16 MB pickle of one-byte opcodes took 14 s,
+# and 150,000 tensors sharing one storage (a 4 MB file) 13 s and 700 MB to unpickle. 11x the most
+# keeps a refusal at the cap near a second of CPU (1,280,000 took 2.2-2.4 s), and admits ~12,000 tensors.
+MAX_PICKLE_OPCODES = 500_000
 # ... and a few calls a tensor (its rebuild, its hooks' OrderedDict, a Parameter's), with no more tensors
 # than storage references: one tensor rebuilt 318,000 times within the opcode cap took 4 s of CPU.
 MAX_PICKLE_CALLS = 5 * budgets.MAX_TENSORS
@@ -374,7 +376,7 @@ class _Stack:
 
     def run(self, ops: Iterator[Any]) -> int:
         """Follow every opcode; where the pickle ends (after its STOP). The common opcodes are followed
-        here, in one loop with no call: 1.28 million of them take about a second."""
+        here, in one loop with no call: `MAX_PICKLE_OPCODES` of them take about half a second."""
         items, marks, memo, effects, special = self.items, self.marks, self.memo, _EFFECTS, _SPECIAL
         count = end = 0
         for opcode, arg, position in ops:
