@@ -377,3 +377,22 @@ def test_a_record_that_is_not_a_plan_is_no_window(small, tmp_path: Path) -> None
             f.attrs["weightport_rules"] = record
         with pytest.raises(WeightportError, match=r"flatten=\(12, 12, 6\) if the 6 channels"):
             weightport.plan(folder / "small.pth", weights_only)
+
+
+def test_a_linear_saved_transposed_converts_and_verifies(tmp_path: Path) -> None:
+    """A Linear weight stored column-major (a strided view: no rows in place) converts, verifies in
+    blocks from the one read of it, and Keras computes PyTorch's outputs."""
+    torch.manual_seed(5)
+    linear = torch.nn.Linear(300, 200)
+    state = {"fc.weight": linear.weight.detach().T.contiguous().T, "fc.bias": linear.bias.detach()}
+    torch.save(state, tmp_path / "t.pth")
+    with weightport.read(tmp_path / "t.pth") as view:
+        assert view.tensors[0].storage.offset is None  # strided, as meant
+    keras.backend.clear_session()
+    model = keras.Sequential([keras.Input((300,)), keras.layers.Dense(200, name="fc")])
+    model.save(str(tmp_path / "target.keras"))
+    plan = weightport.convert(tmp_path / "t.pth", tmp_path / "out.weights.h5", target=tmp_path / "target.keras")
+    assert plan.verification is not None and plan.verification.ok
+    model.load_weights(str(tmp_path / "out.weights.h5"))
+    x = np.random.default_rng(5).standard_normal((3, 300)).astype("float32")
+    assert relative_error(model(x), linear(torch.from_numpy(x)).detach().numpy()) < 1e-5
