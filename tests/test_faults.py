@@ -15,7 +15,7 @@ import h5py
 import pytest
 
 import weightport
-from conftest import FIXTURES, ROOT, run_cli, without_root_powers
+from conftest import FIXTURES, ROOT, run_cli, wait_until, without_root_powers
 from weightport.cli import main
 
 
@@ -187,10 +187,7 @@ time.sleep(600)
         assert _alive(child)
         parent.kill()
         parent.wait()
-        deadline = time.monotonic() + 10
-        while _alive(child) and time.monotonic() < deadline:
-            time.sleep(0.1)
-        assert not _alive(child), "the Keras load child outlived weightport"
+        wait_until(lambda: not _alive(child), 10, "the Keras load child to end with weightport")
     finally:
         parent.kill()
         if _alive(child):
